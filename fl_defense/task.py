@@ -1,0 +1,163 @@
+"""Training, evaluation and the client update -- shared by the clients, the server and the
+experiments (the "task" of Flower's quickstart layout).
+
+The update a client uploads is built in three steps:
+
+1. ``payload = make_payload(global, local, kinds)``: for trainable entries (kinds
+   ``weight`` and ``bn_affine``) the update ``local - global`` (``-lr * gradient`` for one
+   SGD step); for BatchNorm buffers (kind ``bn_stat``) the client's statistics themselves.
+2. ``defended = apply_defense(spec, payload, kinds, rng)`` (``fl_defense.defenses``).
+3. ``upload = payload_to_weights(global, defended, kinds)``: ``global + update`` for
+   trainable entries, the statistics as they are for buffers.  Uploads are plain weights,
+   so every Flower strategy can aggregate them, and the server recovers the (defended)
+   gradient of a one-step client exactly as ``(global - upload) / lr``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fl_defense.config import ExperimentConfig
+from fl_defense.models import build_model, state_kinds
+
+TRAINABLE = ("weight", "bn_affine")
+
+
+def select_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """Every ``state_dict`` entry as a NumPy array (copies), in order."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
+    """Load arrays (in ``state_dict`` order) into ``model``; shapes must match."""
+    keys = list(model.state_dict().keys())
+    if len(keys) != len(arrays):
+        raise ValueError(f"expected {len(keys)} arrays, got {len(arrays)}")
+    state = OrderedDict((k, torch.as_tensor(np.asarray(a))) for k, a in zip(keys, arrays))
+    model.load_state_dict(state, strict=True)
+
+
+def make_payload(global_w: Sequence[np.ndarray], local_w: Sequence[np.ndarray],
+                 kinds: Sequence[str]) -> list[np.ndarray]:
+    """Step 1: updates for trainable entries, statistics for BatchNorm buffers."""
+    return [np.asarray(l) - np.asarray(g) if k in TRAINABLE else np.asarray(l).copy()
+            for g, l, k in zip(global_w, local_w, kinds)]
+
+
+def payload_to_weights(global_w: Sequence[np.ndarray], payload: Sequence[np.ndarray],
+                       kinds: Sequence[str]) -> list[np.ndarray]:
+    """Step 3: the weights a client uploads, from its (defended) payload."""
+    out = []
+    for g, p, k in zip(global_w, payload, kinds):
+        g = np.asarray(g)
+        out.append((g + p).astype(g.dtype) if k in TRAINABLE else np.asarray(p).astype(g.dtype))
+    return out
+
+
+@lru_cache(maxsize=4)
+def _load(dataset: str, data_dir: str, seed: int):
+    from fl_defense.data import load_dataset
+
+    return load_dataset(dataset, data_dir=data_dir or None, seed=seed)
+
+
+def load_data(cfg: ExperimentConfig):
+    """``(train, test)`` image data sets of the experiment (memoised per process)."""
+    return _load(cfg.dataset, cfg.data_dir, cfg.seed)
+
+
+@lru_cache(maxsize=8)
+def _partitions(dataset: str, data_dir: str, seed: int, num_clients: int, partition: str):
+    from fl_defense.config import PartitionSpec
+    from fl_defense.data import partition_indices
+
+    train, _ = _load(dataset, data_dir, seed)
+    spec = PartitionSpec.parse(partition)
+    return tuple(partition_indices(train.labels, num_clients, spec.scheme, spec.param, seed))
+
+
+def client_indices(cfg: ExperimentConfig, client_id: int) -> np.ndarray:
+    """Indices (into the training set) of client ``client_id``'s partition."""
+    parts = _partitions(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_clients, cfg.partition)
+    return parts[client_id]
+
+
+def new_model(cfg: ExperimentConfig, train=None) -> nn.Module:
+    """The experiment's model, initialised from the seed (LeNet with the DLG init)."""
+    if train is None:
+        train, _ = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, train.in_channels, train.image_size, train.num_classes,
+                       dlg_init=cfg.model == "lenet")
+
+
+def model_kinds(cfg: ExperimentConfig) -> list[str]:
+    return state_kinds(new_model(cfg))
+
+
+def local_batches(num_examples: int, steps: int, batch_size: int, seed: int, client_id: int,
+                  server_round: int) -> list[np.ndarray]:
+    """Positions (into a partition of ``num_examples``) of the batch of every local step.
+
+    Seeded by ``(seed, client, round)``: the data pass over shuffled epochs, so that the
+    same run always trains on the same batches (and the attack's scorer can name the
+    images a client trained on without asking the client).
+    """
+    if num_examples < 1:
+        raise ValueError(f"client {client_id} has an empty partition")
+    rng = np.random.default_rng([seed, client_id, server_round, 1])
+    order = np.empty(0, dtype=np.int64)
+    batches = []
+    size = min(batch_size, num_examples)
+    for _ in range(steps):
+        if len(order) < size:
+            order = np.concatenate([order, rng.permutation(num_examples)])
+        batches.append(order[:size])
+        order = order[size:]
+    return batches
+
+
+def train_steps(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+                batches: Sequence[np.ndarray], lr: float, device: torch.device) -> float:
+    """Plain SGD (no momentum, no weight decay) over the given batches; mean loss."""
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x_all = torch.as_tensor(images)
+    y_all = torch.as_tensor(labels)
+    losses = []
+    for idx in batches:
+        x = x_all[idx].to(device)
+        y = y_all[idx].to(device)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+                   device: torch.device, batch_size: int = 1000) -> tuple[float, float]:
+    """``(mean cross-entropy loss, accuracy)`` of ``model`` in eval mode."""
+    model.to(device).eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        x = torch.as_tensor(images[start:start + batch_size]).to(device)
+        y = torch.as_tensor(labels[start:start + batch_size]).to(device)
+        out = model(x)
+        total_loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    n = max(len(labels), 1)
+    return total_loss / n, correct / n

@@ -1,0 +1,80 @@
+"""The outermost wrapper: per-round bookkeeping and ``metrics.jsonl``.
+
+It wraps the whole strategy stack, times each round, counts failed/rejected/dropped
+clients, merges what the inner layers report (aggregation metrics, the attack hook's
+``attack_*`` figures) with the central evaluation, and rewrites ``metrics.jsonl``
+atomically after every round (one JSON object per round).  When the last round is done it
+writes ``summary.json`` with ``"status": "completed"``.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+from pathlib import Path
+from typing import Any, Callable
+
+from flwr.server.strategy import Strategy
+from flwr.supercore import log
+
+from fl_defense.io import write_json, write_jsonl
+from strategies.wrapper import StrategyWrapper
+
+
+class RecordingStrategy(StrategyWrapper):
+    def __init__(self, inner: Strategy, out_dir: str | Path, num_rounds: int,
+                 extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        super().__init__(inner)
+        self.out_dir = Path(out_dir)
+        self.num_rounds = num_rounds
+        self.extra = extra or (lambda: {})
+        self.rows: list[dict[str, Any]] = []
+        self._pending: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        self._t0 = time.perf_counter()
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        self._pending = {"round": server_round}
+        return instructions
+
+    def aggregate_fit(self, server_round, results, failures):
+        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        self._pending.update({
+            "clients_ok": len(results),
+            "clients_failed": len(failures),
+            "train_loss": _mean([r.metrics.get("train-loss") for _, r in results]),
+        })
+        self._pending.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()})
+        self._pending.update(self.extra())
+        if parameters is None:
+            self._pending["aggregated"] = False
+        return parameters, metrics
+
+    def evaluate(self, server_round, parameters):
+        result = self.inner.evaluate(server_round, parameters)
+        if server_round == 0:
+            return result
+        row = dict(self._pending) if self._pending.get("round") == server_round else {"round": server_round}
+        if result is not None:
+            loss, metrics = result
+            row["loss"] = float(loss)
+            row["accuracy"] = float(metrics.get("accuracy", float("nan")))
+        row["seconds"] = round(time.perf_counter() - self._t0, 3)
+        self.rows.append(row)
+        write_jsonl(self.out_dir / "metrics.jsonl", self.rows)
+        log(INFO, "fl-defense round %s: %s", server_round,
+            " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "round"))
+        if server_round == self.num_rounds:
+            write_json(self.out_dir / "summary.json", {"status": "completed", "rounds": server_round,
+                                                        "final": row})
+        return result
+
+
+def _mean(values):
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _fmt(v):
+    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,58 @@
+"""Real Flower simulations (``flwr run`` on Ray) through the launcher and ``run_sim.py``."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fl_defense.launcher import SimulationFailed, run_simulation
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWER_PROCS = "flower-superlink|flwr-simulation|flwr-serverapp|flwr-clientapp|raylet|gcs_server"
+
+pytestmark = pytest.mark.slow
+
+
+def leftover_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", FLOWER_PROCS], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def test_run_sim_two_rounds_median_noniid(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--out", str(out), "--rounds", "2",
+                           "--clients", "3", "--aggregation", "median", "--partition", "dirichlet:0.5",
+                           "--defense", "masking:0.3", "--set", "local-steps=5"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"round", "accuracy", "loss", "seconds", "clients_ok", "clients_failed"} <= set(row)
+        assert row["clients_ok"] == 3 and row["clients_failed"] == 0
+        assert 0.0 <= row["accuracy"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["aggregation"] == "median" and config["defense"] == "masking:0.3"
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    # the per-round table was printed
+    assert "round" in proc.stdout and "done in" in proc.stdout
+    assert not leftover_processes()
+
+
+def test_failed_run_is_reported_and_cleaned_up(tmp_path):
+    """`flwr run --stream` exits 0 even when the run fails; the launcher must not."""
+    project = tmp_path / "broken"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".flwr", "runs", "__pycache__",
+                                                                 ".hypothesis", ".pytest_cache"))
+    server = project / "fl_defense" / "server_app.py"
+    server.write_text(server.read_text().replace(
+        "    cfg = parse_run_config(context.run_config)\n",
+        "    cfg = parse_run_config(context.run_config)\n    raise RuntimeError('broken on purpose')\n", 1))
+    with pytest.raises(SimulationFailed, match="did not complete"):
+        run_simulation({"out-dir": str(tmp_path / "out"), "num-server-rounds": 1, "num-clients": 2},
+                       project_dir=project, timeout=300)
+    assert not (tmp_path / "out" / "summary.json").exists()
+    assert not leftover_processes()

@@ -136,12 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="one federated experiment through Flower's simulation engine")
     add_run_flags(p_run)
     p_run.set_defaults(func=cmd_run)
-    try:
-        from fl_defense.experiments import register_commands
-    except ImportError:
-        register_commands = None
-    if register_commands is not None:
-        register_commands(sub)
+    from fl_defense.commands import register_commands
+
+    register_commands(sub)
     return parser
 
 

@@ -25,7 +25,8 @@ def test_run_sim_two_rounds_median_noniid(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--out", str(out), "--rounds", "2",
                            "--clients", "3", "--aggregation", "median", "--partition", "dirichlet:0.5",
-                           "--defense", "masking:0.3", "--set", "local-steps=5"],
+                           "--defense", "masking:0.3", "--set", "local-steps=5", "--attack-every", "2",
+                           "--set", "attack-max-iter=30"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -34,6 +35,12 @@ def test_run_sim_two_rounds_median_noniid(tmp_path):
         assert {"round", "accuracy", "loss", "seconds", "clients_ok", "clients_failed"} <= set(row)
         assert row["clients_ok"] == 3 and row["clients_failed"] == 0
         assert 0.0 <= row["accuracy"] <= 1.0
+    # the hook attacked in round 2 only, and said under which threat model
+    assert "attack_ssim_mean" not in rows[0]
+    assert {"attack_ssim_mean", "attack_ssim_max", "attack_ssim_adjusted_mean", "attack_label_acc",
+            "attack_leaked", "attack_seconds"} <= set(rows[1])
+    assert rows[1]["attack_threat_model"] == "approximate" and rows[1]["attacker"] == "naive"
+    assert (out / "attack" / "round-002.png").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["aggregation"] == "median" and config["defense"] == "masking:0.3"
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"

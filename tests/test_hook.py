@@ -1,0 +1,111 @@
+"""The honest-but-curious hook, driven by real client uploads (no Flower engine)."""
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.server.strategy import FedMedian
+
+from attacks.hook import AttackHook, TrainingImageOracle
+from attacks.threat import objective_for, observed_gradient, threat_model
+from clients.numpy_client import DefendedClient
+from fl_defense.config import parse_run_config
+from fl_defense.task import get_weights, new_model
+from strategies.factory import base_strategy
+
+
+class Proxy:
+    def __init__(self, cid):
+        self.cid = str(cid)
+
+
+class Spy:
+    """An inner strategy that records what it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seen = None
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        return []
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.seen = results
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+
+def uploads(cfg, server_round=1):
+    global_w = get_weights(new_model(cfg))
+    results = []
+    for cid in range(cfg.num_clients):
+        arrays, n, metrics = DefendedClient(cfg, cid).fit(global_w, {"server-round": server_round})
+        results.append((Proxy(cid), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)))
+    return global_w, results
+
+
+def test_aware_objectives_and_threat_model():
+    assert objective_for("naive", "masking") == "l2"
+    assert objective_for("aware", "masking") == "l2-support"
+    assert objective_for("aware", "pruning") == "l2-support"
+    assert objective_for("aware", "clipping") == "cosine"
+    assert objective_for("aware", "noising") == "l2"
+    with pytest.raises(ValueError, match="smart"):
+        objective_for("smart", "none")
+    assert threat_model(1, 1) == "exact" and threat_model(1, 4) == "approximate"
+
+
+def test_observed_gradient_is_exact_for_one_step(tmp_path):
+    import torch
+
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 1, "lr": 0.1})
+    model = new_model(cfg)
+    global_w, results = uploads(cfg)
+    oracle = TrainingImageOracle(cfg)
+    images, labels = oracle.images(0, 1)
+    assert images.shape == (1, 1, 28, 28)
+    loss = torch.nn.functional.cross_entropy(model(torch.as_tensor(images)), torch.as_tensor(labels))
+    true = torch.autograd.grad(loss, list(model.parameters()))
+    from flwr.common import parameters_to_ndarrays
+
+    got = observed_gradient(model, global_w, parameters_to_ndarrays(results[0][1].parameters), cfg.lr)
+    for a, b in zip(got, true):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["fl-defense", "FedMedian"])
+def test_hook_attacks_scores_and_passes_uploads_unchanged(tmp_path, base):
+    cfg = parse_run_config({"num-clients": 3, "local-steps": 1, "batch-size": 1, "attack-every": 1,
+                            "attack-clients": 2, "attack-max-iter": 150, "strategy": base,
+                            "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    spy = Spy(base_strategy(cfg, global_w, None))
+    hook = AttackHook(spy, cfg, tmp_path)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    params, _ = hook.aggregate_fit(1, results, [])
+    assert spy.seen is results  # the very same uploads, untouched
+    m = hook.last_metrics
+    for key in ("attack_ssim_mean", "attack_ssim_max", "attack_ssim_adjusted_mean", "attack_label_acc",
+                "attack_leaked", "attack_seconds"):
+        assert key in m, m
+    assert m["attack_targets"] == 2 and m["attack_threat_model"] == "exact"
+    # no defense, one image per client: the attack recovers the digits
+    assert m["attack_ssim_mean"] > 0.8 and m["attack_label_acc"] == 1.0 and m["attack_leaked"] == 2
+    assert (tmp_path / "attack" / "round-001.png").stat().st_size > 1000
+
+
+def test_hook_is_idle_between_attack_rounds_and_survives_errors(tmp_path):
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 1, "attack-every": 2,
+                            "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    from strategies.robust import ValidatingStrategy
+
+    spy = Spy(ValidatingStrategy(base_strategy(cfg, global_w, None), [w.shape for w in global_w]))
+    hook = AttackHook(spy, cfg, tmp_path)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    hook.aggregate_fit(1, results, [])
+    assert hook.last_metrics == {}
+    # a malformed upload makes the attack fail; the round still aggregates
+    bad = [(Proxy(0), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(global_w[:-1]), 1, {"client-id": 0}))]
+    hook.configure_fit(2, ndarrays_to_parameters(global_w), None)
+    params, _ = hook.aggregate_fit(2, bad + results[1:], [])
+    assert "attack_error" in hook.last_metrics
+    assert params is not None and spy.inner.last_rejected == 1

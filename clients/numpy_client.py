@@ -2,7 +2,8 @@
 configured defense to its update, and uploads.
 
 Fault injection for robustness studies lives here too, each switched by the config:
-``fail-clients`` (these clients raise in ``fit``), ``byzantine-clients`` (the first f
+``fail-clients`` (these clients raise in ``fit``), ``dropout-rate`` (a client drops out
+of a round with this probability and answers without an update), ``byzantine-clients`` (the first f
 client ids upload a malicious update: ``sign-flip``, ``scaled`` or ``random``).
 """
 
@@ -45,6 +46,11 @@ def byzantine_payload(payload: list[np.ndarray], kinds: list[str], mode: str, sc
     return out
 
 
+def client_dropped(seed: int, client_id: int, server_round: int, rate: float) -> bool:
+    """Whether a client drops out of a round (probability ``rate``, seeded)."""
+    return bool(np.random.default_rng([seed, client_id, server_round, 4]).random() < rate)
+
+
 class DefendedClient(NumPyClient):
     """Trains the global model for ``local-steps`` SGD steps, defends, uploads."""
 
@@ -63,6 +69,9 @@ class DefendedClient(NumPyClient):
         server_round = int(config.get("server-round", 0))
         if self.client_id in self.cfg.failing_clients:
             raise InjectedFault(f"client {self.client_id} is configured to fail (fail-clients)")
+        if self.cfg.dropout_rate > 0 and client_dropped(self.cfg.seed, self.client_id, server_round,
+                                                        self.cfg.dropout_rate):
+            return parameters, 0, {"client-id": self.client_id, "dropped": 1}
         set_weights(self.model, parameters)
         batches = local_batches(len(self.indices), self.cfg.local_steps, self.cfg.batch_size,
                                 self.cfg.seed, self.client_id, server_round)

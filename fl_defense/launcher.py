@@ -22,6 +22,7 @@ Environment given to Flower (and why):
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,6 +195,7 @@ def run_simulation(run_config: Mapping[str, Any], *,
         finally:
             stop_process_group(runner)
             stop_process_group(superlink)
+            shutil.rmtree(flwr_home, ignore_errors=True)  # Flower's state and its copy of the app
     rows = read_jsonl(out_dir / "metrics.jsonl")
     for row in rows[seen:]:
         if on_row:

@@ -46,7 +46,7 @@ def build_strategy(cfg: ExperimentConfig, out_dir: Path):
         from attacks.hook import AttackHook
 
         hook = strategy = AttackHook(strategy, cfg, out_dir)
-    dropout = strategy = DropoutStrategy(strategy, cfg.dropout_rate, cfg.seed)
+    dropout = strategy = DropoutStrategy(strategy)
 
     def extra():
         row = {"clients_rejected": validating.last_rejected, "clients_dropped": dropout.last_dropped}

@@ -41,9 +41,10 @@ class RecordingStrategy(StrategyWrapper):
     def aggregate_fit(self, server_round, results, failures):
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         self._pending.update({
-            "clients_ok": len(results),
+            "clients_ok": sum(1 for _, r in results if not int(r.metrics.get("dropped", 0))),
             "clients_failed": len(failures),
-            "train_loss": _mean([r.metrics.get("train-loss") for _, r in results]),
+            "train_loss": _mean([r.metrics.get("train-loss") for _, r in results
+                                 if not int(r.metrics.get("dropped", 0))]),
         })
         self._pending.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()})
         self._pending.update(self.extra())

@@ -7,8 +7,8 @@
   Distributed Learning: Towards Optimal Statistical Rates").
 * :class:`ValidatingStrategy` -- a wrapper for any strategy: uploads with NaN or Inf
   values or the wrong shapes are dropped (and counted) before the inner strategy sees them.
-* :class:`DropoutStrategy` -- a wrapper for any strategy: each round a seeded random
-  fraction of the selected clients drops out (never receives its fit instruction).
+* :class:`DropoutStrategy` -- a wrapper for any strategy: the answers of clients that
+  dropped out this round are removed before aggregation and counted.
 """
 
 from __future__ import annotations
@@ -110,26 +110,21 @@ class ValidatingStrategy(StrategyWrapper):
 
 
 class DropoutStrategy(StrategyWrapper):
-    """Each round, every selected client drops out independently with probability ``rate``
-    (seeded by ``(seed, round)``); at least one client stays."""
+    """Removes the answers of clients that dropped out this round before the inner
+    strategy aggregates (and counts them in ``last_dropped``).
 
-    def __init__(self, inner: Strategy, rate: float, seed: int) -> None:
+    Dropout is decided on the client (``dropout-rate``; seeded by seed, client and round,
+    so a run is reproducible even though Flower's node ids are random): a dropped client
+    answers without training, flagged ``dropped = 1``, as if its update never arrived.
+    """
+
+    def __init__(self, inner: Strategy) -> None:
         super().__init__(inner)
-        if not 0 <= rate < 1:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
-        self.rate = rate
-        self.seed = seed
         self.last_dropped = 0
 
-    def configure_fit(self, server_round, parameters, client_manager):
-        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
-        self.last_dropped = 0
-        if self.rate == 0 or not instructions:
-            return instructions
-        instructions = sorted(instructions, key=lambda ins: str(ins[0].cid))
-        rng = np.random.default_rng([self.seed, server_round, 3])
-        keep = rng.random(len(instructions)) >= self.rate
-        if not keep.any():
-            keep[rng.integers(len(instructions))] = True
-        self.last_dropped = int((~keep).sum())
-        return [ins for ins, k in zip(instructions, keep) if k]
+    def aggregate_fit(self, server_round, results, failures):
+        kept = [(p, r) for p, r in results if not int(r.metrics.get("dropped", 0))]
+        self.last_dropped = len(results) - len(kept)
+        if not kept:
+            return None, {}
+        return self.inner.aggregate_fit(server_round, kept, failures)

@@ -98,18 +98,19 @@ def test_validation_rejects_nan_and_wrong_shapes(noniid_uploads):
     assert params is None and strategy.last_rejected == 3
 
 
-class FixedInner:
-    def configure_fit(self, server_round, parameters, client_manager):
-        return [(Proxy(i), None) for i in range(10)]
+def test_dropout_wrapper_removes_dropped_answers(noniid_uploads):
+    from clients.numpy_client import client_dropped
 
-
-def test_dropout_is_seeded_and_near_rate():
-    drop = DropoutStrategy(FixedInner(), rate=0.3, seed=1)
-    kept = [len(drop.configure_fit(r, None, None)) for r in range(1, 201)]
-    again = [len(DropoutStrategy(FixedInner(), 0.3, 1).configure_fit(r, None, None)) for r in range(1, 201)]
-    assert kept == again
-    assert all(k >= 1 for k in kept)
-    assert abs(np.mean(kept) - 7.0) < 0.5
-    assert len(DropoutStrategy(FixedInner(), 0.0, 1).configure_fit(1, None, None)) == 10
-    with pytest.raises(ValueError, match="1.5"):
-        DropoutStrategy(FixedInner(), 1.5, 0)
+    cfg, global_w, results = noniid_uploads
+    dropped = (Proxy(99), FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters(global_w),
+                                 num_examples=0, metrics={"client-id": 4, "dropped": 1}))
+    strategy = DropoutStrategy(RobustAggregation(aggregation="mean"))
+    got = _aggregate(strategy, results[:4] + [dropped])
+    assert strategy.last_dropped == 1
+    np.testing.assert_array_equal(got, _aggregate(RobustAggregation(aggregation="mean"), results[:4]))
+    assert strategy.aggregate_fit(1, [dropped], [])[0] is None
+    # the client-side draw: seeded, near the rate, and different across clients and rounds
+    draws = [client_dropped(0, c, r, 0.3) for c in range(20) for r in range(1, 51)]
+    assert draws == [client_dropped(0, c, r, 0.3) for c in range(20) for r in range(1, 51)]
+    assert abs(np.mean(draws) - 0.3) < 0.05
+    assert not any(client_dropped(0, c, 1, 0.0) for c in range(20))

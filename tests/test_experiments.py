@@ -1,0 +1,97 @@
+"""The attack command and the threshold sweep, on tiny settings (files, resume, errors)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fl_defense.cli import main
+from fl_defense.experiments import thresholds_from_cells
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_thresholds_pick_the_weakest_strength_that_stops_the_leak():
+    cells = [
+        {"dataset": "d", "attacker": "naive", "defense": "none", "strength": 0.0, "leak_rate": 1.0, "n": 4,
+         "ssim_mean": 0.9, "ssim_adjusted_mean": 0.95},
+        *[{"dataset": "d", "attacker": "naive", "defense": "masking", "strength": s, "leak_rate": lr, "n": 4,
+           "ssim_mean": 0.1, "ssim_adjusted_mean": 0.2} for s, lr in [(0.1, 1.0), (0.5, 0.25), (0.7, 0.0), (0.9, 0.0)]],
+        *[{"dataset": "d", "attacker": "naive", "defense": "clipping", "strength": s, "leak_rate": 1.0, "n": 4,
+           "ssim_mean": 0.1, "ssim_adjusted_mean": 0.2} for s in (1.0, 0.1)],
+    ]
+    grids = {"masking": [0.1, 0.5, 0.7, 0.9], "clipping": [1.0, 0.1]}
+    rows = {r["defense"]: r for r in thresholds_from_cells(cells, grids, 0.0)}
+    assert rows["masking"]["threshold"] == 0.7 and rows["masking"]["undefended_leak_rate"] == 1.0
+    assert rows["clipping"]["threshold"] is None and rows["clipping"]["strongest_tested"] == 0.1
+    rows = {r["defense"]: r for r in thresholds_from_cells(cells, grids, 0.25)}
+    assert rows["masking"]["threshold"] == 0.5
+
+
+def test_attack_command_on_an_image_folder(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    from fl_defense.data import load_dataset
+
+    train, _ = load_dataset("mnist-embedded")
+    Image.fromarray((train.images[0, 0] * 255).astype(np.uint8)).resize((40, 40)).save(folder / f"digit_{train.labels[0]}.png")
+    Image.fromarray((rng.random((20, 30, 3)) * 255).astype(np.uint8)).save(folder / "noise.jpg")
+    out = tmp_path / "out"
+    rc = main(["attack", "--images", str(folder), "--out", str(out), "--max-iter", "40", "--restarts", "0"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows] == [f"digit_{train.labels[0]}.png", "noise.jpg"]
+    for r in rows:
+        assert {"image", "label", "label_pred", "ssim", "ssim_adjusted", "psnr", "mse", "seconds"} <= set(r)
+    assert rows[0]["label"] == int(train.labels[0])
+    assert (out / "grid.png").exists()
+    assert "leaked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["attack", "--dataset", "mnist-embedded", "--defense", "maskng:0.5"], ["maskng"]),
+    (["attack", "--dataset", "mnist-embedded", "--defense", "masking:1.5"], ["1.5"]),
+    (["attack", "--images", "/nonexistent/folder"], ["/nonexistent/folder"]),
+    (["attack"], ["--dataset", "--images"]),
+    (["attack", "--dataset", "mnist-embedded", "--n", "0"], ["--n", "0"]),
+    (["sweep", "--defenses", "masking,shuffling"], ["shuffling"]),
+    (["sweep", "--datasets", "mnist-embeded"], ["mnist-embeded"]),
+    (["sweep", "--grid-masking", "0.5,1.5"], ["1.5"]),
+    (["sweep", "--attackers", "naive,clever"], ["clever"]),
+    (["train", "--thresholds", "/nonexistent/thresholds.csv"], ["/nonexistent/thresholds.csv"]),
+    (["train", "--partitions", "iid,noniid"], ["noniid"]),
+])
+def test_bad_experiment_input_fails_before_work(tmp_path, capsys, argv, words):
+    rc = main([*argv, "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_sweep_writes_tables_and_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    argv = [sys.executable, str(ROOT / "run_sim.py"), "sweep", "--out", str(out), "--n", "2",
+            "--defenses", "masking,clipping", "--grid-masking", "0.5,0.99", "--grid-clipping", "1,1e-7",
+            "--attackers", "naive", "--max-iter", "20", "--restarts", "0", "--quiet"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    for name in ("thresholds.csv", "thresholds.md", "ssim_vs_strength.png", "config.json"):
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader((out / "thresholds.csv").read_text().splitlines()))
+    assert {r["defense"] for r in rows} == {"masking", "clipping"}
+    assert {"dataset", "defense", "attacker", "threshold", "leak_rate", "ssim_adjusted_mean"} <= set(rows[0])
+    cell = out / "cells" / "mnist-embedded" / "naive" / "masking=0.5.json"
+    stamp = cell.stat().st_mtime_ns
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert "4 cells (4 already done)" in again.stdout
+    assert cell.stat().st_mtime_ns == stamp  # a finished cell is never recomputed
+    assert not list(out.rglob("*.tmp"))

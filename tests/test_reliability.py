@@ -1,0 +1,74 @@
+"""Faults, Byzantine clients and reproducibility."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clients.numpy_client import DefendedClient, InjectedFault, byzantine_payload
+from fl_defense.config import parse_run_config
+from fl_defense.launcher import run_simulation
+from fl_defense.task import evaluate_model, get_weights, load_data, new_model, set_weights
+from strategies.robust import aggregate_arrays
+
+TIMING_KEYS = {"seconds", "attack_seconds"}
+
+
+def in_process_accuracy(aggregation: str, byzantine: int, rounds: int = 5) -> float:
+    """A small federation driven in-process: real clients, our aggregation, no engine."""
+    cfg = parse_run_config({"num-clients": 10, "byzantine-clients": byzantine, "byzantine-mode": "scaled",
+                            "aggregation": aggregation, "local-steps": 10})
+    model = new_model(cfg)
+    weights = get_weights(model)
+    _, test = load_data(cfg)
+    clients = [DefendedClient(cfg, c) for c in range(cfg.num_clients)]
+    for r in range(1, rounds + 1):
+        weights = aggregate_arrays([c.fit(weights, {"server-round": r})[0] for c in clients], aggregation)
+    set_weights(model, weights)
+    return evaluate_model(model, test.images, test.labels, torch.device("cpu"))[1]
+
+
+def test_median_resists_two_of_ten_byzantine_clients_while_mean_degrades():
+    clean_mean = in_process_accuracy("mean", 0)
+    byz_mean = in_process_accuracy("mean", 2)
+    byz_median = in_process_accuracy("median", 2)
+    assert byz_mean < clean_mean - 0.05
+    assert byz_median > byz_mean + 0.05
+    assert byz_median > clean_mean - 0.05
+
+
+def test_byzantine_payload_modes():
+    rng = np.random.default_rng(0)
+    payload = [np.ones((3, 3), np.float32), np.full(3, 2.0, np.float32)]
+    kinds = ["weight", "bn_stat"]
+    flipped = byzantine_payload(payload, kinds, "sign-flip", 10.0, rng)
+    np.testing.assert_array_equal(flipped[0], -payload[0])
+    np.testing.assert_array_equal(flipped[1], payload[1])  # statistics stay honest
+    np.testing.assert_array_equal(byzantine_payload(payload, kinds, "scaled", 10.0, rng)[0], 10 * payload[0])
+    noise = byzantine_payload([rng.normal(size=10000).astype(np.float32)], ["weight"], "random", 3.0, rng)[0]
+    assert 2.7 < noise.std() < 3.3
+
+
+def test_failing_client_raises():
+    cfg = parse_run_config({"num-clients": 3, "fail-clients": "1"})
+    with pytest.raises(InjectedFault, match="client 1"):
+        DefendedClient(cfg, 1).fit(get_weights(new_model(cfg)), {"server-round": 1})
+
+
+@pytest.mark.slow
+def test_same_config_same_metrics_and_faults_survived(tmp_path):
+    """Twice the same config through Flower: identical metrics (timings aside), and a
+    failing client, a random dropout and a masking defense do not stop the rounds."""
+    rows = []
+    for k in range(2):
+        res = run_simulation({"out-dir": str(tmp_path / f"run{k}"), "num-server-rounds": 2, "num-clients": 4,
+                              "local-steps": 3, "partition": "dirichlet:0.5", "defense": "masking:0.4",
+                              "fail-clients": "3", "dropout-rate": 0.3, "seed": 7}, timeout=600)
+        rows.append([{k2: v for k2, v in r.items() if k2 not in TIMING_KEYS} for r in res.rows])
+    assert rows[0] == rows[1]
+    for r in rows[0]:
+        assert r["clients_ok"] + r["clients_failed"] + r["clients_dropped"] == 4
+        assert r["clients_ok"] >= 1
+    assert sum(r["clients_failed"] for r in rows[0]) >= 1 or sum(r["clients_dropped"] for r in rows[0]) >= 2
+    assert json.loads((tmp_path / "run0" / "summary.json").read_text())["status"] == "completed"

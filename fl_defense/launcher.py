@@ -21,6 +21,7 @@ Environment given to Flower (and why):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from fl_defense.config import ExperimentConfig, parse_run_config
 from fl_defense.io import read_jsonl
@@ -125,6 +126,36 @@ def stop_process_group(proc: subprocess.Popen | None, grace: float = 10.0) -> No
         pass
 
 
+def flwr_run_command(project_dir: Path, num_supernodes: int, extra: Sequence[str] = ()) -> list[str]:
+    """``flwr run <project> --stream`` with ``num_supernodes`` single-CPU SuperNodes."""
+    return [str(Path(sys.executable).parent / "flwr"), "run", str(project_dir), "--stream", *extra,
+            "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
+
+
+@contextlib.contextmanager
+def private_superlink(flwr_home: Path, log) -> Iterator[dict[str, str]]:
+    """Start a simulation SuperLink on free loopback ports; yield the environment under
+    which ``flwr run`` talks to it; stop its whole process group and delete ``flwr_home``
+    on exit."""
+    http_port, control_port = free_port(), free_port()
+    env = flower_env(flwr_home, http_port, control_port)
+    cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--simulation",
+           "--isolation", "subprocess",
+           "--control-api-address", f"127.0.0.1:{control_port}",
+           "--host", "127.0.0.1", "--port", str(http_port),
+           "--disable-runtime-dependency-installation",
+           "--database", str(flwr_home / "state.db")]
+    superlink = None
+    try:
+        superlink = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=flwr_home)
+        _wait_health(http_port, superlink)
+        yield env
+    finally:
+        stop_process_group(superlink)
+        shutil.rmtree(flwr_home, ignore_errors=True)  # Flower's state and its copy of the app
+
+
 def run_simulation(run_config: Mapping[str, Any], *,
                    on_row: Callable[[dict[str, Any]], None] | None = None,
                    log_path: Path | None = None,
@@ -146,34 +177,18 @@ def run_simulation(run_config: Mapping[str, Any], *,
     flwr_root = project_dir / ".flwr"
     flwr_root.mkdir(exist_ok=True)
     flwr_home = Path(tempfile.mkdtemp(prefix="run-", dir=flwr_root))
-    http_port, control_port = free_port(), free_port()
-    env = flower_env(flwr_home, http_port, control_port)
 
     overrides = cfg.to_run_config()
     config_file = flwr_home / "run-config.toml"
     config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in overrides.items()))
 
-    bindir = Path(sys.executable).parent
-    superlink_cmd = [str(bindir / "flower-superlink"), "--insecure", "--simulation",
-                     "--isolation", "subprocess",
-                     "--control-api-address", f"127.0.0.1:{control_port}",
-                     "--host", "127.0.0.1", "--port", str(http_port),
-                     "--disable-runtime-dependency-installation",
-                     "--database", str(flwr_home / "state.db")]
-    run_cmd = [str(bindir / "flwr"), "run", str(project_dir), "--stream",
-               "--run-config", str(config_file),
-               "--federation-config",
-               f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1"]
+    run_cmd = flwr_run_command(project_dir, cfg.num_clients, ["--run-config", str(config_file)])
     start = time.perf_counter()
-    superlink = runner = None
     seen = 0
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, private_superlink(flwr_home, log) as env:
+        runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:
-            superlink = subprocess.Popen(superlink_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=flwr_home)
-            _wait_health(http_port, superlink)
-            runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
             while True:
                 done = runner.poll() is not None
                 rows = read_jsonl(out_dir / "metrics.jsonl")
@@ -194,8 +209,6 @@ def run_simulation(run_config: Mapping[str, Any], *,
                     pass
         finally:
             stop_process_group(runner)
-            stop_process_group(superlink)
-            shutil.rmtree(flwr_home, ignore_errors=True)  # Flower's state and its copy of the app
     rows = read_jsonl(out_dir / "metrics.jsonl")
     for row in rows[seen:]:
         if on_row:

@@ -1,6 +1,7 @@
 """Real Flower simulations (``flwr run`` on Ray) through the launcher and ``run_sim.py``."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,14 +12,24 @@ import pytest
 from fl_defense.launcher import SimulationFailed, run_simulation
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOWER_PROCS = "flower-superlink|flwr-simulation|flwr-serverapp|flwr-clientapp|raylet|gcs_server"
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def mark_processes(monkeypatch):
+    """Tag every process this test starts, so that the leftover check sees only ours."""
+    import uuid
+
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv("FL_DEFENSE_TEST_MARK", marker)
+    return marker
+
+
 def leftover_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", FLOWER_PROCS], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+    from conftest import processes_with_marker
+
+    return processes_with_marker(os.environ["FL_DEFENSE_TEST_MARK"])
 
 
 def test_run_sim_two_rounds_median_noniid(tmp_path):
@@ -62,4 +73,29 @@ def test_failed_run_is_reported_and_cleaned_up(tmp_path):
         run_simulation({"out-dir": str(tmp_path / "out"), "num-server-rounds": 1, "num-clients": 2},
                        project_dir=project, timeout=300)
     assert not (tmp_path / "out" / "summary.json").exists()
+    assert not leftover_processes()
+
+
+def test_flwr_run_directly_rejects_bad_config(tmp_path):
+    """Through `flwr run . --run-config`: an unknown key is refused by Flower itself; a bad
+    value stops our ServerApp before round 1 with our message, and nothing is recorded."""
+    import tempfile
+
+    from fl_defense.launcher import flwr_run_command, private_superlink
+
+    home = Path(tempfile.mkdtemp(prefix="bad-", dir=tmp_path))
+    out = tmp_path / "out"
+    log_path = tmp_path / "flower.log"
+    with open(log_path, "ab") as log, private_superlink(home, log) as env:
+        env["COLUMNS"] = "300"  # Flower's error box truncates long lines
+        typo = subprocess.run(flwr_run_command(ROOT, 2, ["--run-config", "num-server-round=3"]), env=env,
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        # Flower refuses a key that pyproject.toml does not list (without naming it)
+        assert typo.returncode != 0 and "Invalid run configuration" in typo.stderr
+        bad = subprocess.run(flwr_run_command(ROOT, 2, ["--run-config",
+                                                        f"defense='maskng:0.4' out-dir='{out}'"]),
+                             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    text = bad.stdout + bad.stderr + log_path.read_text()
+    assert "unknown defense 'maskng'" in text
+    assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
     assert not leftover_processes()

@@ -1,0 +1,67 @@
+"""Bad input through the command line: rejected before anything starts, naming key and value."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fl_defense.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BAD_RUNS = [
+    (["--rounds", "0"], ["num-server-rounds", "0"]),
+    (["--clients", "-2"], ["num-clients", "-2"]),
+    (["--defense", "maskng:0.4"], ["maskng", "masking"]),
+    (["--defense", "masking:1.0"], ["masking", "1.0"]),
+    (["--defense", "pruning:-0.5"], ["pruning", "-0.5"]),
+    (["--defense", "clipping:-1"], ["clipping", "-1"]),
+    (["--defense", "noising:-0.1"], ["noising", "-0.1"]),
+    (["--defense", "masking"], ["masking", "needs a value"]),
+    (["--defense", "clipping:1,per-leyer"], ["per-leyer", "per-layer"]),
+    (["--aggregation", "mode"], ["aggregation", "mode"]),
+    (["--strategy", "FedProx"], ["strategy", "FedProx"]),
+    (["--partition", "dirichlet:0"], ["dirichlet", "0"]),
+    (["--partition", "pathological:0"], ["pathological", "0"]),
+    (["--partition", "shards:2"], ["shards:2"]),
+    (["--dataset", "cifar100"], ["dataset", "cifar100"]),
+    (["--model", "resnet18"], ["model", "resnet18"]),
+    (["--lr", "0"], ["lr", "0"]),
+    (["--local-steps", "0"], ["local-steps", "0"]),
+    (["--batch-size", "-1"], ["batch-size", "-1"]),
+    (["--attacker", "oracle"], ["attacker", "oracle"]),
+    (["--set", "num-server-round=3"], ["num-server-round", "num-server-rounds"]),
+    (["--set", "dropout-rate=1.5"], ["dropout-rate", "1.5"]),
+    (["--set", "byzantine-mode=flip"], ["byzantine-mode", "flip"]),
+    (["--set", "fail-clients=x"], ["fail-clients", "x"]),
+    (["--set", "leak-threshold=2"], ["leak-threshold", "2"]),
+    (["--set", "krum-malicious=-1"], ["krum-malicious", "-1"]),
+    (["--set", "nonsense"], ["KEY=VALUE", "nonsense"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD_RUNS, ids=[" ".join(a) for a, _ in BAD_RUNS])
+def test_run_rejects_bad_input_before_starting(tmp_path, capsys, argv, words):
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    for word in words:
+        assert word in err, err
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_missing_data_folder_is_named(tmp_path, capsys):
+    folder = tmp_path / "no-data-here"
+    rc = main(["--dataset", "mnist", "--data-dir", str(folder), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and "MNIST" in err
+
+
+def test_run_sim_process_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--defense", "masking:7",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "masking" in proc.stderr and "7" in proc.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,24 +44,33 @@ def fresh_lenet(in_channels: int, image_size: int, num_classes: int, seed: int) 
     return LeNet(in_channels, image_size, num_classes, dlg_init=True)
 
 
-def defended_gradients(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, defense: DefenseSpec,
-                       lr: float, seed: int, device: str = "cpu") -> list[list[torch.Tensor]]:
-    """Per target, what the server recovers: ``-(defense(-lr * g)) / lr``."""
+def defended_gradients(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+                       defenses: Sequence[DefenseSpec], lr: float, seed: int, device: str = "cpu",
+                       client_ids: Sequence[int] | None = None) -> list[list[torch.Tensor]]:
+    """Per target t, what the server recovers: ``-(defenses[t](-lr * g_t)) / lr``, the
+    defense's randomness seeded by ``(seed, client_ids[t], 0)``."""
     grads = single_image_gradients(model, torch.as_tensor(images), torch.as_tensor(labels), device=device)
     kinds = [k for k, (name, _) in zip(state_kinds(model), model.state_dict().items())
              if name in dict(model.named_parameters())]
     out = []
-    for t in range(len(images)):
+    ids = range(len(images)) if client_ids is None else client_ids
+    for t, cid in enumerate(ids):
         payload = [(-lr * g[t]).cpu().numpy() for g in grads]
-        defended = apply_defense(defense, payload, kinds, defense_rng(seed, t, 0))
+        defended = apply_defense(defenses[t], payload, kinds, defense_rng(seed, int(cid), 0))
         out.append([torch.as_tensor(-d / lr, dtype=torch.float32) for d in defended])
     return out
 
 
-def attack_images(images: np.ndarray, labels: np.ndarray, num_classes: int, defense: DefenseSpec,
-                  settings: AttackSettings, progress: Callable[[int], None] | None = None
-                  ) -> tuple[Scores, list[dict]]:
+def attack_images(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                  defense: DefenseSpec | Sequence[DefenseSpec], settings: AttackSettings,
+                  progress: Callable[[int], None] | None = None,
+                  client_ids: Sequence[int] | None = None) -> tuple[Scores, list[dict]]:
     """Attack every image's defended single-image gradient; score; one row per image.
+
+    ``defense`` is one spec for all images, or one per image (all of the same defense, so
+    that one attacker objective fits them: the sweep attacks all strengths of a defense in
+    one vectorised batch).  ``client_ids[t]`` seeds target t's defense randomness
+    (default: its position).
 
     ``labels`` are the labels the clients trained with.  Rows hold ``image`` (index),
     ``label``, ``label_pred``, ``ssim``, ``ssim_adjusted``, ``psnr``, ``mse``, ``leaked``,
@@ -73,9 +82,13 @@ def attack_images(images: np.ndarray, labels: np.ndarray, num_classes: int, defe
     n, c, h, w = images.shape
     if h != w:
         raise ValueError(f"images must be square, got {h}x{w}")
+    defenses = [defense] * n if isinstance(defense, DefenseSpec) else list(defense)
+    if len(defenses) != n or len({d.name for d in defenses}) != 1:
+        raise ValueError(f"give one defense, or one per image of a single kind; got {len(defenses)} for {n} images")
     model = fresh_lenet(c, h, num_classes, settings.seed)
-    observed = defended_gradients(model, images, labels, defense, settings.lr, settings.seed, settings.device)
-    config = AttackConfig(method=settings.method, objective=objective_for(settings.attacker, defense.name),
+    observed = defended_gradients(model, images, labels, defenses, settings.lr, settings.seed, settings.device,
+                                  client_ids)
+    config = AttackConfig(method=settings.method, objective=objective_for(settings.attacker, defenses[0].name),
                           max_iter=settings.max_iter, restarts=settings.restarts, seed=settings.seed,
                           device=settings.device)
     recons, preds, failed, seconds = [], [], [], []

@@ -21,7 +21,7 @@ def _common_attack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int, default=d.attack_restarts)
     p.add_argument("--leak-threshold", dest="leak_threshold", type=float, default=d.leak_threshold)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=int, default=16, help="targets attacked together (vectorised)")
+    p.add_argument("--chunk", type=int, default=64, help="targets attacked together (vectorised)")
     p.add_argument("--data-dir", dest="data_dir", default="")
 
 

@@ -98,21 +98,27 @@ def brightness_candidates(truth: object, recon: object) -> dict[str, np.ndarray]
     """The brightness/contrast adjustments of ``recon`` that :func:`ssim_adjusted` considers.
 
     * ``"identity"``: ``recon`` itself;
-    * ``"affine"``: ``clip(a * recon + b, 0, 1)`` where ``(a, b)`` is the global least-squares
-      fit ``argmin_{a,b} sum (a * recon + b - truth)^2`` over all pixels and channels, i.e.
-      ``a = cov(recon, truth) / var(recon)``, ``b = mean(truth) - a * mean(recon)``
-      (``a = 0`` when ``recon`` is constant).  ``a`` may be negative: an inverted image leaks;
+    * ``"affine"``: ``clip(a * recon + b, 0, 1)`` with one global gain ``a`` and offset ``b``
+      fitted to the truth by least squares over all pixels and channels, the gain kept at
+      ``|a| >= 1``: ``a_ls = cov(recon, truth) / var(recon)``, ``a = sign(a_ls) max(|a_ls|, 1)``
+      (``a = 1`` when ``recon`` is constant or uncorrelated), ``b = mean(truth) - a mean(recon)``
+      (the best offset for that gain).  ``a`` may be negative: an inverted image leaks;
     * ``"stretch"``: the min-max stretch ``(recon - min) / (max - min)`` (the identity when
       ``recon`` is constant), what a person would do to a dark or washed-out image.
 
     One global ``(a, b)`` is used rather than one per channel: two numbers taken from the
     truth cannot create structure, while a per-channel fit would also borrow the colour
-    balance of the truth and credit reconstructions whose colours are wrong.
+    balance of the truth and credit reconstructions whose colours are wrong.  The gain is
+    not allowed to shrink (``|a| >= 1``): lowering the contrast reveals nothing to a viewer,
+    but a least-squares gain near 0 turns a noise image into a flat image at the truth's
+    mean, which SSIM scores highly against a low-contrast truth (measured: noise scored
+    0.8-0.9 against a nearly uniform crop of the sky).
     """
     t, r = _check_pair(truth, recon)
     rc = r - r.mean()
     var = float((rc * rc).mean())
-    a = float((rc * (t - t.mean())).mean()) / var if var > 0.0 else 0.0
+    a_ls = float((rc * (t - t.mean())).mean()) / var if var > 0.0 else 0.0
+    a = -max(-a_ls, 1.0) if a_ls < 0 else max(a_ls, 1.0)
     b = float(t.mean()) - a * float(r.mean())
     lo, hi = float(r.min()), float(r.max())
     stretch = (r - lo) / (hi - lo) if hi > lo else r.copy()
@@ -133,13 +139,17 @@ def ssim_adjusted(truth: object, recon: object) -> float:
     """Brightness-adjusted SSIM: the best SSIM over brightness/contrast changes of ``recon``.
 
     ``ssim_adjusted(x, y) = max(SSIM(x, y), SSIM(x, clip(a y + b, 0, 1)), SSIM(x, stretch(y)))``
-    where ``(a, b)`` is the global least-squares fit of ``y`` to ``x`` (``a`` may be negative,
-    so an inverted reconstruction scores like its inverse) and ``stretch`` is the min-max
-    stretch to [0, 1]; see :func:`brightness_candidates`.  It is always >= :func:`ssim` and
+    where ``(a, b)`` is the global least-squares fit of ``y`` to ``x`` with the gain kept at
+    ``|a| >= 1`` (``a`` may be negative, so an inverted reconstruction scores like its
+    inverse) and ``stretch`` is the min-max stretch to [0, 1]; see
+    :func:`brightness_candidates`.  It is always >= :func:`ssim` and
     reaches ~1 for a brightness-scaled, contrast-reduced or inverted copy of the truth.
     It measures leakage that a viewer could recover by adjusting brightness, the concern of
     Kim & Park (2024, arXiv:2408.08430).  :func:`adjust_brightness` returns the image that
     attains the maximum.
+
+    Caveat (of SSIM itself): against a nearly uniform truth any flat image scores high, so
+    SSIM says little about such targets.
     """
     return _best_adjusted(truth, recon)[0]
 

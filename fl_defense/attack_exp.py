@@ -32,7 +32,7 @@ class AttackSettings:
     lr: float = 0.1                # the client's (public) learning rate
     max_iter: int = 300
     restarts: int = 2
-    leak_threshold: float = 0.6
+    leak_threshold: float = 0.4
     seed: int = 0
     chunk: int = 16                # targets attacked together by the vectorised engine
     device: str = "cpu"

@@ -110,7 +110,7 @@ class ExperimentConfig:
     attack_method: str = "idlg"
     attack_max_iter: int = 300
     attack_restarts: int = 2
-    leak_threshold: float = 0.6
+    leak_threshold: float = 0.4
 
     # ------------------------------------------------------------------ derived
     @property

@@ -153,8 +153,18 @@ def save_sweep_cell(out: Path, ds: str, attacker: str, defense: str, strength: f
                       "seconds": float(sum(r["seconds"] for r in rows))})
 
 
-def load_sweep_cells(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/*/*.json"))]
+def load_sweep_cells(out: Path, leak_threshold: float | None = None) -> list[dict]:
+    """Every finished cell's summary; with ``leak_threshold`` the leak rate is recomputed from
+    the stored per-image adjusted SSIM, so a sweep can be re-read at another threshold
+    without attacking again."""
+    cells = []
+    for path in sorted((out / "cells").glob("*/*/*.json")):
+        cell = json.loads(path.read_text())
+        if leak_threshold is not None:
+            rows = read_jsonl(path.with_suffix(".jsonl"))
+            cell["leak_rate"] = float(np.mean([r["ssim_adjusted"] >= leak_threshold for r in rows]))
+        cells.append(cell)
+    return cells
 
 
 def thresholds_from_cells(cells: list[dict], grids: dict[str, list[float]], max_leak_rate: float) -> list[dict]:
@@ -184,7 +194,7 @@ def thresholds_from_cells(cells: list[dict], grids: dict[str, list[float]], max_
 
 def summarise_sweep(out: Path, datasets, defenses, attackers, grids, max_leak_rate: float,
                     leak_threshold: float) -> None:
-    cells = load_sweep_cells(out)
+    cells = load_sweep_cells(out, leak_threshold)
     rows = thresholds_from_cells(cells, grids, max_leak_rate)
     buf = io.StringIO()
     fields = ["dataset", "defense", "attacker", "threshold", "leak_rate", "ssim_mean", "ssim_adjusted_mean",

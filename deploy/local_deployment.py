@@ -65,7 +65,7 @@ if __package__ in (None, ""):  # ``python deploy/local_deployment.py``
 
 from fl_defense.config import parse_run_config
 from fl_defense.io import read_jsonl
-from fl_defense.launcher import PROJECT_DIR, RunResult, SimulationFailed, free_port
+from fl_defense.launcher import PROJECT_DIR, RunResult, SimulationFailed, follow_run, free_port, prepare_out_dir
 
 MARKER_ENV = "FL_DEFENSE_DEPLOYMENT"
 CONNECTION_NAME = "fl-defense-deployment"
@@ -581,41 +581,25 @@ class LocalDeployment:
         import tomli_w
 
         cfg = parse_run_config(run_config, require_out_dir=True)
-        out_dir = Path(cfg.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.jsonl", "summary.json"):
-            (out_dir / stale).unlink(missing_ok=True)
+        out_dir = prepare_out_dir(cfg)
         config_file = self.work_dir / "run-config.toml"
         config_file.write_text(tomli_w.dumps(cfg.to_run_config()))
         cmd = [str(_BINDIR / "flwr"), "run", str(self.project_dir), CONNECTION_NAME, "--stream",
                "--run-config", str(config_file)]
         start = time.perf_counter()
         runner = self._spawn("flwr-run", cmd, cwd=self.project_dir, home=self.cli_home)
-        seen = 0
+
+        def check() -> None:
+            for s in self._started:
+                if (s.name == "superlink" or s.name.startswith("supernode-")) and s.proc.poll() is not None:
+                    raise DeploymentFailed(f"{s.name} exited with code {s.proc.returncode} during the "
+                                           f"run; see {s.log}")
+            self._remember()
+
         try:
-            while True:
-                done = runner.poll() is not None
-                rows = read_jsonl(out_dir / "metrics.jsonl")
-                for row in rows[seen:]:
-                    if on_row:
-                        on_row(row)
-                seen = len(rows)
-                if done or (out_dir / "summary.json").exists():
-                    break
-                for s in self._started:
-                    if (s.name == "superlink" or s.name.startswith("supernode-")) and s.proc.poll() is not None:
-                        raise DeploymentFailed(f"{s.name} exited with code {s.proc.returncode} during the "
-                                               f"run; see {s.log}")
-                if timeout and time.perf_counter() - start > timeout:
-                    raise DeploymentFailed(f"the run exceeded its {timeout:.0f}s limit; see "
-                                           f"{self.log_path('flwr-run')} and {self.work_dir / 'logs'}")
-                self._remember()
-                time.sleep(0.5)
-            if (out_dir / "summary.json").exists():
-                try:
-                    runner.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
+            seen = follow_run(runner, out_dir, on_row, timeout, check=check, on_timeout=lambda: DeploymentFailed(
+                f"the run exceeded its {timeout:.0f}s limit; see {self.log_path('flwr-run')} and "
+                f"{self.work_dir / 'logs'}"))
         finally:
             self._stop_one(runner)
         rows = read_jsonl(out_dir / "metrics.jsonl")

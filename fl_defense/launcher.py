@@ -156,6 +156,46 @@ def private_superlink(flwr_home: Path, log) -> Iterator[dict[str, str]]:
         shutil.rmtree(flwr_home, ignore_errors=True)  # Flower's state and its copy of the app
 
 
+def prepare_out_dir(cfg: ExperimentConfig) -> Path:
+    """Create the run's output folder and remove a previous run's completion markers."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "summary.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    return out_dir
+
+
+def follow_run(runner: subprocess.Popen, out_dir: Path, on_row: Callable[[dict[str, Any]], None] | None,
+               timeout: float | None, on_timeout: Callable[[], Exception],
+               check: Callable[[], None] | None = None) -> int:
+    """Report each new row of ``metrics.jsonl`` while ``flwr run`` runs, until it exits or
+    ``summary.json`` appears (then give it 30 s to close its stream).  ``check`` runs every
+    poll and may raise; past ``timeout`` seconds ``on_timeout()`` is raised.  Returns the
+    number of rows reported."""
+    start = time.perf_counter()
+    seen = 0
+    while True:
+        done = runner.poll() is not None
+        rows = read_jsonl(out_dir / "metrics.jsonl")
+        for row in rows[seen:]:
+            if on_row:
+                on_row(row)
+        seen = len(rows)
+        if done or (out_dir / "summary.json").exists():
+            break
+        if check:
+            check()
+        if timeout and time.perf_counter() - start > timeout:
+            raise on_timeout()
+        time.sleep(0.5)
+    if (out_dir / "summary.json").exists():
+        try:
+            runner.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    return seen
+
+
 def run_simulation(run_config: Mapping[str, Any], *,
                    on_row: Callable[[dict[str, Any]], None] | None = None,
                    log_path: Path | None = None,
@@ -169,10 +209,7 @@ def run_simulation(run_config: Mapping[str, Any], *,
     run does not complete.
     """
     cfg = parse_run_config(run_config, require_out_dir=True)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "summary.json"):
-        (out_dir / stale).unlink(missing_ok=True)
+    out_dir = prepare_out_dir(cfg)
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
     flwr_root = project_dir / ".flwr"
     flwr_root.mkdir(exist_ok=True)
@@ -184,29 +221,12 @@ def run_simulation(run_config: Mapping[str, Any], *,
 
     run_cmd = flwr_run_command(project_dir, cfg.num_clients, ["--run-config", str(config_file)])
     start = time.perf_counter()
-    seen = 0
     with open(log_path, "ab") as log, private_superlink(flwr_home, log) as env:
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:
-            while True:
-                done = runner.poll() is not None
-                rows = read_jsonl(out_dir / "metrics.jsonl")
-                for row in rows[seen:]:
-                    if on_row:
-                        on_row(row)
-                seen = len(rows)
-                if done or (out_dir / "summary.json").exists():
-                    break
-                if timeout and time.perf_counter() - start > timeout:
-                    raise SimulationFailed(f"the run exceeded its {timeout:.0f}s limit; see {log_path}")
-                time.sleep(0.5)
-            if (out_dir / "summary.json").exists():
-                # The ServerApp has finished; give flwr a moment to close its stream.
-                try:
-                    runner.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
+            seen = follow_run(runner, out_dir, on_row, timeout, on_timeout=lambda: SimulationFailed(
+                f"the run exceeded its {timeout:.0f}s limit; see {log_path}"))
         finally:
             stop_process_group(runner)
     rows = read_jsonl(out_dir / "metrics.jsonl")

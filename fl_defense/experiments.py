@@ -389,12 +389,21 @@ def summarise_train(out: Path, cells, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    leak = {}
-    if args.thresholds and Path(args.thresholds).exists():
-        for r in csv.DictReader(Path(args.thresholds).read_text().splitlines()):
-            if r["dataset"] == args.threshold_dataset and r["attacker"] == args.attacker:
-                leak[r["defense"]] = float(r["leak_rate"]) if r["leak_rate"] else None
-                leak["none"] = float(r["undefended_leak_rate"]) if r["undefended_leak_rate"] else None
+    # the leak rate of each trained strength against each attacker, from the sweep's cells
+    # (next to its thresholds.csv), read at this run's leak threshold
+    leak: dict[tuple[str, str], float] = {}
+    if args.thresholds and (Path(args.thresholds).parent / "cells").is_dir():
+        from fl_defense.config import ExperimentConfig
+
+        for c in load_sweep_cells(Path(args.thresholds).parent, ExperimentConfig().leak_threshold):
+            if c["dataset"] == args.threshold_dataset:
+                leak[(c["attacker"], c["defense"] if c["defense"] == "none" else f"{c['defense']}:{c['strength']:g}")] = c["leak_rate"]
+
+    def leak_of(attacker: str, cell: dict) -> float | None:
+        if cell["defense"] == "none":
+            return leak.get((attacker, "none"))
+        strength = float(cell["spec"].split(":")[1].split(",")[0])
+        return leak.get((attacker, f"{cell['defense']}:{strength:g}"))
     rows, hook_rows = [], []
     for cell in cells:
         metrics = read_jsonl(cell["dir"] / "metrics.jsonl")
@@ -410,7 +419,8 @@ def summarise_train(out: Path, cells, args) -> None:
         rows.append({"defense": cell["defense"], "spec": cell["spec"], "aggregation": cell["aggregation"],
                      "partition": cell["partition"], "final_accuracy": accs[-1] if accs else None,
                      "best_accuracy": max(a for a in accs if a is not None) if accs else None,
-                     "sweep_leak_rate": leak.get(cell["defense"]),
+                     "leak_rate_naive": leak_of("naive", cell),
+                     "leak_rate_aware": leak_of("aware", cell),
                      "hook_ssim_adjusted_mean": float(np.mean([m["attack_ssim_adjusted_mean"] for m in attacked]))
                      if attacked else None})
     fields = list(rows[0].keys())
@@ -464,21 +474,21 @@ def summarise_train(out: Path, cells, args) -> None:
         for a in aggregations:
             ax = axes[0][k]
             k += 1
-            for r in rows:
-                if r["partition"] == p and r["aggregation"] == a and r["final_accuracy"] is not None:
-                    x = r["sweep_leak_rate"]
-                    if x is None:
-                        x = r["hook_ssim_adjusted_mean"]
-                    if x is None:
-                        continue
-                    ax.scatter([x], [r["final_accuracy"]], s=25)
-                    ax.annotate(r["spec"], (x, r["final_accuracy"]), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points")
-            ax.set_xlabel("leak rate (sweep, single-image iDLG)" if leak else "hook adjusted SSIM", fontsize=8)
+            for i, r in enumerate(rows):
+                if r["partition"] != p or r["aggregation"] != a or r["final_accuracy"] is None:
+                    continue
+                colour = f"C{[x['spec'] for x in rows].index(r['spec']) % 10}"
+                for attacker, marker in (("naive", "o"), ("aware", "^")):
+                    x = r[f"leak_rate_{attacker}"]
+                    if x is not None:
+                        ax.scatter([x], [r["final_accuracy"]], s=30, marker=marker, color=colour,
+                                   label=f"{r['spec']} ({attacker})" if k == 1 else None)
+            ax.set_xlabel("leak rate (single-image iDLG; o naive, ^ aware attacker)", fontsize=7)
             ax.set_title(f"{p} / {a}", fontsize=9)
             ax.set_xlim(-0.05, 1.05)
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final test accuracy", fontsize=8)
+    axes[0][0].legend(fontsize=5, loc="center")
     fig.tight_layout()
     save_figure(fig, out / "frontier.png", dpi=110)
     plt.close(fig)

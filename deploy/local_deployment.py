@@ -506,28 +506,25 @@ class LocalDeployment:
         args = ["supernode", "register", str(public_key), CONNECTION_NAME, "--format", "json"]
         if name:
             args += ["--name", name]
+        return int(self._flwr_json(f"registering {public_key}", *args)["node-id"])
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """The SuperLink's SuperNodes (``flwr supernode list --format json``): dicts with
+        ``node-id``, ``status`` (``registered`` | ``online`` | ``offline`` | ...), ..."""
+        doc = self._flwr_json("listing SuperNodes", "supernode", "list", CONNECTION_NAME, "--format", "json")
+        return list(doc.get("nodes", []))
+
+    def _flwr_json(self, what: str, *args: str) -> dict[str, Any]:
+        """Run a ``flwr ... --format json`` command; its JSON answer, or DeploymentFailed."""
         res = self.flwr(*args)
         try:
             doc = _parse_json_output(res.stdout)
         except ValueError:
             doc = {}
         if res.returncode != 0 or not doc.get("success"):
-            raise DeploymentFailed(f"registering {public_key} failed (exit {res.returncode}): "
+            raise DeploymentFailed(f"{what} failed (exit {res.returncode}): "
                                    f"{(res.stdout + res.stderr).strip()[-800:]}")
-        return int(doc["node-id"])
-
-    def list_nodes(self) -> list[dict[str, Any]]:
-        """The SuperLink's SuperNodes (``flwr supernode list --format json``): dicts with
-        ``node-id``, ``status`` (``registered`` | ``online`` | ``offline`` | ...), ..."""
-        res = self.flwr("supernode", "list", CONNECTION_NAME, "--format", "json")
-        try:
-            doc = _parse_json_output(res.stdout)
-        except ValueError:
-            doc = {}
-        if res.returncode != 0 or not doc.get("success"):
-            raise DeploymentFailed(f"listing SuperNodes failed (exit {res.returncode}): "
-                                   f"{(res.stdout + res.stderr).strip()[-800:]}")
-        return list(doc.get("nodes", []))
+        return doc
 
     # -- SuperNodes
     def start_supernode(self, private_key: str | os.PathLike | None, partition_id: int, num_partitions: int,

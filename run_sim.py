@@ -16,9 +16,7 @@ a key of ``[tool.flwr.app.config]`` in pyproject.toml; ``--set KEY=VALUE`` reach
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from fl_defense.cli import main
 

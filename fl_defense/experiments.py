@@ -8,15 +8,12 @@ the tables and figures are rebuilt from the cells at the end of every invocation
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -474,7 +471,7 @@ def summarise_train(out: Path, cells, args) -> None:
         for a in aggregations:
             ax = axes[0][k]
             k += 1
-            for i, r in enumerate(rows):
+            for r in rows:
                 if r["partition"] != p or r["aggregation"] != a or r["final_accuracy"] is None:
                     continue
                 colour = f"C{[x['spec'] for x in rows].index(r['spec']) % 10}"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fl_defense.config import ExperimentConfig
-from fl_defense.models import build_model, state_kinds
+from fl_defense.models import build_model
 
 TRAINABLE = ("weight", "bn_affine")
 
@@ -100,10 +100,6 @@ def new_model(cfg: ExperimentConfig, train=None) -> nn.Module:
     torch.manual_seed(cfg.seed)
     return build_model(cfg.model, train.in_channels, train.image_size, train.num_classes,
                        dlg_init=cfg.model == "lenet")
-
-
-def model_kinds(cfg: ExperimentConfig) -> list[str]:
-    return state_kinds(new_model(cfg))
 
 
 def local_batches(num_examples: int, steps: int, batch_size: int, seed: int, client_id: int,

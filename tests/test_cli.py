@@ -1,6 +1,5 @@
 """Bad input through the command line: rejected before anything starts, naming key and value."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

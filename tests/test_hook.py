@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.server.strategy import FedMedian
 
 from attacks.hook import AttackHook, TrainingImageOracle
 from attacks.threat import objective_for, observed_gradient, threat_model

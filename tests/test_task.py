@@ -1,7 +1,6 @@
 import numpy as np
 import torch
 
-from fl_defense.config import parse_run_config
 from fl_defense.models import BNCNN, LeNet, build_model, state_kinds
 from fl_defense.task import (get_weights, local_batches, make_payload, payload_to_weights,
                              set_weights, train_steps)

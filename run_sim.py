@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from fl_defense.cli import main
+from experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -1,31 +1,5 @@
-"""Gradient-inversion attacks (DLG / iDLG) on observed client gradients."""
+"""Gradient inversion on plain payloads (no Flower): gradients, objectives, a batched
+L-BFGS, engines, label recovery, the threat model and scoring.
 
-from attacks.inversion import (
-    ENGINES,
-    METHODS,
-    OBJECTIVES,
-    AttackConfig,
-    AttackResult,
-    infer_label_idlg,
-    invert_gradients,
-    invert_gradients_loop,
-    LBFGSMemory,
-    loss_scale,
-    matching_loss,
-    single_image_gradients,
-)
-
-__all__ = [
-    "ENGINES",
-    "METHODS",
-    "OBJECTIVES",
-    "AttackConfig",
-    "AttackResult",
-    "infer_label_idlg",
-    "invert_gradients",
-    "invert_gradients_loop",
-    "LBFGSMemory",
-    "loss_scale",
-    "matching_loss",
-    "single_image_gradients",
-]
+The entry point is :func:`attacks.inversion.invert_gradients`.
+"""

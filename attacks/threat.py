@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from attacks.inversion import AttackConfig
+from fl_defense.config import ExperimentConfig
+
 # defense name -> objective of an attacker who knows the defense
 AWARE_OBJECTIVE = {
     "none": "l2",
@@ -45,6 +48,14 @@ def objective_for(attacker: str, defense_name: str) -> str:
         except KeyError:
             raise ValueError(f"no aware objective for defense {defense_name!r}") from None
     raise ValueError(f"unknown attacker {attacker!r}; choose naive or aware")
+
+
+def attack_config(cfg: ExperimentConfig, device: str, batch_size: int = 64) -> AttackConfig:
+    """The engine's settings for the attack a run or an experiment configures: method,
+    objective (from the attacker and the defense's name), iteration budget, restarts, seed."""
+    return AttackConfig(method=cfg.attack_method, objective=objective_for(cfg.attacker, cfg.defense.name),
+                        max_iter=cfg.attack_max_iter, restarts=cfg.attack_restarts, seed=cfg.seed,
+                        batch_size=batch_size, device=device)
 
 
 def threat_model(local_steps: int, batch_size: int) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """BatchNorm and masking: naive masking vs BatchNorm-aware masking vs no defense.
 
-Runs real Flower simulations (``flwr run`` through :mod:`fl_defense.launcher`) of the
+Runs real Flower simulations (``flwr run`` through :mod:`experiments.launcher`) of the
 BatchNorm CNN on embedded MNIST, side by side in one invocation, and prints the final
 test accuracy of each and its difference from no defense.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_defense.launcher import run_simulation  # noqa: E402
+from experiments.launcher import run_simulation  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Byzantine clients: mean vs median aggregation, clean and with f malicious clients.
 
-Real Flower simulations (``flwr run`` through :mod:`fl_defense.launcher`), side by side in
+Real Flower simulations (``flwr run`` through :mod:`experiments.launcher`), side by side in
 one invocation; prints the final test accuracy of each and the drop from the clean run.
 
     python benchmarks/byzantine.py --out /tmp/byz --malicious 2 --modes scaled,sign-flip
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_defense.launcher import run_simulation  # noqa: E402
+from experiments.launcher import run_simulation  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from attacks.inversion import AttackConfig, invert_gradients, single_image_gradients  # noqa: E402
+from attacks.gradients import single_image_gradients  # noqa: E402
+from attacks.inversion import AttackConfig, invert_gradients  # noqa: E402
 from attacks.targets import colour_targets, mnist_targets  # noqa: E402
 from fl_defense.metrics import adjust_brightness, ssim, ssim_adjusted  # noqa: E402
 from fl_defense.models import LeNet  # noqa: E402

@@ -11,70 +11,28 @@ and the value -- and, for an unknown key or name, the nearest valid one.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fl_defense.datasets import DATASET_NAMES
+from fl_defense.defenses import DefenseSpec, parse_defense
+from fl_defense.errors import ConfigError, suggest
 from fl_defense.models import MODEL_NAMES
+from fl_defense.partition import PartitionSpec
+
+__all__ = ["ConfigError", "ExperimentConfig", "parse_run_config", "default_run_config",
+           "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES"]
 
 AGGREGATIONS = ("mean", "median")
 STRATEGIES = ("fl-defense", "FedAvg", "FedMedian", "FedTrimmedAvg", "Krum")
-PARTITION_SCHEMES = ("iid", "dirichlet", "pathological")
 ATTACKERS = ("naive", "aware")
 ATTACK_METHODS = ("idlg", "dlg")
 BYZANTINE_MODES = ("sign-flip", "scaled", "random")
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names both."""
-
-
-def suggest(name: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    """How the training set is split: ``iid``, ``dirichlet:ALPHA`` or ``pathological:K``."""
-
-    scheme: str = "iid"
-    param: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "PartitionSpec":
-        name, _, value = str(text).partition(":")
-        name = name.strip()
-        if name not in PARTITION_SCHEMES:
-            raise ConfigError(f"unknown partition {text!r}; choose iid, dirichlet:ALPHA or "
-                              f"pathological:K{suggest(name, PARTITION_SCHEMES)}")
-        if name == "iid":
-            if value:
-                raise ConfigError(f"partition 'iid' takes no value, got {text!r}")
-            return cls("iid", None)
-        if not value:
-            raise ConfigError(f"partition {name!r} needs a value, e.g. "
-                              f"{'dirichlet:0.5' if name == 'dirichlet' else 'pathological:2'}; got {text!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"partition value {value!r} in {text!r} is not a number") from None
-        if name == "dirichlet":
-            if not (number > 0 and math.isfinite(number)):
-                raise ConfigError(f"dirichlet alpha must be > 0, got {value!r}")
-            return cls("dirichlet", number)
-        if number != int(number) or number < 1:
-            raise ConfigError(f"pathological K (classes per client) must be an integer >= 1, got {value!r}")
-        return cls("pathological", int(number))
-
-    def __str__(self) -> str:
-        if self.param is None:
-            return self.scheme
-        value = int(self.param) if self.scheme == "pathological" else self.param
-        return f"{self.scheme}:{value}"
+# config values held as typed specs: the text a user writes -> its parser
+_SPECS = {"defense": parse_defense, "partition": PartitionSpec.parse}
 
 
 @dataclass(frozen=True)
@@ -87,12 +45,12 @@ class ExperimentConfig:
     fraction_evaluate: float = 0.0
     dataset: str = "mnist-embedded"
     data_dir: str = ""
-    partition: str = "iid"
+    partition: PartitionSpec = PartitionSpec()
     model: str = "lenet"
     local_steps: int = 20
     batch_size: int = 32
     lr: float = 0.1
-    defense: str = "none"
+    defense: DefenseSpec = DefenseSpec("none")
     strategy: str = "fl-defense"
     aggregation: str = "mean"
     trim_beta: float = 0.2
@@ -114,23 +72,17 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------ derived
     @property
-    def partition_spec(self) -> PartitionSpec:
-        return PartitionSpec.parse(self.partition)
-
-    @property
-    def defense_spec(self):
-        from fl_defense.defenses import parse_defense
-
-        return parse_defense(self.defense)
-
-    @property
     def failing_clients(self) -> tuple[int, ...]:
         """Partition ids that raise in ``fit`` (fault injection), from ``fail-clients``."""
         return tuple(int(x) for x in self.fail_clients.split(",") if x.strip())
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat kebab-case mapping, as in ``[tool.flwr.app.config]``."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name.replace("_", "-")] = str(value) if f.name in _SPECS else value
+        return out
 
 
 def default_run_config() -> dict[str, Any]:
@@ -144,6 +96,13 @@ _TYPES = {f.name.replace("_", "-"): type(getattr(ExperimentConfig(), f.name)) fo
 
 def _coerce(key: str, value: Any) -> Any:
     want = _TYPES[key]
+    if key in _SPECS:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        try:
+            return _SPECS[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     if want is bool:
         if isinstance(value, bool):
             return value
@@ -178,9 +137,6 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     unknown names raise :class:`ConfigError`.  With ``require_out_dir`` the output folder
     must be given.
     """
-    from fl_defense.data import DATASET_NAMES
-    from fl_defense.defenses import parse_defense
-
     values: dict[str, Any] = {}
     for key, value in run_config.items():
         if key not in _FIELDS:
@@ -197,14 +153,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _check(cfg.local_steps >= 1, "local-steps", cfg.local_steps, ">= 1")
     _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, ">= 1")
     _check(cfg.lr > 0, "lr", cfg.lr, "> 0")
-    try:
-        parse_defense(cfg.defense)
-    except ValueError as exc:
-        raise ConfigError(f"defense: {exc}") from None
-    try:
-        spec = PartitionSpec.parse(cfg.partition)
-    except ConfigError as exc:
-        raise ConfigError(f"partition: {exc}") from None
+    spec = cfg.partition
     if spec.scheme == "pathological" and spec.param > 10_000:
         raise ConfigError(f"partition: pathological K is too large, got {cfg.partition!r}")
     _choice("strategy", cfg.strategy, STRATEGIES)

@@ -57,11 +57,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:
-    """Append one row by rewriting the file atomically (files here are small)."""
-    return write_jsonl(path, [*read_jsonl(path), row])
-
-
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     """Save a matplotlib figure atomically (PNG unless the suffix says otherwise)."""
     import io

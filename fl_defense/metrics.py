@@ -15,7 +15,7 @@ outside [0, 1] raises :class:`ValueError` naming the offending value.
   reconstruction that looks obfuscated (too dark, washed out, inverted) can still reveal
   the image once its brightness is changed; this metric credits such leaks.
 * :func:`psnr` (peak signal-to-noise ratio, ``data_range=1``), :func:`mse`,
-  :func:`label_accuracy`, :func:`leaked`, and :func:`per_image` to map a metric over a batch.
+  :func:`label_accuracy`, and :func:`per_image` to map a metric over a batch.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ __all__ = [
     "psnr",
     "mse",
     "label_accuracy",
-    "leaked",
     "per_image",
 ]
 
@@ -184,15 +183,6 @@ def label_accuracy(true: object, pred: object) -> float:
         raise ValueError(f"true and pred must be non-empty 1-D arrays of equal length; "
                          f"got shapes {t.shape} and {p.shape}")
     return float(np.mean(t == p))
-
-
-def leaked(ssim_adjusted_value: float, threshold: float) -> bool:
-    """Whether a reconstruction counts as a leak: ``ssim_adjusted_value >= threshold``."""
-    if not np.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a finite number in [-1, 1]; got {threshold!r}")
-    if not np.isfinite(ssim_adjusted_value):
-        raise ValueError(f"ssim_adjusted_value must be finite; got {ssim_adjusted_value!r}")
-    return bool(ssim_adjusted_value >= threshold)
 
 
 def per_image(metric: Callable[[object, object], float], truths: object, recons: object) -> np.ndarray:

@@ -18,6 +18,14 @@ from torch import nn
 
 MODEL_NAMES = ("lenet", "bncnn")
 
+KINDS = ("weight", "bn_affine", "bn_stat")
+"""The kind of every ``state_dict`` entry (:func:`state_kinds`): what the defenses and the
+client update distinguish."""
+
+UPDATE_KINDS = frozenset({"weight", "bn_affine"})
+"""Kinds whose payload entries hold an update ``local - global`` (trainable parameters);
+the others (BatchNorm buffers) are uploaded as values."""
+
 
 class LeNet(nn.Module):
     """The DLG paper's LeNet: conv(12, 5x5, stride 2) x2, conv(12, 5x5, stride 1), linear."""

@@ -11,6 +11,10 @@ The update a client uploads is built in three steps:
    trainable entries, the statistics as they are for buffers.  Uploads are plain weights,
    so every Flower strategy can aggregate them, and the server recovers the (defended)
    gradient of a one-step client exactly as ``(global - upload) / lr``.
+
+:func:`defended_payload` runs training and steps 1-2 exactly as a client's ``fit`` does;
+the client and the experiments that measure leakage both call it, so that a leakage
+number is measured on updates made by the code that trains.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import torch
 from torch import nn
 
 from fl_defense.config import ExperimentConfig
-from fl_defense.models import build_model
-
-TRAINABLE = ("weight", "bn_affine")
+from fl_defense.defenses import apply_defense, defense_rng
+from fl_defense.models import UPDATE_KINDS, build_model
+from fl_defense.partition import PartitionSpec
+from fl_defense.protocol import SeedStream
 
 
 def select_device() -> torch.device:
@@ -51,7 +56,7 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
 def make_payload(global_w: Sequence[np.ndarray], local_w: Sequence[np.ndarray],
                  kinds: Sequence[str]) -> list[np.ndarray]:
     """Step 1: updates for trainable entries, statistics for BatchNorm buffers."""
-    return [np.asarray(l) - np.asarray(g) if k in TRAINABLE else np.asarray(l).copy()
+    return [np.asarray(l) - np.asarray(g) if k in UPDATE_KINDS else np.asarray(l).copy()
             for g, l, k in zip(global_w, local_w, kinds)]
 
 
@@ -61,13 +66,13 @@ def payload_to_weights(global_w: Sequence[np.ndarray], payload: Sequence[np.ndar
     out = []
     for g, p, k in zip(global_w, payload, kinds):
         g = np.asarray(g)
-        out.append((g + p).astype(g.dtype) if k in TRAINABLE else np.asarray(p).astype(g.dtype))
+        out.append((g + p).astype(g.dtype) if k in UPDATE_KINDS else np.asarray(p).astype(g.dtype))
     return out
 
 
 @lru_cache(maxsize=4)
 def _load(dataset: str, data_dir: str, seed: int):
-    from fl_defense.data import load_dataset
+    from fl_defense.datasets import load_dataset
 
     return load_dataset(dataset, data_dir=data_dir or None, seed=seed)
 
@@ -78,13 +83,11 @@ def load_data(cfg: ExperimentConfig):
 
 
 @lru_cache(maxsize=8)
-def _partitions(dataset: str, data_dir: str, seed: int, num_clients: int, partition: str):
-    from fl_defense.config import PartitionSpec
-    from fl_defense.data import partition_indices
+def _partitions(dataset: str, data_dir: str, seed: int, num_clients: int, partition: PartitionSpec):
+    from fl_defense.partition import partition_indices
 
     train, _ = _load(dataset, data_dir, seed)
-    spec = PartitionSpec.parse(partition)
-    return tuple(partition_indices(train.labels, num_clients, spec.scheme, spec.param, seed))
+    return tuple(partition_indices(train.labels, num_clients, partition.scheme, partition.param, seed))
 
 
 def client_indices(cfg: ExperimentConfig, client_id: int) -> np.ndarray:
@@ -112,7 +115,7 @@ def local_batches(num_examples: int, steps: int, batch_size: int, seed: int, cli
     """
     if num_examples < 1:
         raise ValueError(f"client {client_id} has an empty partition")
-    rng = np.random.default_rng([seed, client_id, server_round, 1])
+    rng = np.random.default_rng([seed, client_id, server_round, SeedStream.BATCHES])
     order = np.empty(0, dtype=np.int64)
     batches = []
     size = min(batch_size, num_examples)
@@ -157,3 +160,20 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray,
         correct += (out.argmax(1) == y).sum().item()
     n = max(len(labels), 1)
     return total_loss / n, correct / n
+
+
+def defended_payload(cfg: ExperimentConfig, model: nn.Module, kinds: Sequence[str],
+                     global_w: Sequence[np.ndarray], images: np.ndarray, labels: np.ndarray,
+                     client_id: int, server_round: int,
+                     device: torch.device) -> tuple[list[np.ndarray], float]:
+    """What a client's ``fit`` computes from the global weights: ``local-steps`` SGD steps
+    of ``batch-size`` over its ``images`` (batches seeded by seed, client and round), the
+    payload (step 1) and the configured defense (step 2).  Returns ``(payload, mean loss)``;
+    :func:`payload_to_weights` turns the payload into the upload."""
+    set_weights(model, global_w)
+    batches = local_batches(len(labels), cfg.local_steps, cfg.batch_size, cfg.seed, client_id,
+                            server_round)
+    loss = train_steps(model, images, labels, batches, cfg.lr, device)
+    payload = make_payload(global_w, get_weights(model), kinds)
+    defended = apply_defense(cfg.defense, payload, kinds, defense_rng(cfg.seed, client_id, server_round))
+    return defended, loss

@@ -1,21 +1,32 @@
 """Build the server's strategy stack from an :class:`~fl_defense.config.ExperimentConfig`.
 
-``strategy = "fl-defense"`` gives :class:`~strategies.robust.RobustAggregation` with the
+``strategy = "fl-defense"`` gives :class:`~strategies.aggregation.RobustAggregation` with the
 configured ``aggregation`` (mean or median); ``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``
 (``trim-beta``) and ``Krum`` (``krum-malicious``) are Flower's own.  Around the base
-strategy, outermost last: upload validation, the attack hook (when ``attack-every > 0``),
-client dropout (when ``dropout-rate > 0``) and the per-round recorder.
+strategy, innermost first: upload validation, the attack hook (when ``attack-every > 0``),
+client dropout and the per-round recorder:
+``Recorder(Dropout(Hook(Validating(base))))``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from flwr.common import ndarrays_to_parameters
 from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
+from fl_defense import protocol as msg
 from fl_defense.config import ExperimentConfig
-from strategies.robust import RobustAggregation
+from fl_defense.task import evaluate_model, get_weights, load_data, new_model, select_device, set_weights
+from strategies.aggregation import RobustAggregation
+from strategies.dropout import DropoutStrategy
+from strategies.recorder import RecordingStrategy
+from strategies.validation import ValidatingStrategy
+
+
+def _round_config(server_round: int) -> dict:
+    return {msg.SERVER_ROUND: server_round}
 
 
 def base_strategy(cfg: ExperimentConfig, initial_weights, evaluate_fn: Callable) -> Strategy:
@@ -27,8 +38,8 @@ def base_strategy(cfg: ExperimentConfig, initial_weights, evaluate_fn: Callable)
         min_evaluate_clients=1,
         min_available_clients=cfg.num_clients,
         evaluate_fn=evaluate_fn,
-        on_fit_config_fn=lambda server_round: {"server-round": server_round},
-        on_evaluate_config_fn=lambda server_round: {"server-round": server_round},
+        on_fit_config_fn=_round_config,
+        on_evaluate_config_fn=_round_config,
         initial_parameters=ndarrays_to_parameters(initial_weights),
         accept_failures=True,
     )
@@ -43,3 +54,25 @@ def base_strategy(cfg: ExperimentConfig, initial_weights, evaluate_fn: Callable)
     if cfg.strategy == "Krum":
         return Krum(num_malicious_clients=cfg.krum_malicious, num_clients_to_keep=0, **common)
     raise ValueError(f"unknown strategy {cfg.strategy!r}")
+
+
+def build_strategy(cfg: ExperimentConfig, out_dir: Path) -> Strategy:
+    """The full strategy stack of a run, with central evaluation on the test split."""
+    train, test = load_data(cfg)
+    model = new_model(cfg, train)
+    device = select_device()
+    weights = get_weights(model)
+
+    def evaluate_fn(server_round, parameters, config):
+        set_weights(model, parameters)
+        loss, acc = evaluate_model(model, test.images, test.labels, device)
+        return loss, {msg.ACCURACY: acc}
+
+    strategy: Strategy = ValidatingStrategy(base_strategy(cfg, weights, evaluate_fn),
+                                            [w.shape for w in weights])
+    if cfg.attack_every > 0:
+        from strategies.hook import AttackHook
+
+        strategy = AttackHook(strategy, cfg, out_dir)
+    strategy = DropoutStrategy(strategy)
+    return RecordingStrategy(strategy, out_dir, cfg.num_server_rounds)

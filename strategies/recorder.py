@@ -1,33 +1,34 @@
 """The outermost wrapper: per-round bookkeeping and ``metrics.jsonl``.
 
-It wraps the whole strategy stack, times each round, counts failed/rejected/dropped
-clients, merges what the inner layers report (aggregation metrics, the attack hook's
-``attack_*`` figures) with the central evaluation, and rewrites ``metrics.jsonl``
-atomically after every round (one JSON object per round).  When the last round is done it
+It wraps the whole strategy stack, times each round, counts the clients that answered and
+failed, merges what the inner layers return from ``aggregate_fit`` (the aggregation's
+metrics, ``clients_rejected``, ``clients_dropped``, the attack hook's ``attack_*`` figures)
+with the central evaluation, and rewrites ``metrics.jsonl`` atomically after every round
+(one JSON object per round; keys with ``-`` are written with ``_``).  When the last round is done it
 writes ``summary.json`` with ``"status": "completed"``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from logging import INFO
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flwr.server.strategy import Strategy
 from flwr.supercore import log
 
+from fl_defense import protocol as msg
 from fl_defense.io import write_json, write_jsonl
 from strategies.wrapper import StrategyWrapper
 
 
 class RecordingStrategy(StrategyWrapper):
-    def __init__(self, inner: Strategy, out_dir: str | Path, num_rounds: int,
-                 extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, inner: Strategy, out_dir: str | Path, num_rounds: int) -> None:
         super().__init__(inner)
         self.out_dir = Path(out_dir)
         self.num_rounds = num_rounds
-        self.extra = extra or (lambda: {})
         self.rows: list[dict[str, Any]] = []
         self._pending: dict[str, Any] = {}
         self._t0 = time.perf_counter()
@@ -40,14 +41,13 @@ class RecordingStrategy(StrategyWrapper):
 
     def aggregate_fit(self, server_round, results, failures):
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        answered = [r for _, r in results if not msg.was_dropped(r.metrics)]
         self._pending.update({
-            "clients_ok": sum(1 for _, r in results if not int(r.metrics.get("dropped", 0))),
+            "clients_ok": len(answered),
             "clients_failed": len(failures),
-            "train_loss": _mean([r.metrics.get("train-loss") for _, r in results
-                                 if not int(r.metrics.get("dropped", 0))]),
+            "train_loss": _mean([r.metrics.get(msg.TRAIN_LOSS) for r in answered]),
         })
         self._pending.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()})
-        self._pending.update(self.extra())
         if parameters is None:
             self._pending["aggregated"] = False
         return parameters, metrics
@@ -73,8 +73,10 @@ class RecordingStrategy(StrategyWrapper):
 
 
 def _mean(values):
+    """Mean of the values that are there; ``math.fsum`` makes it independent of the order in
+    which the clients' answers arrived (a plain sum differs in the last bits)."""
     vals = [float(v) for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
+    return math.fsum(vals) / len(vals) if vals else None
 
 
 def _fmt(v):

@@ -3,9 +3,16 @@
 The pattern of Flower's DP wrappers (``DifferentialPrivacyClientSideFixedClipping``):
 a wrapper composes with ANY inner ``flwr.server.strategy.Strategy`` -- ours or Flower's
 own -- and overrides only the steps it cares about.
+
+A wrapper reports its figures of a round through the one interface Flower gives a
+strategy for it: the metrics mapping that ``aggregate_fit`` returns.  It adds its own keys
+to what the inner strategy returned (:meth:`StrategyWrapper.aggregate_inner`), and the
+recorder, outermost, writes them to the round's row.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 from flwr.server.strategy import Strategy
 
@@ -19,6 +26,15 @@ class StrategyWrapper(Strategy):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
+
+    def aggregate_inner(self, server_round, results, failures, figures: Mapping[str, Any]):
+        """The inner strategy's aggregate of ``results`` (``None`` when there are none), with
+        this wrapper's ``figures`` added to the metrics it returns."""
+        if results:
+            parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        else:
+            parameters, metrics = None, {}
+        return parameters, {**(metrics or {}), **figures}
 
     def initialize_parameters(self, client_manager):
         return self.inner.initialize_parameters(client_manager)

@@ -9,17 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.inversion import (
-    AttackConfig,
-    infer_label_idlg,
-    invert_gradients,
-    invert_gradients_loop,
-    last_linear_weight_index,
-    LBFGSMemory,
-    loss_scale,
-    matching_loss,
-    single_image_gradients,
-)
+from attacks.gradients import last_linear_weight_index, single_image_gradients
+from attacks.inversion import AttackConfig, invert_gradients, invert_gradients_loop
+from attacks.labels import idlg_labels, infer_label_idlg
+from attacks.lbfgs import LBFGSMemory
+from attacks.objectives import loss_scale, matching_loss
 from attacks.targets import colour_targets, mnist_targets
 from fl_defense.metrics import per_image, ssim
 from fl_defense.models import BNCNN, LeNet
@@ -286,3 +280,16 @@ def test_colour_targets_are_offline_and_in_range():
     assert x.shape == (3, 3, 32, 32) and y.shape == (3,)
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     assert float(x.std()) > 0.05
+
+
+def test_every_engine_name_has_a_runner():
+    from attacks.engines import RUNNERS
+    from attacks.settings import ENGINES
+
+    assert set(ENGINES) == set(RUNNERS)
+
+
+def test_idlg_labels_agrees_with_the_single_target_rule():
+    rng = np.random.default_rng(3)
+    w = torch.as_tensor(rng.normal(size=(6, 10, 7)))
+    assert idlg_labels(w).tolist() == [infer_label_idlg(w[t]) for t in range(6)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_defense.cli import main
+from experiments.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

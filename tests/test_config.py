@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_defense.config import ConfigError, ExperimentConfig, PartitionSpec, default_run_config, parse_run_config
+from fl_defense.config import ConfigError, ExperimentConfig, default_run_config, parse_run_config
+from fl_defense.partition import PartitionSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +24,11 @@ def test_overrides_are_typed():
     cfg = parse_run_config({"num-server-rounds": 3, "lr": 1, "defense": "masking:0.4",
                             "partition": "dirichlet:0.3", "out-dir": "/tmp/x"})
     assert cfg.num_server_rounds == 3 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    assert cfg.partition_spec == PartitionSpec("dirichlet", 0.3)
-    assert cfg.defense_spec.name == "masking" and cfg.defense_spec.value == 0.4
+    assert cfg.partition == PartitionSpec("dirichlet", 0.3)
+    assert cfg.defense.name == "masking" and cfg.defense.value == 0.4
+    # parsed once: the typed specs travel; the flat mapping carries their canonical text
+    assert cfg.to_run_config()["defense"] == "masking:0.4"
+    assert cfg.to_run_config()["partition"] == "dirichlet:0.3"
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -1,5 +1,5 @@
 """The Flower Deployment Engine on 127.0.0.1: TLS, SuperNode authentication, a real
-2-round run across SuperLink/SuperNode processes, and clean-up (deploy/local_deployment.py)."""
+2-round run across SuperLink/SuperNode processes, and clean-up (deploy/)."""
 
 import ipaddress
 import json
@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key, \
     load_ssh_public_key
 
-from deploy.local_deployment import (CONNECTION_NAME, DeploymentFailed, LocalDeployment, _parse_json_output,
-                                     generate_credentials, generate_supernode_key, marked_processes)
+from deploy.credentials import generate_credentials, generate_supernode_key
+from deploy.local_deployment import (CONNECTION_NAME, MARKER_ENV, DeploymentFailed, LocalDeployment,
+                                     _parse_json_output)
+from experiments.processes import marked_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +30,7 @@ def deployment_processes(dep: LocalDeployment) -> list[str]:
     flwr-serverapp, flwr-clientapp)."""
     out = subprocess.run(["pgrep", "-af", str(dep.work_dir)], capture_output=True, text=True).stdout
     lines = [line for line in out.splitlines() if "pgrep" not in line]
-    return lines + [f"{pid} (marked)" for pid in marked_processes(dep.marker)]
+    return lines + [f"{pid} (marked)" for pid in marked_processes(MARKER_ENV, dep.marker)]
 
 
 # ---------------------------------------------------------------------------- fast
@@ -98,7 +100,7 @@ def test_local_deployment_validates_arguments(tmp_path):
 
 
 def test_credentials_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "deploy.local_deployment", "credentials", str(tmp_path / "c"),
+    proc = subprocess.run([sys.executable, "-m", "deploy", "credentials", str(tmp_path / "c"),
                            "--supernodes", "3", "--host", "192.168.7.7"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -109,7 +111,7 @@ def test_credentials_command_line(tmp_path):
 
 
 def test_run_deployment_rejects_mismatched_supernodes_before_starting(tmp_path):
-    from deploy.local_deployment import run_deployment
+    from deploy.run import run_deployment
 
     with pytest.raises(ValueError, match=r"num_supernodes \(3\).*num-clients \(2\)"):
         run_deployment({"num-clients": 2, "out-dir": str(tmp_path / "o")}, work_dir=tmp_path / "w",

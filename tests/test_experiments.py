@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fl_defense.cli import main
-from fl_defense.experiments import thresholds_from_cells
+from experiments.cli import main
+from experiments.sweep_cells import thresholds_from_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def test_attack_command_on_an_image_folder(tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    from fl_defense.data import load_dataset
+    from fl_defense.datasets import load_dataset
 
     train, _ = load_dataset("mnist-embedded")
     Image.fromarray((train.images[0, 0] * 255).astype(np.uint8)).resize((40, 40)).save(folder / f"digit_{train.labels[0]}.png")

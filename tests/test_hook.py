@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from attacks.hook import AttackHook, TrainingImageOracle
+from strategies.hook import AttackHook, TrainingImageOracle
 from attacks.threat import objective_for, observed_gradient, threat_model
 from clients.numpy_client import DefendedClient
 from fl_defense.config import parse_run_config
@@ -79,9 +79,8 @@ def test_hook_attacks_scores_and_passes_uploads_unchanged(tmp_path, base):
     spy = Spy(base_strategy(cfg, global_w, None))
     hook = AttackHook(spy, cfg, tmp_path)
     hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
-    params, _ = hook.aggregate_fit(1, results, [])
+    params, m = hook.aggregate_fit(1, results, [])
     assert spy.seen is results  # the very same uploads, untouched
-    m = hook.last_metrics
     for key in ("attack_ssim_mean", "attack_ssim_max", "attack_ssim_adjusted_mean", "attack_label_acc",
                 "attack_leaked", "attack_seconds"):
         assert key in m, m
@@ -95,16 +94,16 @@ def test_hook_is_idle_between_attack_rounds_and_survives_errors(tmp_path):
     cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 1, "attack-every": 2,
                             "out-dir": str(tmp_path)})
     global_w, results = uploads(cfg)
-    from strategies.robust import ValidatingStrategy
+    from strategies.validation import ValidatingStrategy
 
     spy = Spy(ValidatingStrategy(base_strategy(cfg, global_w, None), [w.shape for w in global_w]))
     hook = AttackHook(spy, cfg, tmp_path)
     hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
-    hook.aggregate_fit(1, results, [])
-    assert hook.last_metrics == {}
+    _, figures = hook.aggregate_fit(1, results, [])
+    assert not any(k.startswith("attack") for k in figures) and figures["clients_rejected"] == 0
     # a malformed upload makes the attack fail; the round still aggregates
     bad = [(Proxy(0), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(global_w[:-1]), 1, {"client-id": 0}))]
     hook.configure_fit(2, ndarrays_to_parameters(global_w), None)
-    params, _ = hook.aggregate_fit(2, bad + results[1:], [])
-    assert "attack_error" in hook.last_metrics
-    assert params is not None and spy.inner.last_rejected == 1
+    params, figures = hook.aggregate_fit(2, bad + results[1:], [])
+    assert "attack_error" in figures
+    assert params is not None and figures["clients_rejected"] == 1

@@ -27,12 +27,11 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
-def test_append_and_json_roundtrip(tmp_path):
+def test_jsonl_and_json_roundtrip(tmp_path):
     import numpy as np
 
     path = tmp_path / "a" / "rows.jsonl"
-    io.append_jsonl(path, {"x": np.float32(1.5)})
-    io.append_jsonl(path, {"x": np.int64(2)})
+    io.write_jsonl(path, [{"x": np.float32(1.5)}, {"x": np.int64(2)}])
     assert io.read_jsonl(path) == [{"x": 1.5}, {"x": 2}]
     io.write_json(tmp_path / "c.json", {"a": np.arange(3)})
     assert json.loads((tmp_path / "c.json").read_text()) == {"a": [0, 1, 2]}

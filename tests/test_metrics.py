@@ -129,10 +129,7 @@ def test_shape_mismatch_and_too_small_raise():
         M.ssim(np.zeros((1, 5, 5)), np.zeros((1, 5, 5)))
 
 
-def test_leaked_and_per_image():
-    assert M.leaked(0.8, 0.6) and not M.leaked(0.5, 0.6)
-    with pytest.raises(ValueError, match="threshold"):
-        M.leaked(0.5, 2.0)
+def test_per_image():
     x = np.stack([_digit_like(i) for i in range(3)])
     vals = M.per_image(M.ssim, x, x)
     assert vals.shape == (3,) and np.allclose(vals, 1.0)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from clients.numpy_client import DefendedClient, InjectedFault, byzantine_payload
+from clients.faults import InjectedFault, byzantine_payload
+from clients.numpy_client import DefendedClient
 from fl_defense.config import parse_run_config
-from fl_defense.launcher import run_simulation
+from experiments.launcher import run_simulation
 from fl_defense.task import evaluate_model, get_weights, load_data, new_model, set_weights
-from strategies.robust import aggregate_arrays
+from strategies.aggregation import aggregate_arrays
 
 TIMING_KEYS = {"seconds", "attack_seconds"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_defense.launcher import SimulationFailed, run_simulation
+from experiments.launcher import SimulationFailed, run_simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_failed_run_is_reported_and_cleaned_up(tmp_path):
     project = tmp_path / "broken"
     shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".flwr", "runs", "__pycache__",
                                                                  ".hypothesis", ".pytest_cache"))
-    server = project / "fl_defense" / "server_app.py"
+    server = project / "strategies" / "server_app.py"
     server.write_text(server.read_text().replace(
         "    cfg = parse_run_config(context.run_config)\n",
         "    cfg = parse_run_config(context.run_config)\n    raise RuntimeError('broken on purpose')\n", 1))
@@ -81,7 +81,7 @@ def test_flwr_run_directly_rejects_bad_config(tmp_path):
     value stops our ServerApp before round 1 with our message, and nothing is recorded."""
     import tempfile
 
-    from fl_defense.launcher import flwr_run_command, private_superlink
+    from experiments.launcher import flwr_run_command, private_superlink
 
     home = Path(tempfile.mkdtemp(prefix="bad-", dir=tmp_path))
     out = tmp_path / "out"

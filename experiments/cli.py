@@ -106,12 +106,12 @@ def format_row(row: dict[str, Any], header: bool = False) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fl_defense.launcher import SimulationFailed, run_simulation
+    from experiments.launcher import SimulationFailed, run_simulation
 
     out = args.out or default_out_dir("run")
     run_config = run_config_from_args(args, out)
     cfg = parse_run_config(run_config, require_out_dir=True)  # fail before anything starts
-    from fl_defense.data import check_dataset_available
+    from fl_defense.datasets import check_dataset_available
 
     check_dataset_available(cfg.dataset, cfg.data_dir or None)
     print(f"fl-defense: {cfg.num_clients} clients, {cfg.num_server_rounds} rounds, dataset {cfg.dataset}, "
@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="one federated experiment through Flower's simulation engine")
     add_run_flags(p_run)
     p_run.set_defaults(func=cmd_run)
-    from fl_defense.commands import register_commands
+    from experiments import attack_cmd, sweep, train
 
-    register_commands(sub)
+    for command in (attack_cmd, sweep, train):
+        command.register(sub)
     return parser
 
 

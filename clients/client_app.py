@@ -1,4 +1,4 @@
-"""Flower ``ClientApp`` entry point: one :class:`clients.DefendedClient` per SuperNode."""
+"""Flower ``ClientApp`` entry point: one :class:`clients.numpy_client.DefendedClient` per SuperNode."""
 
 from __future__ import annotations
 

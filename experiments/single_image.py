@@ -1,5 +1,5 @@
 """Single-image gradient attacks on a fresh DLG LeNet: the engine of ``run_sim.py attack``
-and of the threshold sweep.
+and of the threshold sweep (the papers' setting: one image, one step).
 
 Each target image plays a client that takes one SGD step (learning rate ``lr``) on that
 image alone: its update is ``-lr * g`` with ``g`` the true single-image gradient.  The
@@ -11,30 +11,18 @@ compares its output with them afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from attacks.inversion import AttackConfig, invert_gradients, single_image_gradients
-from attacks.scoring import Scores, score
-from attacks.threat import objective_for
+from attacks.gradients import single_image_gradients
+from attacks.inversion import invert_gradients
+from attacks.scoring import Scores, score_single
+from attacks.threat import attack_config
+from fl_defense.config import ExperimentConfig
 from fl_defense.defenses import DefenseSpec, apply_defense, defense_rng
 from fl_defense.models import LeNet, state_kinds
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    attacker: str = "naive"        # naive | aware
-    method: str = "idlg"           # idlg | dlg
-    lr: float = 0.1                # the client's (public) learning rate
-    max_iter: int = 2000
-    restarts: int = 2
-    leak_threshold: float = 0.4
-    seed: int = 0
-    chunk: int = 64                # most targets the vectorised engine optimises at once
-    device: str = "cpu"
 
 
 def fresh_lenet(in_channels: int, image_size: int, num_classes: int, seed: int) -> torch.nn.Module:
@@ -61,11 +49,13 @@ def defended_gradients(model: torch.nn.Module, images: np.ndarray, labels: np.nd
 
 
 def attack_images(images: np.ndarray, labels: np.ndarray, num_classes: int,
-                  defense: DefenseSpec | Sequence[DefenseSpec], settings: AttackSettings,
+                  defense: DefenseSpec | Sequence[DefenseSpec], cfg: ExperimentConfig, *,
+                  device: str = "cpu", chunk: int = 64,
                   progress: Callable[[int], None] | None = None,
                   client_ids: Sequence[int] | None = None) -> tuple[Scores, list[dict]]:
     """Attack every image's defended single-image gradient; score; one row per image.
 
+    ``cfg`` gives the client's ``lr``, the attacker and the attack's budget and seed.
     ``defense`` is one spec for all images, or one per image (all of the same defense, so
     that one attacker objective fits them: the sweep attacks all strengths of a defense in
     one vectorised batch).  ``client_ids[t]`` seeds target t's defense randomness
@@ -84,12 +74,10 @@ def attack_images(images: np.ndarray, labels: np.ndarray, num_classes: int,
     defenses = [defense] * n if isinstance(defense, DefenseSpec) else list(defense)
     if len(defenses) != n or len({d.name for d in defenses}) != 1:
         raise ValueError(f"give one defense, or one per image of a single kind; got {len(defenses)} for {n} images")
-    model = fresh_lenet(c, h, num_classes, settings.seed)
-    observed = defended_gradients(model, images, labels, defenses, settings.lr, settings.seed, settings.device,
-                                  client_ids)
-    config = AttackConfig(method=settings.method, objective=objective_for(settings.attacker, defenses[0].name),
-                          max_iter=settings.max_iter, restarts=settings.restarts, seed=settings.seed,
-                          batch_size=settings.chunk, device=settings.device)
+    model = fresh_lenet(c, h, num_classes, cfg.seed)
+    observed = defended_gradients(model, images, labels, defenses, cfg.lr, cfg.seed, device, client_ids)
+    config = attack_config(cfg.__class__(**{**cfg.__dict__, "defense": defenses[0]}), device=device,
+                           batch_size=chunk)
     # one call: the engine keeps at most `chunk` targets in flight and refills the batch as
     # targets finish; each target's start is seeded by (seed, its index, try)
     res = invert_gradients(model, observed, (c, h, w), num_classes, config)
@@ -97,8 +85,7 @@ def attack_images(images: np.ndarray, labels: np.ndarray, num_classes: int,
     seconds = [res.seconds / n] * n
     if progress:
         progress(n)
-    scores = score([im[None] for im in images], [np.array([l]) for l in labels], recons, preds,
-                   settings.leak_threshold)
+    scores = score_single(images, labels, recons, preds, cfg.leak_threshold)
     rows = [{"image": i, "label": int(labels[i]), "label_pred": int(preds[i]),
              "ssim": float(scores.ssim[i]), "ssim_adjusted": float(scores.ssim_adjusted[i]),
              "psnr": float(scores.psnr[i]), "mse": float(scores.mse[i]), "leaked": bool(scores.leaked[i]),

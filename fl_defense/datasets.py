@@ -1,4 +1,4 @@
-"""Image data sets and federated partitioning for fl-defense.
+"""Image data sets of fl-defense: the embedded sets and the torchvision loaders.
 
 Data sets (:data:`DATASET_NAMES`), all returned as :class:`ImageDataset` pairs
 ``(train, test)`` with images ``float32 [N, C, H, W]`` in ``[0, 1]`` and labels
@@ -40,10 +40,10 @@ Per-process memo: the decoded source arrays (before splitting and resizing) are
 memoised with :func:`functools.lru_cache`, keyed on the arguments that decide them, and
 stored read-only; every :func:`load_dataset` call returns fresh, writable arrays.  Every
 Flower client process calls :func:`load_dataset`, so only its first call pays for
-decoding.  :func:`clear_dataset_cache` empties the memo.
+decoding.
 
-Partitioning (:func:`partition_indices`) uses the flwr-datasets partitioners on an
-in-memory Hugging Face ``datasets.Dataset`` and returns index arrays.
+The image container (:class:`~fl_defense.images.ImageDataset`) and image folders live in
+:mod:`fl_defense.images`; partitioning in :mod:`fl_defense.partition`.
 
 References
 ----------
@@ -51,30 +51,22 @@ Huang, Ramesh, Berg & Learned-Miller (2007). Labeled Faces in the Wild. UMass TR
 LeCun, Bottou, Bengio & Haffner (1998). Gradient-based learning applied to document
 recognition. (MNIST)
 Krizhevsky (2009). Learning multiple layers of features from tiny images. (CIFAR-10)
-Hsu, Qi & Brown (2019). Measuring the effects of non-identical data distribution for
-federated visual classification. arXiv:1909.06335. (Dirichlet label skew)
-Li, Diao, Chen & He (2022). Federated learning on non-IID data silos: an experimental
-study. ICDE. arXiv:2102.02079. (pathological, k classes per client)
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-    from PIL import Image as PILImage
+from fl_defense.errors import check_int
+from fl_defense.images import ImageDataset, pil_to_uint8, resize_batch, to_float
 
 DATASET_NAMES = ("mnist-embedded", "lfw-embedded", "mnist", "cifar10", "lfw")
-PARTITION_SCHEMES = ("iid", "dirichlet", "pathological")
 DEFAULT_DATA_DIR = "~/.cache/fl-defense/data"
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_MIN_IMAGES_PER_PERSON = 20
@@ -83,12 +75,9 @@ DEFAULT_IMAGE_SIZE = {"mnist-embedded": 28, "lfw-embedded": 32, "mnist": 28, "ci
 #: Data sets with an official train/test split (``test_fraction`` does not apply).
 OFFICIAL_SPLIT = ("mnist", "cifar10")
 LFW_IMAGE_SET = "funneled"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MNIST_CLASS_NAMES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
                      "6 - six", "7 - seven", "8 - eight", "9 - nine")
 LFW_EMBEDDED_CLASS_NAMES = ("non-face", "face")
-
-_LABEL_IN_STEM = re.compile(r"_(\d+)$")
 
 
 class DatasetUnavailable(FileNotFoundError):
@@ -97,80 +86,6 @@ class DatasetUnavailable(FileNotFoundError):
     The message names the folder and the files to put there.
     """
 
-
-@dataclass(frozen=True, eq=False)
-class ImageDataset:
-    """A labelled image set held in memory.
-
-    Attributes
-    ----------
-    images : float32 ndarray ``[N, C, H, W]``, values in ``[0, 1]``, square (``H == W``).
-    labels : int64 ndarray ``[N]``, each in ``0..num_classes-1`` or ``-1`` (unknown).
-    num_classes : number of classes (0 when every label is unknown).
-    name : a short name (a :data:`DATASET_NAMES` entry, or ``folder:<dir>``).
-    class_names : one name per class, or empty.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-    name: str
-    class_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        x, y = self.images, self.labels
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
-            raise ValueError(f"images must be a float32 array [N, C, H, W]; got "
-                             f"{type(x).__name__} {getattr(x, 'dtype', '')} "
-                             f"shape {getattr(x, 'shape', '')}")
-        if x.shape[2] != x.shape[3]:
-            raise ValueError(f"images must be square; got H x W = {x.shape[2]} x {x.shape[3]}")
-        if x.size and not (float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
-            raise ValueError(f"image values must lie in [0, 1]; got range "
-                             f"[{float(x.min())}, {float(x.max())}]")
-        if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.shape != (x.shape[0],):
-            raise ValueError(f"labels must be an int64 array of shape ({x.shape[0]},); got "
-                             f"{getattr(y, 'dtype', type(y).__name__)} shape "
-                             f"{getattr(y, 'shape', '')}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
-                or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0; got {self.num_classes!r}")
-        if y.size and (int(y.min()) < -1 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"labels must lie in -1..{self.num_classes - 1}; got range "
-                             f"[{int(y.min())}, {int(y.max())}]")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} names for "
-                             f"num_classes={self.num_classes}")
-
-    @property
-    def in_channels(self) -> int:
-        """Number of colour channels ``C``."""
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        """Side length ``H == W`` in pixels."""
-        return int(self.images.shape[2])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, indices: np.ndarray | list[int]) -> ImageDataset:
-        """The examples at ``indices`` (copies), with the same classes and name."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.ndim != 1 or (idx.size and (idx.min() < -len(self) or idx.max() >= len(self))):
-            raise ValueError(f"indices must be 1-D within 0..{len(self) - 1}; got shape "
-                             f"{idx.shape} range [{idx.min() if idx.size else ''}, "
-                             f"{idx.max() if idx.size else ''}]")
-        return ImageDataset(self.images[idx], self.labels[idx], self.num_classes, self.name,
-                            self.class_names)
-
-    def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images, labels)`` as torch tensors (float32, int64) on ``device``."""
-        import torch
-
-        return (torch.from_numpy(self.images).to(device),
-                torch.from_numpy(self.labels).to(device))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -336,100 +251,12 @@ def _lfw(root: str, image_size: int, min_images_per_person: int) -> _Source:
             img, _ = ds[i]
         except OSError as exc:
             raise _lfw_missing(folder, f"cannot read {ds.data[i]}: {exc}") from exc
-        images[j] = _pil_to_uint8(img, image_size, 3)
+        images[j] = pil_to_uint8(img, image_size, 3)
     labels = np.array([new_label[int(targets[i])] for i in rows], dtype=np.int64)
     return _Source(_readonly(images, labels), None, tuple(keep_names))
 
 
-def clear_dataset_cache() -> None:
-    """Empty the per-process memo of decoded data sets."""
-    for fn in (_mnist_embedded, _lfw_embedded, _mnist, _cifar10, _lfw):
-        fn.cache_clear()
-
-
-# --------------------------------------------------------------------------- images
-
-
-def _pil_to_uint8(img: PILImage.Image, image_size: int, channels: int) -> np.ndarray:
-    """``uint8 [C, S, S]``: shorter side scaled to ``S`` (antialiased bilinear), centre crop."""
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as F
-
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit / 32-bit grey
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8))
-    img = img.convert("L" if channels == 1 else "RGB")
-    img = F.center_crop(F.resize(img, [image_size]), [image_size, image_size])
-    a = np.asarray(img, dtype=np.uint8)
-    return a[None] if channels == 1 else a.transpose(2, 0, 1)
-
-
-def _to_float(images: np.ndarray) -> np.ndarray:
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255.0)
-    return images.astype(np.float32, copy=True)
-
-
-def _resize_batch(images: np.ndarray, size: int) -> np.ndarray:
-    """Float ``[N, C, H, W]`` -> ``[N, C, size, size]`` (shorter side + centre crop)."""
-    if images.shape[2] == size and images.shape[3] == size:
-        return images
-    import torch
-    from torchvision.transforms.v2 import functional as F
-
-    t = F.resize(torch.from_numpy(images), [size], antialias=True)
-    t = F.center_crop(t, [size, size])
-    return np.clip(t.numpy(), 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def load_image_folder(path: str | os.PathLike[str], *, image_size: int,
-                      channels: int) -> tuple[ImageDataset, list[str]]:
-    """Load every PNG/JPEG file directly in ``path`` (sorted by file name).
-
-    Each image (grey, colour, palette or 16-bit; any size) is converted to ``channels``
-    (1: ITU-R 601 luma via Pillow's ``"L"``; 3: RGB, alpha dropped), its shorter side
-    scaled to ``image_size`` and its centre cropped square.  The label is ``<int>`` when
-    the file's stem ends in ``_<int>`` (``cat_3.png`` -> 3), else ``-1`` (unknown);
-    ``num_classes`` is the largest label + 1 (0 when all are unknown).  Other files are
-    ignored.  Returns the data set and the file names, in the same order.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    _check_int("image_size", image_size, 1)
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3; got {channels!r}")
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
-    images = np.empty((len(files), channels, image_size, image_size), dtype=np.uint8)
-    labels = np.full(len(files), -1, dtype=np.int64)
-    for i, p in enumerate(files):
-        try:
-            with Image.open(p) as img:
-                images[i] = _pil_to_uint8(img, image_size, channels)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot decode image {p}: {exc}") from exc
-        m = _LABEL_IN_STEM.search(p.stem)
-        if m:
-            labels[i] = int(m.group(1))
-    num_classes = int(labels.max()) + 1 if labels.max() >= 0 else 0
-    ds = ImageDataset(_to_float(images), labels, num_classes, f"folder:{folder.name}")
-    return ds, [p.name for p in files]
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _check_int(what: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
-            or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"{what} must be an int {bound}; got {value!r}")
 
 
 def _check_name(name: str) -> None:
@@ -505,7 +332,7 @@ def load_dataset(name: str = "mnist-embedded", *,
     DatasetUnavailable : a torchvision set is absent and cannot be downloaded.
     """
     _check_name(name)
-    _check_int("seed", seed, 0, 2**32 - 1)
+    check_int("seed", seed, 0, 2**32 - 1)
     if test_fraction is not None:
         if name in OFFICIAL_SPLIT:
             raise ValueError(f"test_fraction={test_fraction!r} does not apply to {name!r}, "
@@ -514,12 +341,12 @@ def load_dataset(name: str = "mnist-embedded", *,
                 or not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction!r}")
     if image_size is not None:
-        _check_int("image_size", image_size, 1)
+        check_int("image_size", image_size, 1)
     if min_images_per_person is not None:
         if name != "lfw":
             raise ValueError(f"min_images_per_person={min_images_per_person!r} applies to "
                              f"'lfw' only, not {name!r}; leave it None")
-        _check_int("min_images_per_person", min_images_per_person, 2)
+        check_int("min_images_per_person", min_images_per_person, 2)
     size = DEFAULT_IMAGE_SIZE[name] if image_size is None else int(image_size)
     frac = DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction)
     mipp = DEFAULT_MIN_IMAGES_PER_PERSON if min_images_per_person is None \
@@ -529,7 +356,7 @@ def load_dataset(name: str = "mnist-embedded", *,
     num_classes = len(src.class_names)
 
     def build(images: np.ndarray, labels: np.ndarray) -> ImageDataset:
-        x = _resize_batch(_to_float(images), size)
+        x = resize_batch(to_float(images), size)
         return ImageDataset(x, labels.copy(), num_classes, name, src.class_names)
 
     if src.test is not None:
@@ -551,102 +378,3 @@ def check_dataset_available(name: str, data_dir: str | os.PathLike[str] | None =
     """
     _check_name(name)
     _source(name, data_dir, DEFAULT_IMAGE_SIZE[name], DEFAULT_MIN_IMAGES_PER_PERSON, download)
-
-
-# --------------------------------------------------------------------------- partitioning
-
-
-def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str,
-                      param: float | int | None = None, seed: int = 0, *,
-                      min_partition_size: int | None = None) -> list[np.ndarray]:
-    """Split example indices ``0..N-1`` among ``num_partitions`` clients.
-
-    Schemes (all through flwr-datasets partitioners):
-
-    ``iid``
-        ``IidPartitioner`` on a seeded permutation: sizes differ by at most one.
-        ``param`` must be ``None``.
-    ``dirichlet``
-        ``DirichletPartitioner(alpha=param)`` (Hsu et al., 2019): for each class a
-        share vector ``p ~ Dir(alpha * 1)`` over the clients splits that class's
-        examples.  Small ``alpha`` -> few classes per client; large -> close to iid.
-        Each client must get at least ``min_partition_size`` examples (default
-        ``max(1, min(10, N // (2 * num_partitions)))``); flwr-datasets redraws up to 10
-        times, then this raises ``ValueError``.
-    ``pathological``
-        ``PathologicalPartitioner(num_classes_per_partition=param,
-        class_assignment_mode="first-deterministic")`` (Li et al., 2022): client ``i``
-        gets class ``i mod C`` and ``k - 1`` more drawn at random; each class's examples
-        are split evenly among the clients that hold it.  With ``num_partitions < C``
-        the classes no client draws are left out (flwr-datasets warns).
-
-    Every scheme first permutes the examples with ``seed``, so which examples a client
-    gets depends on the seed even where the class assignment does not.  Returns one
-    sorted int64 index array per client; they never overlap, and they cover every
-    index except in the pathological case above.
-    """
-    y = np.asarray(labels)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be a 1-D integer array; got {y.dtype} shape {y.shape}")
-    n = int(y.shape[0])
-    if scheme not in PARTITION_SCHEMES:
-        raise ValueError(f"unknown partition scheme {scheme!r}; choose one of "
-                         f"{', '.join(PARTITION_SCHEMES)}")
-    _check_int("num_partitions", num_partitions, 1, max(n, 1))
-    if n == 0:
-        raise ValueError("labels is empty; nothing to partition")
-    _check_int("seed", seed, 0)
-    if scheme != "iid" and y.min() < 0:
-        raise ValueError(f"{scheme} partitioning needs labels >= 0; got {int(y.min())}")
-
-    from flwr_datasets.partitioner import (DirichletPartitioner, IidPartitioner,
-                                           PathologicalPartitioner)
-
-    if scheme != "dirichlet" and min_partition_size is not None:
-        raise ValueError(f"min_partition_size={min_partition_size!r} applies to the "
-                         f"dirichlet scheme only, not {scheme!r}")
-
-    perm_seed, part_seed = np.random.SeedSequence(seed).generate_state(2)
-    perm = np.random.default_rng(perm_seed).permutation(n)
-    part_seed = int(part_seed)
-    if scheme == "iid":
-        if param is not None:
-            raise ValueError(f"iid partitioning takes no parameter; got param={param!r}")
-        partitioner: Any = IidPartitioner(num_partitions=num_partitions)
-    elif scheme == "dirichlet":
-        if isinstance(param, bool) \
-                or not isinstance(param, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(param) or param <= 0:
-            raise ValueError(f"dirichlet partitioning needs alpha > 0 (finite) as param; "
-                             f"got param={param!r}")
-        if min_partition_size is None:
-            min_partition_size = max(1, min(10, n // (2 * num_partitions)))
-        _check_int("min_partition_size", min_partition_size, 0, n // num_partitions)
-        partitioner = DirichletPartitioner(
-            num_partitions=num_partitions, partition_by="label", alpha=float(param),
-            min_partition_size=int(min_partition_size), self_balancing=False, shuffle=True,
-            seed=part_seed)
-    else:
-        num_classes = int(np.unique(y).size)
-        if isinstance(param, bool) or not isinstance(param, (int, np.integer)) \
-                or not 1 <= param <= num_classes:
-            raise ValueError(f"pathological partitioning needs k (classes per client) in "
-                             f"1..{num_classes} as param; got param={param!r}")
-        partitioner = PathologicalPartitioner(
-            num_partitions=num_partitions, partition_by="label",
-            num_classes_per_partition=int(param),
-            class_assignment_mode="first-deterministic", shuffle=True, seed=part_seed)
-
-    from datasets import Dataset
-
-    partitioner.dataset = Dataset.from_dict({"label": y[perm].astype(np.int64),
-                                             "idx": perm.astype(np.int64)})
-    try:
-        parts = [np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64))
-                 for i in range(num_partitions)]
-    except ValueError as exc:
-        extra = f", min_partition_size={min_partition_size}" if scheme == "dirichlet" else ""
-        raise ValueError(f"{scheme} partitioning of {n} examples into "
-                         f"num_partitions={num_partitions} with param={param!r}{extra} "
-                         f"failed: {exc}") from exc
-    return parts

@@ -33,11 +33,12 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server.strategy import Strategy
 from flwr.supercore import log
 
-from attacks.inversion import AttackConfig, invert_gradients
+from attacks.inversion import invert_gradients
 from attacks.scoring import score
-from attacks.threat import objective_for, observed_gradient, parameters_from_state, threat_model
+from attacks.threat import attack_config, observed_gradient, parameters_from_state, threat_model
 from fl_defense.config import ExperimentConfig
 from fl_defense.plots import reconstruction_grid
+from fl_defense.protocol import client_id_of, client_order
 from fl_defense.task import client_indices, load_data, local_batches, new_model, select_device
 from strategies.wrapper import StrategyWrapper
 
@@ -66,38 +67,34 @@ class AttackHook(StrategyWrapper):
         train, _ = load_data(cfg)
         self.input_shape = tuple(train.images.shape[1:])
         self.num_classes = train.num_classes
-        self.objective = objective_for(cfg.attacker, cfg.defense_spec.name)
         self.threat = threat_model(cfg.local_steps, cfg.batch_size)
-        self.attack_config = AttackConfig(method=cfg.attack_method, objective=self.objective,
-                                          max_iter=cfg.attack_max_iter, restarts=cfg.attack_restarts,
-                                          seed=cfg.seed, device=str(select_device()))
+        self.attack_config = attack_config(cfg, device=str(select_device()))
         self.oracle = TrainingImageOracle(cfg)
         self._global: list[np.ndarray] | None = None
-        self.last_metrics: dict = {}
 
     def configure_fit(self, server_round, parameters, client_manager):
         self._global = parameters_to_ndarrays(parameters)
         return self.inner.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round, results, failures):
-        self.last_metrics = {}
+        figures = {}
         if server_round % self.cfg.attack_every == 0 and results and self._global is not None:
             try:
-                self.last_metrics = self.attack(server_round, results)
+                figures = self.attack(server_round, results)
             except Exception as exc:  # an attack never stops the federation
                 log(WARNING, "round %s: the attack hook failed: %r", server_round, exc)
-                self.last_metrics = {"attack_error": repr(exc)}
-        return self.inner.aggregate_fit(server_round, results, failures)
+                figures = {"attack_error": repr(exc)}
+        return self.aggregate_inner(server_round, results, failures, figures)
 
     # ------------------------------------------------------------------ attack side
     def _targets(self, results):
-        chosen = sorted(results, key=lambda r: int(r[1].metrics.get("client-id", 1 << 30)))
+        chosen = sorted(results, key=lambda r: client_order(r[1].metrics, r[0].cid))
         return chosen[: self.cfg.attack_clients]
 
     def attack(self, server_round, results) -> dict:
         start = time.perf_counter()
         chosen = self._targets(results)
-        client_ids = [int(res.metrics.get("client-id", -1)) for _, res in chosen]
+        client_ids = [client_id_of(res.metrics) for _, res in chosen]
         observed = [observed_gradient(self.model, self._global, parameters_to_ndarrays(res.parameters),
                                       self.cfg.lr) for _, res in chosen]
         params = parameters_from_state(self.model, self._global)
@@ -106,14 +103,14 @@ class AttackHook(StrategyWrapper):
         attack_seconds = time.perf_counter() - start
         # ------------------------------------------------------------ scoring side
         truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
-        scores = score(list(truth_sets), list(truth_labels), result.images, result.labels,
-                       self.cfg.leak_threshold)
+        scores = score(list(truth_sets), list(truth_labels), [im[None] for im in result.images],
+                       [lab[None] for lab in result.labels], self.cfg.leak_threshold)
         row = scores.summary(prefix="attack_")
         row.update({"attack_targets": len(client_ids), "attack_failed": int(result.failed.sum()),
                     "attack_seconds": round(attack_seconds, 3), "attack_threat_model": self.threat,
-                    "attacker": self.cfg.attacker, "attack_objective": self.objective})
-        captions = [f"client {c}: ssim {s:.2f} / adj {a:.2f}"
-                    for c, s, a in zip(client_ids, scores.ssim, scores.ssim_adjusted)]
+                    "attacker": self.cfg.attacker, "attack_objective": self.attack_config.objective})
+        captions = [f"client {client_ids[c]}: ssim {s:.2f} / adj {a:.2f}"
+                    for c, s, a in zip(scores.client, scores.ssim, scores.ssim_adjusted)]
         reconstruction_grid(self.out_dir / "attack" / f"round-{server_round:03d}.png", scores.truths,
                             scores.recons, scores.adjusted, captions,
                             title=f"round {server_round}, defense {self.cfg.defense}, {self.cfg.attacker} attacker")

@@ -1,0 +1,145 @@
+"""A batched L-BFGS memory: many independent L-BFGS problems advanced in lockstep."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+YS_MIN = 1e-10  # curvature pairs with s.y below this are skipped (as torch.optim.LBFGS)
+
+
+class LBFGSMemory:
+    """L-BFGS memory of U independent problems of dimension N, updated in place.
+
+    The search direction ``-H g`` uses the compact representation of the L-BFGS inverse
+    Hessian (Byrd, Nocedal & Schnabel, 1994, "Representations of quasi-Newton matrices and
+    their use in limited memory methods", Math. Prog. 63, eq. 2.6) with ``H0 = gamma I``:
+    ``H = gamma I + [S, gamma Y] [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]] [S^T; gamma Y^T]``
+    where the m most recent pairs ``(s_i, y_i)`` are in chronological order,
+    ``R = triu(S^T Y)`` and ``D = diag(S^T Y)``.  It equals the two-loop recursion of
+    ``torch.optim.LBFGS`` (same history rule: pairs with ``s.y <= 1e-10`` are skipped,
+    ``gamma = s.y / y.y`` of the newest pair), but costs a few batched matrix products
+    instead of a Python loop over the history, for all U problems at once.
+
+    Storage: ``W[:, :m]`` (steps s) and ``W[:, m:]`` (gradient changes y) are ring buffers in
+    slot order; the small matrices ``R`` and ``YY`` are kept in chronological order
+    (oldest first; unused slots have a unit diagonal in R and zeros elsewhere).
+    """
+
+    def __init__(self, u: int, n: int, m: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if m < 1:
+            raise ValueError(f"history size must be >= 1; got {m}")
+        self.m = m
+        self.W = torch.zeros(u, 2 * m, n, device=device, dtype=dtype)
+        self.R = torch.eye(m, dtype=torch.float64, device=device).repeat(u, 1, 1)
+        self.YY = torch.zeros(u, m, m, dtype=torch.float64, device=device)
+        self.n_pushed = torch.zeros(u, dtype=torch.long, device=device)
+        self.gamma = torch.ones(u, dtype=torch.float64, device=device)
+        self._gcache: tuple[Tensor, Tensor] | None = None  # (g, W g) from the last push
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only the problems ``rows`` (finished targets leave the batch)."""
+        for name in ("W", "R", "YY", "n_pushed", "gamma"):
+            setattr(self, name, getattr(self, name)[rows])
+        self._gcache = None
+
+    def append(self, k: int) -> None:
+        """Add ``k`` problems with an empty history at the end."""
+        u, two_m, n = self.W.shape
+        dev, m = self.W.device, self.m
+        self.W = torch.cat([self.W, self.W.new_zeros(k, two_m, n)])
+        self.R = torch.cat([self.R, torch.eye(m, dtype=self.R.dtype, device=dev).repeat(k, 1, 1)])
+        self.YY = torch.cat([self.YY, self.YY.new_zeros(k, m, m)])
+        self.n_pushed = torch.cat([self.n_pushed, self.n_pushed.new_zeros(k)])
+        self.gamma = torch.cat([self.gamma, self.gamma.new_ones(k)])
+        self._gcache = None
+
+    def reset(self, rows: Tensor) -> None:
+        """Forget the history of the problems ``rows``."""
+        self.W[rows] = 0
+        self.R[rows] = torch.eye(self.m, dtype=self.R.dtype, device=self.R.device)
+        self.YY[rows] = 0
+        self.n_pushed[rows] = 0
+        self.gamma[rows] = 1.0
+        self._gcache = None
+
+    def _order(self) -> Tensor:
+        """Slot of the k-th oldest pair, ``[U, m]``."""
+        m = self.m
+        return (self.n_pushed[:, None] + torch.arange(m, device=self.W.device)[None, :]) % m
+
+    def direction(self, g: Tensor) -> Tensor:
+        """``-H g`` for every problem (``-gamma g`` where the history is empty); g ``[U, N]``.
+
+        When ``g`` is the tensor last passed to :meth:`push` as ``g_next``, the products
+        ``W g`` computed there are reused: one pass over the memory instead of two.
+        """
+        m = self.m
+        gam = self.gamma[:, None]
+        k = min(int(self.n_pushed.max()), m) if self.n_pushed.numel() else 0
+        if k == 0:
+            return -(gam.to(g.dtype) * g)
+        if self._gcache is not None and self._gcache[0] is g:
+            prod = self._gcache[1]
+        else:
+            prod = torch.bmm(self.W, g.unsqueeze(-1)).squeeze(-1)  # [U, 2m] slot order
+        prod = prod.double()
+        order = self._order()
+        sg = prod[:, :m].gather(1, order)[:, m - k:, None]
+        yg = prod[:, m:].gather(1, order)[:, m - k:, None]
+        R = self.R[:, m - k:, m - k:]
+        YY = self.YY[:, m - k:, m - k:]
+        u = torch.linalg.solve_triangular(R, sg, upper=True)
+        w = torch.diagonal(R, dim1=1, dim2=2).unsqueeze(-1) * u \
+            + gam[:, :, None] * (torch.bmm(YY, u) - yg)
+        p = torch.linalg.solve_triangular(R.mT, w, upper=False).squeeze(-1)
+        q = -gam * u.squeeze(-1)
+        coef = torch.zeros(g.shape[0], 2 * m, dtype=torch.float64, device=g.device)
+        coef[:, :m].scatter_(1, order[:, m - k:], p)
+        coef[:, m:].scatter_(1, order[:, m - k:], q)
+        hg = torch.bmm(coef.to(g.dtype).unsqueeze(1), self.W).squeeze(1)
+        return -(gam.to(g.dtype) * g + hg)
+
+    def push(self, mask: Tensor, s: Tensor, y: Tensor, g_next: Tensor | None = None) -> None:
+        """Store the pair ``(s, y)`` for the problems where ``mask`` is set, overwriting their
+        oldest pair when the memory is full (the caller applies the curvature rule).
+
+        ``g_next`` (optional): the gradient the next :meth:`direction` call will get; its
+        products with the memory are computed in the same pass.
+        """
+        m = self.m
+        cols = [y, s] if g_next is None else [y, s, g_next]
+        Q = torch.bmm(self.W, torch.stack(cols, -1))  # [U, 2m, c], memory before the write
+        rows = torch.nonzero(mask).flatten()
+        if rows.numel() > 0:
+            sr, yr = s[rows], y[rows]
+            h = self.n_pushed[rows] % m
+            self.W[rows, h] = sr
+            self.W[rows, m + h] = yr
+            # products of the new pair itself (its slot held the dropped pair or zeros)
+            sy = (sr * yr).sum(-1)
+            Q[rows, h, 0] = sy
+            Q[rows, m + h, 0] = (yr * yr).sum(-1)
+            if g_next is not None:
+                gr = g_next[rows]
+                Q[rows, h, 2] = (sr * gr).sum(-1)
+                Q[rows, m + h, 2] = (yr * gr).sum(-1)
+            self.n_pushed[rows] += 1
+            full = rows.numel() == self.W.shape[0]
+            order = self._order() if full else self._order()[rows]
+            Qr = Q if full else Q[rows]
+            sy_new = Qr[:, :m, 0].double().gather(1, order)  # s_i . y_new, chronological
+            yy_new = Qr[:, m:, 0].double().gather(1, order)  # y_i . y_new
+            R = self.R if full else self.R[rows]
+            YY = self.YY if full else self.YY[rows]
+            R[:, :-1, :-1] = R[:, 1:, 1:].clone()  # drop the oldest pair (or an unused slot)
+            R[:, :, -1] = sy_new                    # R is upper triangular: only a new column
+            YY[:, :-1, :-1] = YY[:, 1:, 1:].clone()
+            YY[:, :, -1] = yy_new
+            YY[:, -1, :] = yy_new
+            if not full:
+                self.R[rows] = R
+                self.YY[rows] = YY
+            self.gamma[rows] = sy.double() / (yr.double() ** 2).sum(-1)
+        self._gcache = None if g_next is None else (g_next, Q[:, :, 2])

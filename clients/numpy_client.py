@@ -35,7 +35,7 @@ class DefendedClient(NumPyClient):
             raise InjectedFault(f"client {cid} is configured to fail (fail-clients)")
         if cfg.dropout_rate > 0 and client_dropped(cfg.seed, cid, server_round, cfg.dropout_rate):
             return parameters, 0, {msg.CLIENT_ID: cid, msg.DROPPED: 1}
-        defended, loss = defended_payload(cfg, self.model, self.kinds, parameters,
+        defended, loss, used = defended_payload(cfg, self.model, self.kinds, parameters,
                                           self.train.images[self.indices], self.train.labels[self.indices],
                                           cid, server_round, self.device)
         malicious = cid < cfg.byzantine_clients
@@ -45,7 +45,8 @@ class DefendedClient(NumPyClient):
         upload = payload_to_weights(parameters, defended, self.kinds)
         metrics = {msg.CLIENT_ID: cid, msg.TRAIN_LOSS: loss, msg.MALICIOUS: int(malicious),
                    msg.FIT_SECONDS: time.perf_counter() - start}
-        return upload, len(self.indices), metrics
+        # the number of examples Flower carries in plain text: those trained on this round
+        return upload, used, metrics
 
     def evaluate(self, parameters, config):
         set_weights(self.model, parameters)

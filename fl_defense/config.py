@@ -49,6 +49,7 @@ class ExperimentConfig:
     model: str = "lenet"
     local_steps: int = 20
     batch_size: int = 32
+    images_per_client: int = 0
     lr: float = 0.1
     defense: DefenseSpec = DefenseSpec("none")
     strategy: str = "fl-defense"
@@ -152,6 +153,8 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _choice("model", cfg.model, MODEL_NAMES)
     _check(cfg.local_steps >= 1, "local-steps", cfg.local_steps, ">= 1")
     _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, ">= 1")
+    _check(cfg.images_per_client >= 0, "images-per-client", cfg.images_per_client,
+           ">= 0 (0: each round uses the whole partition)")
     _check(cfg.lr > 0, "lr", cfg.lr, "> 0")
     spec = cfg.partition
     if spec.scheme == "pathological" and spec.param > 10_000:

@@ -106,25 +106,43 @@ def new_model(cfg: ExperimentConfig, train=None) -> nn.Module:
 
 
 def local_batches(num_examples: int, steps: int, batch_size: int, seed: int, client_id: int,
-                  server_round: int) -> list[np.ndarray]:
+                  server_round: int, images_per_round: int = 0) -> list[np.ndarray]:
     """Positions (into a partition of ``num_examples``) of the batch of every local step.
 
-    Seeded by ``(seed, client, round)``: the data pass over shuffled epochs, so that the
-    same run always trains on the same batches (and the attack's scorer can name the
-    images a client trained on without asking the client).
+    Seeded by ``(seed, client, round)``: with ``images_per_round`` = 0 the steps pass over
+    the whole partition in shuffled epochs; with ``images_per_round = N`` (config key
+    ``images-per-client``, the cross-device shape) the client first draws N distinct
+    examples of its partition for this round and the steps pass over those N in shuffled
+    epochs.  The same run always trains on the same batches, so the attack's scorer can
+    name the images a client trained on without asking the client.
     """
     if num_examples < 1:
         raise ValueError(f"client {client_id} has an empty partition")
     rng = np.random.default_rng([seed, client_id, server_round, SeedStream.BATCHES])
+    pool = np.arange(num_examples)
+    if 0 < images_per_round < num_examples:
+        pool = np.sort(rng.choice(num_examples, size=images_per_round, replace=False))
     order = np.empty(0, dtype=np.int64)
     batches = []
-    size = min(batch_size, num_examples)
+    size = min(batch_size, len(pool))
     for _ in range(steps):
         if len(order) < size:
-            order = np.concatenate([order, rng.permutation(num_examples)])
+            order = np.concatenate([order, pool[rng.permutation(len(pool))]])
         batches.append(order[:size])
         order = order[size:]
     return batches
+
+
+def round_batches(cfg: ExperimentConfig, num_examples: int, client_id: int, server_round: int) -> list[np.ndarray]:
+    """:func:`local_batches` of client ``client_id`` in ``server_round`` under ``cfg``."""
+    return local_batches(num_examples, cfg.local_steps, cfg.batch_size, cfg.seed, client_id, server_round,
+                         cfg.images_per_client)
+
+
+def examples_used(batches: Sequence[np.ndarray]) -> np.ndarray:
+    """The distinct positions a round's batches touch, sorted (what the client reports as
+    its number of examples, and what the scoring oracle scores against)."""
+    return np.unique(np.concatenate(batches)) if len(batches) else np.empty(0, np.int64)
 
 
 def train_steps(model: nn.Module, images: np.ndarray, labels: np.ndarray,
@@ -165,15 +183,15 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 def defended_payload(cfg: ExperimentConfig, model: nn.Module, kinds: Sequence[str],
                      global_w: Sequence[np.ndarray], images: np.ndarray, labels: np.ndarray,
                      client_id: int, server_round: int,
-                     device: torch.device) -> tuple[list[np.ndarray], float]:
+                     device: torch.device) -> tuple[list[np.ndarray], float, int]:
     """What a client's ``fit`` computes from the global weights: ``local-steps`` SGD steps
     of ``batch-size`` over its ``images`` (batches seeded by seed, client and round), the
-    payload (step 1) and the configured defense (step 2).  Returns ``(payload, mean loss)``;
+    payload (step 1) and the configured defense (step 2).  Returns ``(payload, mean loss,
+    number of distinct examples trained on)``;
     :func:`payload_to_weights` turns the payload into the upload."""
     set_weights(model, global_w)
-    batches = local_batches(len(labels), cfg.local_steps, cfg.batch_size, cfg.seed, client_id,
-                            server_round)
+    batches = round_batches(cfg, len(labels), client_id, server_round)
     loss = train_steps(model, images, labels, batches, cfg.lr, device)
     payload = make_payload(global_w, get_weights(model), kinds)
     defended = apply_defense(cfg.defense, payload, kinds, defense_rng(cfg.seed, client_id, server_round))
-    return defended, loss
+    return defended, loss, len(examples_used(batches))

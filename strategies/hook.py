@@ -39,7 +39,7 @@ from attacks.threat import attack_config, observed_gradient, parameters_from_sta
 from fl_defense.config import ExperimentConfig
 from fl_defense.plots import reconstruction_grid
 from fl_defense.protocol import client_id_of, client_order
-from fl_defense.task import client_indices, load_data, local_batches, new_model, select_device
+from fl_defense.task import client_indices, examples_used, load_data, new_model, round_batches, select_device
 from strategies.wrapper import StrategyWrapper
 
 
@@ -52,9 +52,7 @@ class TrainingImageOracle:
 
     def images(self, client_id: int, server_round: int) -> tuple[np.ndarray, np.ndarray]:
         idx = client_indices(self.cfg, client_id)
-        batches = local_batches(len(idx), self.cfg.local_steps, self.cfg.batch_size, self.cfg.seed,
-                                client_id, server_round)
-        used = idx[np.unique(np.concatenate(batches))]
+        used = idx[examples_used(round_batches(self.cfg, len(idx), client_id, server_round))]
         return self.train.images[used], self.train.labels[used]
 
 

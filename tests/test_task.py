@@ -60,3 +60,17 @@ def test_local_batches_seeded_and_cover_epochs():
     assert len(set(first_epoch.tolist())) == 96
     assert all(len(x) == 32 for x in a)
     assert [len(x) for x in local_batches(5, 3, 32, 0, 0, 1)] == [5, 5, 5]
+
+
+def test_images_per_round_draws_a_seeded_subset_and_cycles_over_it():
+    from fl_defense.task import examples_used
+
+    full = local_batches(100, 3, 4, seed=0, client_id=1, server_round=2)
+    assert [b.tolist() for b in full] == [b.tolist() for b in local_batches(100, 3, 4, 0, 1, 2, 0)]
+    sub = local_batches(100, 5, 2, seed=0, client_id=1, server_round=2, images_per_round=4)
+    used = examples_used(sub)
+    assert len(used) == 4 and all(set(b) <= set(used) for b in sub)
+    # each epoch over the 4 images uses every one of them once
+    assert sorted(np.concatenate(sub[:2]).tolist()) == used.tolist()
+    assert examples_used(local_batches(100, 5, 2, 0, 1, 3, 4)).tolist() != used.tolist()
+    assert examples_used(local_batches(3, 2, 2, 0, 1, 2, 8)).tolist() == [0, 1, 2]  # N >= partition: all

@@ -3,85 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
-import tomllib
-from pathlib import Path
 from typing import Any, Sequence
 
+from experiments.run_flags import add_run_flags, default_out_dir, run_config_from_args
 from fl_defense.config import ConfigError, parse_run_config
-
-# flag -> config key, for the `run` command
-RUN_FLAGS = {
-    "rounds": "num-server-rounds",
-    "clients": "num-clients",
-    "dataset": "dataset",
-    "data_dir": "data-dir",
-    "partition": "partition",
-    "model": "model",
-    "local_steps": "local-steps",
-    "batch_size": "batch-size",
-    "lr": "lr",
-    "defense": "defense",
-    "strategy": "strategy",
-    "aggregation": "aggregation",
-    "seed": "seed",
-    "attack_every": "attack-every",
-    "attacker": "attacker",
-}
-
-
-def parse_set_value(text: str) -> Any:
-    """A ``--set KEY=VALUE`` value, read as TOML (``3``, ``0.5``, ``true``, ``"x"``) or
-    else as a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def default_out_dir(kind: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path.cwd() / "runs" / f"{kind}-{stamp}"
-
-
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, help="output folder (default: ./runs/run-<time>)")
-    p.add_argument("--rounds", type=int, help="number of server rounds")
-    p.add_argument("--clients", type=int, help="number of clients (SuperNodes)")
-    p.add_argument("--dataset", help="mnist-embedded (default) | lfw-embedded | mnist | cifar10 | lfw")
-    p.add_argument("--data-dir", dest="data_dir", help="folder for torchvision data sets")
-    p.add_argument("--partition", help="iid | dirichlet:ALPHA | pathological:K")
-    p.add_argument("--model", help="lenet | bncnn")
-    p.add_argument("--local-steps", dest="local_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--defense", help="none | masking:P | masking-bn:P | clipping:C | pruning:P | "
-                                     "noising:SIGMA | noising-laplace:B")
-    p.add_argument("--strategy", help="fl-defense | FedAvg | FedMedian | FedTrimmedAvg | Krum")
-    p.add_argument("--aggregation", help="mean | median (strategy fl-defense)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--attack-every", dest="attack_every", type=int,
-                   help="run the honest-but-curious iDLG hook every N rounds (0: off)")
-    p.add_argument("--attacker", help="naive | aware")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any key of [tool.flwr.app.config], e.g. --set dropout-rate=0.1")
-
-
-def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for flag, key in RUN_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = value
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_set_value(value.strip())
-    overrides["out-dir"] = str(out.resolve())
-    return overrides
-
 
 COLUMNS = [("round", "round", "{:>5}"), ("accuracy", "acc", "{:>7.4f}"), ("loss", "loss", "{:>8.4f}"),
            ("train_loss", "train", "{:>8.4f}"), ("clients_ok", "ok", "{:>3}"),

@@ -21,8 +21,10 @@ def dataset_targets(name: str, n: int, seed: int, data_dir: str = ""):
     return test.images[idx], test.labels[idx], [f"{name}[{i}]" for i in idx], test.num_classes
 
 
-def folder_targets(folder: Path, n: int | None, image_size: int, seed: int):
-    """Images of a folder (label from ``*_<label>`` names, else a seeded label the attack must infer)."""
+def folder_targets(folder: Path, n: int | None, image_size: int | None, seed: int):
+    """Images of a folder (label from ``*_<label>`` names, else a seeded label the attack must
+    infer).  With ``image_size`` None the files keep their own size, which must be square and
+    the same for all of them (else :class:`ConfigError` naming the first file that differs)."""
     from PIL import Image
 
     from fl_defense.images import IMAGE_SUFFIXES, load_image_folder
@@ -30,6 +32,18 @@ def folder_targets(folder: Path, n: int | None, image_size: int, seed: int):
     if not folder.is_dir():
         raise FileNotFoundError(f"--images folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if image_size is None and files:
+        sizes = {}
+        for path in files:
+            with Image.open(path) as img:
+                sizes[path] = img.size
+        w, h = sizes[files[0]]
+        odd = next((p for p in files if sizes[p] != (w, h) or sizes[p][0] != sizes[p][1]), None)
+        if odd is not None:
+            raise ConfigError(f"images in {folder} must all be square and of one size to keep their own size "
+                              f"({files[0].name} is {w}x{h}, {odd.name} is {sizes[odd][0]}x{sizes[odd][1]}); "
+                              f"give --image-size to resize them")
+        image_size = w
     grey = all(Image.open(p).mode in ("1", "L", "LA", "I", "I;16", "F") for p in files) if files else True
     ds, names = load_image_folder(folder, image_size=image_size, channels=1 if grey else 3)
     num_classes = max(10, ds.num_classes)

@@ -7,24 +7,15 @@ tables and figures are rebuilt by :mod:`experiments.train_report`.
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
 
 from experiments.common import parse_list
+from experiments.thresholds import read_thresholds
 from fl_defense.config import ConfigError
 from fl_defense.io import write_json
 from fl_defense.partition import PartitionSpec
-
-def read_thresholds(path: Path, dataset: str, attacker: str) -> dict[str, float]:
-    rows = list(csv.DictReader(path.read_text().splitlines()))
-    out = {}
-    for r in rows:
-        if r["dataset"] == dataset and r["attacker"] == attacker and r["threshold"] not in ("", None):
-            out[r["defense"]] = float(r["threshold"])
-    return out
-
 
 def cmd_train(args) -> int:
     from experiments.launcher import SimulationFailed, run_simulation
@@ -38,10 +29,7 @@ def cmd_train(args) -> int:
     # the defenses and their strengths
     given = {}
     if args.thresholds:
-        path = Path(args.thresholds)
-        if not path.exists():
-            raise FileNotFoundError(f"--thresholds file {path} does not exist")
-        given.update(read_thresholds(path, args.threshold_dataset, args.attacker))
+        given.update(read_thresholds(Path(args.thresholds), args.threshold_dataset, args.attacker))
     for item in parse_list(args.defenses, "--defenses") if args.defenses else []:
         spec = parse_defense(item)
         if spec.value is not None:

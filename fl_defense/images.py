@@ -207,7 +207,7 @@ def decode_image(path: Path) -> PILImage.Image:
         decompression bomb (over twice ``PIL.Image.MAX_IMAGE_PIXELS``); the message names
         the file.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         data = path.read_bytes()
@@ -220,6 +220,9 @@ def decode_image(path: Path) -> PILImage.Image:
         img.load()
     except Image.DecompressionBombError as exc:
         raise ConfigError(f"image file {path} is too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise ConfigError(f"image file {path} is not a readable image (Pillow does not recognise "
+                          f"its format; a text file or a damaged header?)") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError...
         why = str(exc) or type(exc).__name__
         raise ConfigError(f"image file {path} is not a readable image ({why})") from None

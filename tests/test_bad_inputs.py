@@ -321,14 +321,15 @@ def test_train_refuses_bad_thresholds_file(tmp_path, capsys, content, words):
     check_refused(capsys, rc, [str(path), *words], out)
 
 
-def test_good_thresholds_file_is_read():
+def test_the_sweeps_thresholds_file_is_read():
+    """The sweep's own thresholds.csv (the README's run, docs/figures) passes, an empty
+    threshold (no strength stopped the attacker) is left out."""
     from experiments.thresholds import read_thresholds
 
     path = ROOT / "docs" / "figures" / "thresholds.csv"
-    if not path.exists():
-        pytest.skip("no thresholds.csv in docs/figures")
-    got = read_thresholds(path, "mnist-embedded", "naive")
-    assert got and all(isinstance(v, float) for v in got.values())
+    assert read_thresholds(path, "mnist-embedded", "naive") == {"clipping": 0.001, "masking": 0.3,
+                                                                  "noising": 0.01, "pruning": 0.9}
+    assert "clipping" not in read_thresholds(path, "mnist-embedded", "aware")
 
 
 # ---------------------------------------------------------------- --resume folders

@@ -347,7 +347,7 @@ def _run_folder(tmp_path: Path) -> Path:
     (folder / "config.json").write_text(json.dumps(recorded_config(cfg)))
     row = {"round": 1, "accuracy": 0.1}
     save_checkpoint(folder, Checkpoint(1, 3, get_weights(new_model(cfg)), recorded_config(cfg),
-                                       {"1:RecordingStrategy": {"rows": [row]}}))
+                                       {"0:RecordingStrategy": {"rows": [row]}}))
     (folder / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     return folder
 

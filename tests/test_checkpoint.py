@@ -117,7 +117,7 @@ def test_checkpoint_roundtrip_keeps_weights_bit_exact(tmp_path):
 
     weights = get_weights(new_model(cfg))
     assert any(np.issubdtype(w.dtype, np.integer) for w in weights)  # num_batches_tracked
-    save_checkpoint(tmp_path, Checkpoint(2, 5, weights, recorded_config(cfg), {"1:RecordingStrategy": {"rows": []}}))
+    save_checkpoint(tmp_path, Checkpoint(2, 5, weights, recorded_config(cfg), {"0:RecordingStrategy": {"rows": []}}))
     back = load_checkpoint(tmp_path)
     assert (back.round, back.num_rounds) == (2, 5)
     assert [w.dtype for w in back.weights] == [w.dtype for w in weights]

@@ -394,3 +394,21 @@ def test_run_sim_process_prints_no_traceback_for_a_corrupt_image(tmp_path):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "bad_0.png" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
         assert not out.exists()
+
+
+def test_server_app_refuses_a_bad_folder_before_writing(tmp_path):
+    """Through `flwr run` directly the ServerApp is the boundary: the same check, before
+    config.json or anything else is written."""
+    from types import SimpleNamespace
+
+    from fl_defense.errors import ConfigError
+    from strategies.server_app import server_fn
+
+    folder = good_folder(tmp_path / "images")
+    (folder / "bad_1.png").write_bytes(b"")
+    out = tmp_path / "out"
+    context = SimpleNamespace(run_config={"dataset": f"folder:{folder}", "num-clients": 2, "out-dir": str(out)},
+                              run_id=1)
+    with pytest.raises(ConfigError, match="bad_1.png is empty"):
+        server_fn(context)
+    assert not out.exists()

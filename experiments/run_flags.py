@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fl_defense.config import ConfigError
+from fl_defense.config import ConfigError, is_text_key
 
 # flag -> config key, for the `run` command
 RUN_FLAGS = {
@@ -69,6 +69,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacker", help="naive | aware")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any key of [tool.flwr.app.config], e.g. --set dropout-rate=0.1")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished round, "
+                                                    "with the config it recorded (other flags must agree)")
 
 
 def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -81,6 +83,11 @@ def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_set_value(value.strip())
+        if key.strip() == "resume":
+            raise ConfigError("resume is not set with --set: use --resume DIR")
+        value = parse_set_value(value.strip())
+        if is_text_key(key.strip()) and not isinstance(value, str):  # fail-clients=3 is the text "3"
+            value = item.partition("=")[2].strip()
+        overrides[key.strip()] = value
     overrides["out-dir"] = str(out.resolve())
     return overrides

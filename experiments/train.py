@@ -14,13 +14,13 @@ grid resumes.  The tables and figures are rebuilt by :mod:`experiments.train_rep
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from experiments.common import fmt_strength, parse_list
+from experiments.thresholds import threshold_rows, tested_strengths
 from experiments.setting import (add_setting_flags, defense_as_applied, setting_mismatches, setting_of,
                                  setting_overrides)
 from fl_defense.config import ATTACKERS, ConfigError, ExperimentConfig, parse_run_config
@@ -52,21 +52,21 @@ def grid_strengths(tested: list[float], naive: float | None, aware: float | None
 
 def read_thresholds(path: Path, cfg: ExperimentConfig, dataset: str) -> dict[str, dict]:
     """Per defense, ``{"tested": [...], "naive": thr or None, "aware": thr or None}`` from a
-    sweep's ``thresholds.csv``, after checking that the sweep measured the rows of
-    ``dataset`` in the setting of ``cfg`` (:class:`ConfigError` naming each differing key)."""
-    if not path.is_file():
-        raise ConfigError(f"--thresholds file {path} does not exist")
-    rows = [r for r in csv.DictReader(path.read_text().splitlines()) if r.get("dataset") == dataset]
+    sweep's ``thresholds.csv`` (validated by :func:`experiments.thresholds.threshold_rows`),
+    after checking that the sweep measured the rows of ``dataset`` in the setting of
+    ``cfg`` (:class:`ConfigError` naming each key that differs)."""
+    rows = [r for r in threshold_rows(path) if r["dataset"] == dataset]
     if not rows:
-        raise ConfigError(f"--thresholds file {path} has no rows for dataset {dataset!r}")
+        raise ConfigError(f"thresholds file {path} has no rows for dataset {dataset!r}")
     differ = setting_mismatches(rows[0], cfg)
     if differ:
-        raise ConfigError(f"--thresholds file {path} was measured in another setting than this grid's: "
+        raise ConfigError(f"thresholds file {path} was measured in another setting than this grid's: "
                           + "; ".join(differ))
     out: dict[str, dict] = {}
     for r in rows:
-        entry = out.setdefault(r["defense"], {"tested": [float(v) for v in r["tested"].split(";") if v]})
-        entry[r["attacker"]] = float(r["threshold"]) if r["threshold"] not in ("", None) else None
+        entry = out.setdefault(r["defense"], {"tested": tested_strengths(r, f"thresholds file {path}, "
+                                                                           f"line {r['line']}")})
+        entry[r["attacker"]] = r["threshold"]
     return out
 
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from fl_defense.datasets import DATASET_NAMES
+from fl_defense.datasets import DATASET_NAMES, FOLDER_PREFIX, folder_of
 from fl_defense.defenses import DefenseSpec, parse_defense
 from fl_defense.errors import ConfigError, suggest
 from fl_defense.models import MODEL_NAMES
 from fl_defense.partition import PartitionSpec
 
 __all__ = ["ConfigError", "ExperimentConfig", "parse_run_config", "default_run_config",
-           "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES"]
+           "RUN_CONTROL_KEYS", "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES"]
 
 AGGREGATIONS = ("mean", "median")
 STRATEGIES = ("fl-defense", "FedAvg", "FedMedian", "FedTrimmedAvg", "Krum")
@@ -63,6 +63,8 @@ class ExperimentConfig:
     byzantine_mode: str = "sign-flip"
     byzantine_scale: float = 10.0
     fail_clients: str = ""
+    slow_clients: str = ""
+    slow_seconds: float = 0.0
     attack_every: int = 0
     attack_clients: int = 1
     attacker: str = "naive"
@@ -70,12 +72,18 @@ class ExperimentConfig:
     attack_max_iter: int = 2000
     attack_restarts: int = 2
     leak_threshold: float = 0.4
+    resume: bool = False
 
     # ------------------------------------------------------------------ derived
     @property
     def failing_clients(self) -> tuple[int, ...]:
         """Partition ids that raise in ``fit`` (fault injection), from ``fail-clients``."""
-        return tuple(int(x) for x in self.fail_clients.split(",") if x.strip())
+        return _client_ids(self.fail_clients)
+
+    @property
+    def slow_client_ids(self) -> tuple[int, ...]:
+        """Partition ids that sleep ``slow-seconds`` in ``fit`` before training (stragglers)."""
+        return _client_ids(self.slow_clients)
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat kebab-case mapping, as in ``[tool.flwr.app.config]``."""
@@ -86,6 +94,16 @@ class ExperimentConfig:
         return out
 
 
+def _client_ids(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+#: Keys that steer how a run is executed, not what it computes: a resumed run may differ
+#: from the recorded config in these (``resume``) and ``config.json`` records them as
+#: their defaults.
+RUN_CONTROL_KEYS = ("resume",)
+
+
 def default_run_config() -> dict[str, Any]:
     """The defaults of every key, kebab-case (what pyproject.toml must repeat)."""
     return ExperimentConfig().to_run_config()
@@ -93,6 +111,11 @@ def default_run_config() -> dict[str, Any]:
 
 _FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(ExperimentConfig)}
 _TYPES = {f.name.replace("_", "-"): type(getattr(ExperimentConfig(), f.name)) for f in dataclasses.fields(ExperimentConfig)}
+
+
+def is_text_key(key: str) -> bool:
+    """Whether config key ``key`` holds text (so that ``--set fail-clients=3`` means "3")."""
+    return _TYPES.get(key) is str or key in _SPECS
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -149,7 +172,12 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _check(cfg.num_clients >= 1, "num-clients", cfg.num_clients, ">= 1")
     _check(0 < cfg.fraction_fit <= 1, "fraction-fit", cfg.fraction_fit, "in (0, 1]")
     _check(0 <= cfg.fraction_evaluate <= 1, "fraction-evaluate", cfg.fraction_evaluate, "in [0, 1]")
-    _choice("dataset", cfg.dataset, DATASET_NAMES)
+    if cfg.dataset.startswith(FOLDER_PREFIX):
+        folder = folder_of(cfg.dataset)
+        _check(bool(folder) and Path(folder).is_absolute(), "dataset", cfg.dataset,
+               f"{FOLDER_PREFIX}<absolute folder> (the app runs from a copy of the project)")
+    else:
+        _choice("dataset", cfg.dataset, (*DATASET_NAMES, f"{FOLDER_PREFIX}/ABS/DIR"))
     _choice("model", cfg.model, MODEL_NAMES)
     _check(cfg.local_steps >= 1, "local-steps", cfg.local_steps, ">= 1")
     _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, ">= 1")
@@ -181,6 +209,14 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     for cid in failing:
         _check(0 <= cid < cfg.num_clients, "fail-clients", cfg.fail_clients,
                f"client ids in [0, {cfg.num_clients})")
+    try:
+        slow = cfg.slow_client_ids
+    except ValueError:
+        raise ConfigError(f"slow-clients must be comma-separated client ids, got {cfg.slow_clients!r}") from None
+    for cid in slow:
+        _check(0 <= cid < cfg.num_clients, "slow-clients", cfg.slow_clients,
+               f"client ids in [0, {cfg.num_clients})")
+    _check(0 <= cfg.slow_seconds <= 86400, "slow-seconds", cfg.slow_seconds, "in [0, 86400]")
     _check(cfg.attack_every >= 0, "attack-every", cfg.attack_every, ">= 0 (0 turns the attack off)")
     _check(1 <= cfg.attack_clients <= cfg.num_clients, "attack-clients", cfg.attack_clients,
            f"in [1, num-clients={cfg.num_clients}]")

@@ -4,8 +4,9 @@
 configured ``aggregation`` (mean or median); ``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``
 (``trim-beta``) and ``Krum`` (``krum-malicious``) are Flower's own.  Around the base
 strategy, innermost first: upload validation, the attack hook (when ``attack-every > 0``),
-client dropout and the per-round recorder:
-``Recorder(Dropout(Hook(Validating(base))))``.
+client dropout, seeded client sampling, the per-round recorder, and outermost the round
+offset and checkpoint of a resumable run:
+``Resumable(Recorder(SeededSampling(Dropout(Hook(Validating(base))))))``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from fl_defense import protocol as msg
 from fl_defense.config import ExperimentConfig
 from fl_defense.task import evaluate_model, get_weights, load_data, new_model, select_device, set_weights
 from strategies.aggregation import RobustAggregation
+from strategies.checkpoint import Checkpoint, ResumableStrategy, restore_stack_state
 from strategies.dropout import DropoutStrategy
 from strategies.recorder import RecordingStrategy
+from strategies.sampling import SeededSampling
 from strategies.validation import ValidatingStrategy
 
 
@@ -56,12 +59,14 @@ def base_strategy(cfg: ExperimentConfig, initial_weights, evaluate_fn: Callable)
     raise ValueError(f"unknown strategy {cfg.strategy!r}")
 
 
-def build_strategy(cfg: ExperimentConfig, out_dir: Path) -> Strategy:
-    """The full strategy stack of a run, with central evaluation on the test split."""
+def build_strategy(cfg: ExperimentConfig, out_dir: Path, checkpoint: Checkpoint | None = None) -> Strategy:
+    """The full strategy stack of a run, with central evaluation on the test split; with
+    a ``checkpoint``, the stack of the run resumed after its round (its weights, its
+    state, its round offset)."""
     train, test = load_data(cfg)
     model = new_model(cfg, train)
     device = select_device()
-    weights = get_weights(model)
+    weights = checkpoint.weights if checkpoint else get_weights(model)
 
     def evaluate_fn(server_round, parameters, config):
         set_weights(model, parameters)
@@ -74,5 +79,10 @@ def build_strategy(cfg: ExperimentConfig, out_dir: Path) -> Strategy:
         from strategies.hook import AttackHook
 
         strategy = AttackHook(strategy, cfg, out_dir)
-    strategy = DropoutStrategy(strategy)
-    return RecordingStrategy(strategy, out_dir, cfg.num_server_rounds)
+    strategy = SeededSampling(DropoutStrategy(strategy), cfg.seed)
+    strategy = RecordingStrategy(strategy, out_dir, cfg.num_server_rounds)
+    if checkpoint is None:
+        return ResumableStrategy(strategy, cfg, out_dir)
+    resumed = ResumableStrategy(strategy, cfg, out_dir, start=checkpoint.round)
+    restore_stack_state(resumed.inner, checkpoint.state, Path(out_dir))
+    return resumed

@@ -1,5 +1,7 @@
-"""Flower ``ServerApp`` entry point: validates the config, writes ``config.json``, and runs
-the strategy stack of :func:`strategies.factory.build_strategy`."""
+"""Flower ``ServerApp`` entry point: validates the config and the inputs it names (the data
+set's files, the partitions), writes ``config.json``, and runs the strategy stack of
+:func:`strategies.factory.build_strategy` -- from round 1, or, with ``resume = true``,
+from the checkpoint in ``out-dir`` (:mod:`strategies.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ from flwr.serverapp import ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
 from fl_defense.io import write_json
+from fl_defense.task import check_run_inputs, get_weights, new_model
+from strategies.checkpoint import CHECKPOINT, checkpoint_for, recorded_config
 from strategies.factory import build_strategy
+
+#: What a fresh run (``resume = false``) removes from its folder first: a previous run's.
+STALE_OUTPUTS = (CHECKPOINT, "metrics.jsonl", "summary.json")
 
 
 def resolve_out_dir(cfg: ExperimentConfig, run_id: int | None = None) -> Path:
@@ -25,11 +32,19 @@ def resolve_out_dir(cfg: ExperimentConfig, run_id: int | None = None) -> Path:
 
 def server_fn(context: Context) -> ServerAppComponents:
     cfg = parse_run_config(context.run_config)
+    check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
+    checkpoint = None
+    if cfg.resume:
+        checkpoint = checkpoint_for(out_dir, cfg, [w.shape for w in get_weights(new_model(cfg))])
+    else:
+        for stale in STALE_OUTPUTS:
+            (out_dir / stale).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", cfg.to_run_config() | {"out-dir": str(out_dir)})
-    strategy = build_strategy(cfg, out_dir)
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_server_rounds))
+    write_json(out_dir / "config.json", recorded_config(cfg) | {"out-dir": str(out_dir)})
+    strategy = build_strategy(cfg, out_dir, checkpoint)
+    done = checkpoint.round if checkpoint else 0
+    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_server_rounds - done))
 
 
 app = ServerApp(server_fn=server_fn)

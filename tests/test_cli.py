@@ -38,6 +38,8 @@ BAD_RUNS = [
     (["--set", "leak-threshold=2"], ["leak-threshold", "2"]),
     (["--set", "krum-malicious=-1"], ["krum-malicious", "-1"]),
     (["--set", "nonsense"], ["KEY=VALUE", "nonsense"]),
+    (["--set", "fail-clients=30"], ["fail-clients", "30"]),
+    (["--set", "slow-seconds=-2"], ["slow-seconds", "-2"]),
 ]
 
 
@@ -58,6 +60,16 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert str(folder) in err and "MNIST" in err
+
+
+def test_set_reads_text_keys_as_text():
+    import argparse
+
+    from experiments.cli import run_config_from_args
+
+    args = argparse.Namespace(sets=["fail-clients=3", "slow-clients=1,2", "lr=0.5"])
+    got = run_config_from_args(args, Path("/tmp/x"))
+    assert got["fail-clients"] == "3" and got["slow-clients"] == "1,2" and got["lr"] == 0.5
 
 
 def test_run_sim_process_exits_2(tmp_path):

@@ -3,9 +3,13 @@
 ``strategy = "fl-defense"`` gives :class:`~strategies.aggregation.RobustAggregation` with the
 configured ``aggregation`` (mean or median); ``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``
 (``trim-beta``) and ``Krum`` (``krum-malicious``) are Flower's own.  Around the base
-strategy, innermost first: upload validation, the attack hook (when ``attack-every > 0``),
-client dropout and the per-round recorder:
-``Recorder(Dropout(Hook(Validating(base))))``.
+strategy, innermost first: upload validation, Flower's DP wrapper (``dp-strategy``), the
+attack hook (when ``attack-every > 0``), client dropout, the SecAgg+ decoder (with
+``secure-aggregation``), privacy accounting (with a Gaussian mechanism) and the per-round
+recorder: ``Recorder(Accounting(SecAggDecoder(Dropout(Hook(DPWrapper(Validating(base)))))))``.
+The hook sits outside the DP wrapper so that it sees each upload as the server receives it
+(``strategies/central_dp.py``); the accountant outside dropout and validation, so that it
+counts every upload the server received.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strateg
 from fl_defense import protocol as msg
 from fl_defense.config import ExperimentConfig
 from fl_defense.task import evaluate_model, get_weights, load_data, new_model, select_device, set_weights
+from strategies.accounting import PrivacyAccountingStrategy, accounted_mechanism
 from strategies.aggregation import RobustAggregation
+from strategies.central_dp import wrap_central_dp
 from strategies.dropout import DropoutStrategy
 from strategies.recorder import RecordingStrategy
 from strategies.validation import ValidatingStrategy
@@ -70,9 +76,18 @@ def build_strategy(cfg: ExperimentConfig, out_dir: Path) -> Strategy:
 
     strategy: Strategy = ValidatingStrategy(base_strategy(cfg, weights, evaluate_fn),
                                             [w.shape for w in weights])
+    strategy = wrap_central_dp(cfg, strategy)
     if cfg.attack_every > 0:
         from strategies.hook import AttackHook
 
         strategy = AttackHook(strategy, cfg, out_dir)
     strategy = DropoutStrategy(strategy)
+    if cfg.secure_aggregation:
+        from strategies.secagg import SecAggDecoder
+
+        strategy = SecAggDecoder(strategy)
+    mechanism = accounted_mechanism(cfg)
+    if mechanism is not None:
+        strategy = PrivacyAccountingStrategy(strategy, mechanism[0], cfg.dp_delta, cfg.dp_neighbouring,
+                                             mechanism[1])
     return RecordingStrategy(strategy, out_dir, cfg.num_server_rounds)

@@ -209,7 +209,7 @@ def test_update_mod_switch_passes_through_when_off():
 
 
 def test_quantisation_range_and_max_weight():
-    assert clipping_range(parse_run_config({})) == pytest.approx(10 * 0.1 * 20)
+    assert clipping_range(parse_run_config({})) == pytest.approx(10 * 0.1)
     assert clipping_range(parse_run_config({"model": "bncnn", "lr": 0.05})) == pytest.approx(20.0)  # the counter
     assert clipping_range(parse_run_config({"defense": "clipping:0.3"})) == 0.3
     assert clipping_range(parse_run_config({"defense": "clipping:0.3", "model": "bncnn"})) == pytest.approx(20.0)
@@ -222,6 +222,7 @@ def test_quantisation_range_and_max_weight():
                                            "secagg-reconstruction-threshold": 3}))
     assert (wf.max_weight, wf.num_shares, wf.reconstruction_threshold) == (1.0, 5, 3)
     assert wf.clipping_range == pytest.approx(1.0)
+    assert secagg_workflow(parse_run_config({"model": "bncnn", "lr": 0.05, "local-steps": 1})).clipping_range == 1.0
 
 
 @pytest.mark.parametrize("overrides", [

@@ -105,17 +105,26 @@ def add_update(global_w: list[np.ndarray], update: list[np.ndarray]) -> list[np.
 
 class SecAggDecoder(StrategyWrapper):
     """Under SecAgg+: every ``FitRes`` carries the aggregate of the uploaded *updates*;
-    hand the inner stack ``global + aggregate`` (weights, the global's dtypes) instead."""
+    hand the inner stack ``global + aggregate`` (weights, the global's dtypes) instead.
+
+    It also counts each failed client once: Flower 1.42's collect-masked-vectors stage
+    appends the error of a client that failed in ``fit`` to the failures twice (once while
+    summing the masked vectors, once while building the legacy results), so the failures
+    are cut to the sampled clients that gave no result."""
 
     def __init__(self, inner) -> None:
         super().__init__(inner)
         self._global: list[np.ndarray] | None = None
+        self._sampled = 0
 
     def configure_fit(self, server_round, parameters, client_manager):
         self._global = parameters_to_ndarrays(parameters)
-        return self.inner.configure_fit(server_round, parameters, client_manager)
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        self._sampled = len(instructions)
+        return instructions
 
     def aggregate_fit(self, server_round, results, failures):
+        failures = list(failures)[:max(self._sampled - len(results), 0)]
         if results and self._global is not None:
             decoded = {}
             for _, res in results:  # one aggregate, shared by every FitRes

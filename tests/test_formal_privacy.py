@@ -192,6 +192,22 @@ def test_decoder_adds_the_global_back_in_its_dtypes():
     assert add_update(global_w, update_of(add_update(global_w, [np.ones(2), np.array(1)]), global_w))[1] == 8
 
 
+def test_decoder_counts_each_failed_client_once():
+    class Sampler(Inner):
+        def configure_fit(self, server_round, parameters, client_manager):
+            return [("proxy", None)] * 4
+
+    decoder = SecAggDecoder(Sampler())
+    decoder.configure_fit(1, ndarrays_to_parameters([np.zeros(2, np.float32)]), None)
+    aggregate = ndarrays_to_parameters([np.ones(2)])
+    results = [fit_res(None, c, parameters=aggregate) for c in range(3)]
+    errors = [Exception("client 3 failed"), Exception("client 3 failed")]  # as SecAggPlusWorkflow reports it
+    seen = []
+    decoder.inner.aggregate_fit = lambda r, res, fail: (seen.append(fail), (None, {}))[1]
+    decoder.aggregate_fit(1, results, errors)
+    assert len(seen[0]) == 1
+
+
 def test_update_mod_switch_passes_through_when_off():
     calls = []
 

@@ -4,12 +4,13 @@
 configured ``aggregation`` (mean or median); ``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``
 (``trim-beta``) and ``Krum`` (``krum-malicious``) are Flower's own.  Around the base
 strategy, innermost first: upload validation, Flower's DP wrapper (``dp-strategy``), the
-attack hook (when ``attack-every > 0``), client dropout, the SecAgg+ decoder (with
-``secure-aggregation``), privacy accounting (with a Gaussian mechanism) and the per-round
-recorder: ``Recorder(Accounting(SecAggDecoder(Dropout(Hook(DPWrapper(Validating(base)))))))``.
+attack hook (when ``attack-every > 0``), client dropout, privacy accounting (with a
+Gaussian mechanism), the per-round recorder and, outermost, the SecAgg+ decoder (with
+``secure-aggregation``): ``SecAggDecoder(Recorder(Accounting(Dropout(Hook(DPWrapper(Validating(base)))))))``.
 The hook sits outside the DP wrapper so that it sees each upload as the server receives it
 (``strategies/central_dp.py``); the accountant outside dropout and validation, so that it
-counts every upload the server received.
+counts every upload the server received; the decoder outside everything, so that every
+layer (the recorder's counts too) sees what it sees in a run without SecAgg+.
 """
 
 from __future__ import annotations
@@ -82,12 +83,13 @@ def build_strategy(cfg: ExperimentConfig, out_dir: Path) -> Strategy:
 
         strategy = AttackHook(strategy, cfg, out_dir)
     strategy = DropoutStrategy(strategy)
-    if cfg.secure_aggregation:
-        from strategies.secagg import SecAggDecoder
-
-        strategy = SecAggDecoder(strategy)
     mechanism = accounted_mechanism(cfg)
     if mechanism is not None:
         strategy = PrivacyAccountingStrategy(strategy, mechanism[0], cfg.dp_delta, cfg.dp_neighbouring,
                                              mechanism[1])
-    return RecordingStrategy(strategy, out_dir, cfg.num_server_rounds)
+    strategy = RecordingStrategy(strategy, out_dir, cfg.num_server_rounds)
+    if cfg.secure_aggregation:
+        from strategies.secagg import SecAggDecoder
+
+        strategy = SecAggDecoder(strategy)
+    return strategy

@@ -141,10 +141,10 @@ def test_the_hook_sits_outside_flowers_dp_wrapper(tmp_path, wrapper, flower_clas
     assert sampled_clients(cfg) == 2
 
 
-def test_secagg_stack_decodes_before_dropout(tmp_path):
+def test_secagg_stack_decodes_outermost(tmp_path):
     cfg = parse_run_config({"secure-aggregation": True, "defense": "dp-gaussian:1"})
     assert _chain(build_strategy(cfg, tmp_path)) == [
-        "RecordingStrategy", "PrivacyAccountingStrategy", "SecAggDecoder", "DropoutStrategy",
+        "SecAggDecoder", "RecordingStrategy", "PrivacyAccountingStrategy", "DropoutStrategy",
         "ValidatingStrategy", "RobustAggregation"]
 
 

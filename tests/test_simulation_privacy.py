@@ -69,7 +69,7 @@ def test_secagg_two_rounds_three_clients(tmp_path):
     """Client 2 fails in fit every round: SecAgg+ removes its masks with the others' shares."""
     out = tmp_path / "secagg"
     rows = run_sim(out, "--secagg", "--rounds", "2", "--clients", "3", "--set", "local-steps=2",
-                   "--set", "fail-clients=2")
+                   "--set", "fail-clients=\"2\"")
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
         assert row["clients_ok"] == 2 and row["clients_failed"] == 1 and row["clients_rejected"] == 0

@@ -42,6 +42,7 @@ BAD_RUNS = [
     (["--defense", "dp-gaussian:0"], ["dp-gaussian", "Z > 0", "0"]),
     (["--defense", "dp-gaussian:1", "--set", "dp-clip=0"], ["dp-clip", "0"]),
     (["--defense", "dp-gaussian:1", "--model", "bncnn"], ["dp-gaussian", "bncnn", "BatchNorm"]),
+    (["--set", "dp-strategy=client-side-fixed-clipping", "--model", "bncnn"], ["dp-strategy", "bncnn", "counter"]),
     (["--set", "dp-delta=1"], ["dp-delta", "1"]),
     (["--set", "dp-neighbouring=swap-one"], ["dp-neighbouring", "swap-one", "replace-one"]),
     (["--set", "dp-strategy=local"], ["dp-strategy", "local"]),

@@ -29,6 +29,7 @@ RUN_FLAGS = {
     "seed": "seed",
     "attack_every": "attack-every",
     "attacker": "attacker",
+    "secagg": "secure-aggregation",
 }
 
 
@@ -67,6 +68,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-every", dest="attack_every", type=int,
                    help="run the honest-but-curious iDLG hook every N rounds (0: off)")
     p.add_argument("--attacker", help="naive | aware")
+    p.add_argument("--secagg", action="store_const", const=True, default=None,
+                   help="secure aggregation (SecAgg+): the server sees only the aggregate of the uploads")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any key of [tool.flwr.app.config], e.g. --set dropout-rate=0.1")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished round, "

@@ -21,15 +21,19 @@ from fl_defense.defenses import DefenseSpec, parse_defense
 from fl_defense.errors import ConfigError, suggest
 from fl_defense.models import MODEL_NAMES
 from fl_defense.partition import PartitionSpec
+from fl_defense.privacy import NEIGHBOURING
 
 __all__ = ["ConfigError", "ExperimentConfig", "parse_run_config", "default_run_config",
-           "RUN_CONTROL_KEYS", "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES"]
+           "RUN_CONTROL_KEYS", "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES",
+           "DP_STRATEGIES", "SECAGG_REFUSED", "BATCHNORM_MODELS"]
 
 AGGREGATIONS = ("mean", "median")
 STRATEGIES = ("fl-defense", "FedAvg", "FedMedian", "FedTrimmedAvg", "Krum")
 ATTACKERS = ("naive", "aware")
 ATTACK_METHODS = ("idlg", "dlg")
 BYZANTINE_MODES = ("sign-flip", "scaled", "random")
+DP_STRATEGIES = ("none", "client-side-fixed-clipping", "server-side-fixed-clipping")
+BATCHNORM_MODELS = ("bncnn",)  # models that upload BatchNorm buffers (values, and an int64 step counter)
 
 # config values held as typed specs: the text a user writes -> its parser
 _SPECS = {"defense": parse_defense, "partition": PartitionSpec.parse}
@@ -73,6 +77,16 @@ class ExperimentConfig:
     attack_restarts: int = 2
     leak_threshold: float = 0.4
     resume: bool = False
+    # formal privacy (fl_defense.privacy, strategies.central_dp, strategies.secagg)
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    dp_neighbouring: str = "add-or-remove-one"
+    dp_strategy: str = "none"
+    dp_noise_multiplier: float = 1.0
+    secure_aggregation: bool = False
+    secagg_num_shares: int = 3
+    secagg_reconstruction_threshold: int = 2
+    secagg_clipping_range: float = 0.0
 
     # ------------------------------------------------------------------ derived
     @property
@@ -123,6 +137,8 @@ def _coerce(key: str, value: Any) -> Any:
     if key in _SPECS:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
+        if key == "defense":
+            return value  # parsed in parse_run_config, once dp-clip is known
         try:
             return _SPECS[key](value)
         except ValueError as exc:
@@ -166,6 +182,13 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
         if key not in _FIELDS:
             raise ConfigError(f"unknown config key {key!r}{suggest(key, _FIELDS)}")
         values[_FIELDS[key].name] = _coerce(key, value)
+    dp_clip = values.get("dp_clip", ExperimentConfig.dp_clip)
+    _check(dp_clip > 0, "dp-clip", dp_clip, "> 0 (the L2 bound C of the update)")
+    defense = values.get("defense", ExperimentConfig.defense)
+    try:  # binds dp-clip into the spec of a defense that needs C (dp-gaussian)
+        values["defense"] = parse_defense(defense if isinstance(defense, str) else str(defense), clip=dp_clip)
+    except ValueError as exc:
+        raise ConfigError(f"defense: {exc}") from None
     cfg = ExperimentConfig(**values)
 
     _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
@@ -225,4 +248,50 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _check(cfg.attack_max_iter >= 1, "attack-max-iter", cfg.attack_max_iter, ">= 1")
     _check(cfg.attack_restarts >= 0, "attack-restarts", cfg.attack_restarts, ">= 0")
     _check(0 < cfg.leak_threshold <= 1, "leak-threshold", cfg.leak_threshold, "in (0, 1]")
+    _check_formal_privacy(cfg)
     return cfg
+
+
+# strategies that need the individual uploads, which SecAgg+ never hands the server
+SECAGG_REFUSED = {"FedMedian": "FedMedian takes the element-wise median of the uploads",
+                  "FedTrimmedAvg": "FedTrimmedAvg trims the largest and smallest uploads",
+                  "Krum": "Krum scores each upload by its distances to the others"}
+
+
+def _check_formal_privacy(cfg: ExperimentConfig) -> None:
+    """The keys of the DP mechanism, Flower's DP wrappers and SecAgg+, and how they combine."""
+    _check(0 < cfg.dp_delta < 1, "dp-delta", cfg.dp_delta, "in (0, 1)")
+    _choice("dp-neighbouring", cfg.dp_neighbouring, NEIGHBOURING)
+    _choice("dp-strategy", cfg.dp_strategy, DP_STRATEGIES)
+    _check(cfg.dp_noise_multiplier >= 0, "dp-noise-multiplier", cfg.dp_noise_multiplier, ">= 0")
+    if cfg.defense.name == "dp-gaussian" and cfg.model in BATCHNORM_MODELS:
+        raise ConfigError(f"defense {str(cfg.defense)!r} with model {cfg.model!r}: BatchNorm running statistics "
+                          "are values computed from the private batches that no clipping bounds, so the "
+                          "Gaussian mechanism cannot cover them; use model lenet")
+    if cfg.dp_strategy != "none" and cfg.model in BATCHNORM_MODELS:
+        raise ConfigError(f"dp-strategy {cfg.dp_strategy!r} with model {cfg.model!r}: Flower's fixed clipping "
+                          "takes one norm over every array, BatchNorm's running statistics and its step counter "
+                          "(which grows by local-steps) included, and leaves the counter unclipped; use model lenet")
+    _check(cfg.secagg_num_shares >= 3, "secagg-num-shares", cfg.secagg_num_shares, ">= 3")
+    _check(2 <= cfg.secagg_reconstruction_threshold < cfg.secagg_num_shares, "secagg-reconstruction-threshold",
+           cfg.secagg_reconstruction_threshold, f"in [2, secagg-num-shares={cfg.secagg_num_shares})")
+    _check(cfg.secagg_clipping_range >= 0, "secagg-clipping-range", cfg.secagg_clipping_range,
+           ">= 0 (0: set from the update's scale)")
+    if not cfg.secure_aggregation:
+        return
+    why = "SecAgg+ hands the strategy only the sum of the uploads (every FitRes carries the same aggregate)"
+    if cfg.strategy in SECAGG_REFUSED:
+        raise ConfigError(f"secure-aggregation with strategy {cfg.strategy!r}: {why}, but "
+                          f"{SECAGG_REFUSED[cfg.strategy]}; use strategy fl-defense (mean) or FedAvg")
+    if cfg.strategy == "fl-defense" and cfg.aggregation != "mean":
+        raise ConfigError(f"secure-aggregation with aggregation {cfg.aggregation!r}: {why}, so the median would "
+                          "silently become the mean; use aggregation mean")
+    if cfg.dp_strategy == "server-side-fixed-clipping":
+        raise ConfigError(f"secure-aggregation with dp-strategy {cfg.dp_strategy!r}: {why}, but server-side "
+                          "clipping clips each upload; use dp-strategy client-side-fixed-clipping")
+    if cfg.attack_every > 0:
+        raise ConfigError(f"secure-aggregation with attack-every={cfg.attack_every}: {why}; the attack hook "
+                          "attacks individual uploads and cannot yet attack the aggregate")
+    sampled = max(int(cfg.num_clients * cfg.fraction_fit), 1)
+    _check(sampled >= 2, "num-clients", cfg.num_clients,
+           f"such that at least 2 clients are sampled per round for secure-aggregation (now {sampled})")

@@ -1,7 +1,9 @@
 """Flower ``ServerApp`` entry point: validates the config and the inputs it names (the data
 set's files, the partitions), writes ``config.json``, and runs the strategy stack of
-:func:`strategies.factory.build_strategy` -- from round 1, or, with ``resume = true``,
-from the checkpoint in ``out-dir`` (:mod:`strategies.checkpoint`)."""
+:func:`strategies.factory.build_strategy` in Flower's ``DefaultWorkflow`` (with
+``SecAggPlusWorkflow`` for the fit rounds under ``secure-aggregation``;
+:mod:`strategies.secagg`) -- from round 1, or, with ``resume = true``, from the checkpoint
+in ``out-dir`` (:mod:`strategies.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import datetime as _dt
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.server import ServerAppComponents, ServerConfig
-from flwr.serverapp import ServerApp
+from flwr.server import LegacyContext, ServerConfig
+from flwr.serverapp import Grid, ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
 from fl_defense.io import write_json
@@ -30,7 +32,13 @@ def resolve_out_dir(cfg: ExperimentConfig, run_id: int | None = None) -> Path:
     return Path.home() / "fl-defense-runs" / f"{stamp}-{run_id or 0}"
 
 
-def server_fn(context: Context) -> ServerAppComponents:
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from strategies.secagg import run_workflow
+
     cfg = parse_run_config(context.run_config)
     check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
@@ -44,7 +52,6 @@ def server_fn(context: Context) -> ServerAppComponents:
     write_json(out_dir / "config.json", recorded_config(cfg) | {"out-dir": str(out_dir)})
     strategy = build_strategy(cfg, out_dir, checkpoint)
     done = checkpoint.round if checkpoint else 0
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_server_rounds - done))
-
-
-app = ServerApp(server_fn=server_fn)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_server_rounds - done),
+                           strategy=strategy)
+    run_workflow(cfg)(grid, legacy)

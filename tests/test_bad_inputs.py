@@ -402,7 +402,7 @@ def test_server_app_refuses_a_bad_folder_before_writing(tmp_path):
     from types import SimpleNamespace
 
     from fl_defense.errors import ConfigError
-    from strategies.server_app import server_fn
+    from strategies.server_app import main as server_main
 
     folder = good_folder(tmp_path / "images")
     (folder / "bad_1.png").write_bytes(b"")
@@ -410,5 +410,5 @@ def test_server_app_refuses_a_bad_folder_before_writing(tmp_path):
     context = SimpleNamespace(run_config={"dataset": f"folder:{folder}", "num-clients": 2, "out-dir": str(out)},
                               run_id=1)
     with pytest.raises(ConfigError, match="bad_1.png is empty"):
-        server_fn(context)
+        server_main(None, context)
     assert not out.exists()

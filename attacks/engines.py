@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from attacks.gradients import per_example_grad_fn
+from attacks.layerwise import fused_loss_grad_fn
 from attacks.lbfgs import YS_MIN, LBFGSMemory
 from attacks.objectives import EPS, matching_loss
 from attacks.settings import AttackConfig
@@ -49,6 +50,8 @@ class Problem:
         self.n_lab = num_classes if cfg.method == "dlg" else 0
         self.soft = cfg.method == "dlg"
         self.vgrad = per_example_grad_fn(model, names, params, buffers, soft=self.soft)
+        self.fused = None if cfg.grad_impl == "vmap" else \
+            fused_loss_grad_fn(model, names, params, self.soft, cfg.objective)
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         x = z[:, : self.n_img].reshape(-1, *self.input_shape)
@@ -65,6 +68,12 @@ class Problem:
 
     def batched(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Loss ``[U]`` (float64) and its gradient ``[U, N]`` for targets ``idx`` at ``z``."""
+        if self.fused is not None:
+            x, y = self.split(z.detach())
+            obs, labels = self._subset(idx)
+            loss, gx, gy = self.fused(x, y if self.soft else labels, obs)
+            gz = gx.reshape(z.shape[0], -1) if gy is None else torch.cat([gx.flatten(1), gy], 1)
+            return loss.double(), gz
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             x, y = self.split(z)

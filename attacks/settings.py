@@ -13,6 +13,7 @@ from fl_defense.config import ATTACK_METHODS
 METHODS = ATTACK_METHODS
 ENGINES = ("batched", "loop", "joint")
 INITS = ("randn", "rand")
+GRAD_IMPLS = ("auto", "vmap")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class AttackConfig:
         seed: the init of target ``t`` in try ``k`` is drawn from a generator seeded with
             ``(seed, t, k)``, so every engine starts target t from the same point.
         device: torch device for the attack, e.g. ``"cpu"`` or ``"cuda"``.
+        grad_impl: how the batched and joint engines compute the matching loss and its
+            gradient: ``"auto"`` (default) uses the hand-written double back-propagation of
+            :func:`attacks.layerwise.fused_loss_grad_fn` when the model is a plain chain of
+            convolutions, activations and linear layers (the LeNet), else
+            ``torch.func.vmap`` per-example gradients and autograd; ``"vmap"`` always the
+            latter.  Both give the same values (to float rounding).  The loop engine always
+            uses plain autograd, the papers' way.
     """
 
     method: str = "idlg"
@@ -67,10 +75,12 @@ class AttackConfig:
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"
+    grad_impl: str = "auto"
 
     def __post_init__(self) -> None:
         for field, allowed in (("method", METHODS), ("objective", OBJECTIVES),
-                               ("engine", ENGINES), ("init", INITS)):
+                               ("engine", ENGINES), ("init", INITS),
+                               ("grad_impl", GRAD_IMPLS)):
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"{field}={value!r} is not one of {allowed}")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from attacks.gradients import per_example_grad_fn
-from attacks.layerwise import fused_loss_grad_fn
+from attacks.layerwise import flatten_observed, fused_loss_grad_fn
 from attacks.lbfgs import YS_MIN, LBFGSMemory
 from attacks.objectives import EPS, matching_loss
 from attacks.settings import AttackConfig
@@ -52,6 +52,7 @@ class Problem:
         self.vgrad = per_example_grad_fn(model, names, params, buffers, soft=self.soft)
         self.fused = None if cfg.grad_impl == "vmap" else \
             fused_loss_grad_fn(model, names, params, self.soft, cfg.objective)
+        self.observed_flat = flatten_observed(observed) if self.fused is not None else None
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         x = z[:, : self.n_img].reshape(-1, *self.input_shape)
@@ -60,10 +61,13 @@ class Problem:
 
     def _subset(self, idx: Tensor) -> tuple[list[Tensor], Tensor]:
         """Observed gradients and labels of targets ``idx``, cached while ``idx`` is the same
-        tensor (the batched engine keeps it until the batch changes)."""
+        tensor (the batched engine keeps it until the batch changes); flattened to ``[U, P]``
+        for the fused path."""
         cached = getattr(self, "_cache", None)
         if cached is None or cached[0] is not idx:
-            self._cache = (idx, [o[idx] for o in self.observed], self.labels[idx])
+            obs = self.observed_flat[idx] if self.fused is not None \
+                else [o[idx] for o in self.observed]
+            self._cache = (idx, obs, self.labels[idx])
         return self._cache[1], self._cache[2]
 
     def batched(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,27 +1,35 @@
-"""Per-example gradients of a plain layer chain, written out layer by layer.
+"""The matching loss of a plain layer chain and its input gradient, back-propagation written out.
 
-For a model that is a chain of ``nn.Conv2d`` (zero padding, no dilation, no groups),
-element-wise activations (``nn.Sigmoid``, ``nn.Tanh``, ``nn.ReLU``), ``flatten`` and
-``nn.Linear`` -- the DLG/iDLG LeNet is one -- the gradient of the cross-entropy of each
-example with respect to every parameter has a closed form that back-propagation computes
-layer by layer (Rumelhart, Hinton & Williams, 1986; the per-example form is the
-"outer-product trick" of Goodfellow, 2015, "Efficient per-example gradient computations",
-arXiv:1510.01799):
+An iDLG/DLG attack evaluates, for U dummy images at once, ``loss_t = D(G_t, O_t)`` with
+``G_t = d CE(f(x_t), y_t) / d theta`` the per-example gradient of the model and ``O_t`` the
+observed one, and needs ``d loss_t / d x_t``: a double back-propagation.  Generic autograd
+does it with ``torch.func.vmap`` (grouped convolutions per example) and a second graph over
+the first.  For a model that is a chain of ``nn.Conv2d`` (zero padding, no dilation, no
+groups), element-wise activations (``nn.Sigmoid``, ``nn.Tanh``, ``nn.ReLU``), ``flatten``
+and ``nn.Linear`` -- the DLG/iDLG LeNet is one -- every step has a closed form
+(:func:`fused_loss_grad_fn`), computed here with batched matrix products over the unfolded
+inputs (im2col) and no autograd graph over the network:
 
-* linear ``o = W h + b``: ``dW_t = delta_t h_t^T``, ``db_t = delta_t``, ``delta_h = W^T delta_t``;
-* convolution as a matrix product over the unfolded input (im2col,
-  :func:`torch.nn.functional.unfold`): ``z_t = W cols(a_t) + b``, so
-  ``dW_t = delta_t cols(a_t)^T`` (one batched matrix product over the examples),
-  ``db_t = sum_l delta_t[:, l]`` and ``delta_a = fold(W^T delta_t)``;
-* activations: ``delta_z = delta_a * s'(z)``; the output: ``delta = softmax(out) - p`` with
-  ``p`` the one-hot label (iDLG) or ``softmax(label logits)`` (DLG).
+* forward: ``z_t = W cols(a_t) + b`` for a convolution (``cols``: the unfolded input
+  ``[C k k, L]``), ``o_t = W h_t + b`` for a linear layer, ``a = s(z)``;
+* back-propagation of the cross-entropy (Rumelhart, Hinton & Williams, 1986), per example
+  (the outer-product form of Goodfellow, 2015, "Efficient per-example gradient
+  computations", arXiv:1510.01799): ``delta = softmax(o) - p`` (``p``: the one-hot label,
+  iDLG, or ``softmax`` of the label logits, DLG); linear ``G_W = delta h^T``, ``G_b = delta``,
+  ``delta_h = W^T delta``; convolution ``G_W = delta cols^T`` (one ``bmm`` over the
+  examples), ``G_b = sum_l delta``, ``delta_a = conv_transpose(delta, W)``; activation
+  ``delta_z = delta_a s'(z)``;
+* the adjoint of that back-propagation, i.e. reverse mode over reverse mode (Pearlmutter,
+  1994, "Fast exact multiplication by the Hessian", Neural Comput. 6(1)): from
+  ``Gbar = d loss / d G`` it carries ``deltabar`` from the first layer to the output,
+  collecting the adjoints of the forward quantities on the way (of ``cols`` through
+  ``G_W = delta cols^T``, of the activations through ``s'``, of ``h`` through ``G_W``), then
+  through the softmax, and back-propagates those adjoints through the forward sweep; the
+  two contributions to each unfolded input are summed before a single ``fold``.
 
-Every step is an ordinary differentiable tensor operation, so the matching loss built on
-these gradients is back-propagated to the dummy images by one plain autograd pass.  The
-values equal those of ``torch.func.vmap(torch.func.grad(...))`` (:func:`per_example_grad_fn`,
-checked by the tests) at a fraction of the cost: no grouped convolutions, no autograd graph
-built for the first derivative, no vmap dispatch.  :func:`layer_chain` returns ``None`` for
-any other model, and the attack then uses the vmap path.
+The values equal those of the vmap path (checked by the tests, to float64 rounding).
+:func:`layer_chain` returns ``None`` for any other model (BatchNorm, pooling, branches),
+and the attack then uses the vmap path.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from torch import Tensor, nn
 
 from attacks.objectives import matching_loss
 
-__all__ = ["Conv", "Activation", "Flatten", "Dense", "layer_chain", "layerwise_grad_fn",
-           "fused_loss_grad_fn"]
+__all__ = ["Conv", "Activation", "Flatten", "Dense", "layer_chain", "fused_loss_grad_fn",
+           "flatten_observed"]
 
 ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu",
                torch.sigmoid: "sigmoid", torch.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
@@ -134,88 +142,6 @@ def layer_chain(model: nn.Module) -> list[Layer] | None:
     return chain
 
 
-def _act_grad(kind: str, out: Tensor, pre: Tensor, delta: Tensor) -> Tensor:
-    if kind == "sigmoid":
-        return delta * out * (1.0 - out)
-    if kind == "tanh":
-        return delta * (1.0 - out * out)
-    return delta * (pre > 0)
-
-
-def layerwise_grad_fn(model: nn.Module, names: list[str], params: dict[str, Tensor],
-                      soft: bool) -> Callable[[Tensor, Tensor], list[Tensor]] | None:
-    """``f(x [T,C,H,W], y) -> [grad_p [T, ...] for p in names]`` for a plain chain, else ``None``.
-
-    The same contract as :func:`attacks.gradients.per_example_grad_fn` (hard labels ``[T]``
-    or label logits ``[T, K]`` when ``soft``), differentiable with respect to ``x`` and ``y``.
-    """
-    chain = layer_chain(model)
-    if chain is None:
-        return None
-    used = {n for layer in chain if isinstance(layer, (Conv, Dense))
-            for n in (layer.weight, layer.bias) if n is not None}
-    if used != set(names):
-        return None
-    flat = {n: params[n].reshape(params[n].shape[0], -1) for n in names}
-
-    def f(x: Tensor, y: Tensor) -> list[Tensor]:
-        u = x.shape[0]
-        saved: list[tuple] = []
-        a = x
-        for layer in chain:
-            if isinstance(layer, Conv):
-                h, w = a.shape[-2:]
-                cols = F.unfold(a, layer.kernel, padding=layer.padding, stride=layer.stride)
-                z = torch.matmul(flat[layer.weight], cols)
-                if layer.bias is not None:
-                    z = z + params[layer.bias][:, None]
-                ho = (h + 2 * layer.padding[0] - layer.kernel[0]) // layer.stride[0] + 1
-                wo = (w + 2 * layer.padding[1] - layer.kernel[1]) // layer.stride[1] + 1
-                saved.append((cols, (h, w)))
-                a = z.view(u, -1, ho, wo)
-            elif isinstance(layer, Activation):
-                pre = a
-                a = torch.sigmoid(a) if layer.kind == "sigmoid" else \
-                    torch.tanh(a) if layer.kind == "tanh" else torch.relu(a)
-                saved.append((a, pre))
-            elif isinstance(layer, Flatten):
-                saved.append((a.shape,))
-                a = a.flatten(1)
-            else:
-                saved.append((a,))
-                a = F.linear(a, params[layer.weight],
-                             params[layer.bias] if layer.bias is not None else None)
-        target = F.softmax(y, -1) if soft else F.one_hot(y, a.shape[-1]).to(a.dtype)
-        delta = F.softmax(a, -1) - target
-        grads: dict[str, Tensor] = {}
-        for i in range(len(chain) - 1, -1, -1):
-            layer, rec = chain[i], saved[i]
-            if isinstance(layer, Dense):
-                (inp,) = rec
-                grads[layer.weight] = delta[:, :, None] * inp[:, None, :]
-                if layer.bias is not None:
-                    grads[layer.bias] = delta
-                if i > 0:
-                    delta = delta @ params[layer.weight]
-            elif isinstance(layer, Flatten):
-                delta = delta.view(rec[0])
-            elif isinstance(layer, Activation):
-                delta = _act_grad(layer.kind, rec[0], rec[1], delta)
-            else:
-                cols, size = rec
-                dz = delta.flatten(2)
-                grads[layer.weight] = torch.bmm(dz, cols.mT).view(u, *params[layer.weight].shape)
-                if layer.bias is not None:
-                    grads[layer.bias] = dz.sum(2)
-                if i > 0:
-                    dcols = torch.matmul(flat[layer.weight].T, dz)
-                    delta = F.fold(dcols, size, layer.kernel, padding=layer.padding,
-                                   stride=layer.stride)
-        return [grads[n] for n in names]
-
-    return f
-
-
 def _act_slope(kind: str, out: Tensor) -> Tensor:
     """``s'(z)`` written with the activation's output ``a = s(z)``."""
     if kind == "sigmoid":
@@ -234,34 +160,40 @@ def _act_curvature(kind: str, out: Tensor) -> Tensor | None:
     return None
 
 
+
+
+def _unfold(a: Tensor, layer: Conv) -> Tensor:
+    """``F.unfold`` (im2col, ``[U, C kh kw, L]``) as one strided copy: 1.5-3x faster on CPU
+    than ATen's im2col kernel for these small inputs (measured in the issue-13 notes)."""
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
+    if ph or pw:
+        a = F.pad(a, (pw, pw, ph, ph))
+    v = a.unfold(2, kh, sh).unfold(3, kw, sw)  # [U, C, Ho, Wo, kh, kw], a view
+    u, c, ho, wo = v.shape[:4]
+    return v.permute(0, 1, 4, 5, 2, 3).reshape(u, c * kh * kw, ho * wo)
+
+
+def _adjoint_l2(g: Tensor, o: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    diff = g - o
+    if mask is not None:
+        diff = diff * mask
+    return (diff * diff).sum(1), 2.0 * diff
+
+
 def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Tensor],
                        soft: bool, objective: str = "l2"
-                       ) -> Callable[[Tensor, Tensor, list[Tensor]],
-                                     tuple[Tensor, Tensor, Tensor | None]] | None:
-    """Matching loss of a plain chain and its gradient with respect to the dummy inputs, the
-    double back-propagation written out by hand; ``None`` for any other model.
+                       ) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]] | None:
+    """Matching loss of a plain chain and its gradient with respect to the dummy inputs;
+    ``None`` when the model is not a plain chain (see the module docstring).
 
-    Returns ``f(x [U,C,H,W], y, observed) -> (loss [U], dloss/dx [U,C,H,W], dloss/dy [U,K]
-    or None)`` where ``loss = matching_loss(per-example gradients, observed, objective)``
-    (:func:`attacks.objectives.matching_loss`; ``y``: hard labels ``[U]``, or label logits
-    ``[U, K]`` when ``soft``, the only case where the label gradient is returned).
-
-    Three sweeps, all without an autograd graph over the network:
-
-    1. forward, keeping the unfolded inputs of the convolutions and the activations;
-    2. back-propagation of the cross-entropy (the per-example gradients ``G``, as in
-       :func:`layerwise_grad_fn`), keeping every layer's ``delta``;
-    3. the adjoint of sweep 2 in reverse order (Pearlmutter, 1994, "Fast exact multiplication
-       by the Hessian", Neural Comput. 6(1), for the reverse-over-reverse pattern): from
-       ``Gbar = dloss/dG`` (autograd over ``objective_fn`` alone, cheap) it carries
-       ``deltabar`` from the first layer to the output, collecting on the way the adjoints
-       of the forward quantities (the unfolded inputs through ``dW_t = delta_t cols_t^T``,
-       the activations through ``s'``), then the softmax adjoint, then
-       ordinary back-propagation of those adjoints through the forward sweep.  The two
-       contributions to each unfolded input are summed before one ``fold``.
-
-    Shared-weight products are plain matrix products (or ``conv2d`` for the adjoint of a
-    transposed convolution); only ``dW_t`` and its adjoint are per example (``bmm``).
+    Returns ``f(x [U,C,H,W], y, observed [U, P]) -> (loss [U], dloss/dx [U,C,H,W], dloss/dy)``
+    where ``observed`` holds the observed gradients flattened and concatenated in ``names``
+    order (:func:`flatten_observed`), ``loss = matching_loss([G], [observed], objective)``
+    (:func:`attacks.objectives.matching_loss` on the concatenated per-example gradients ``G``;
+    the same value as on the per-parameter lists), ``y`` the hard labels ``[U]`` or, when
+    ``soft``, the label logits ``[U, K]``; ``dloss/dy`` ``[U, K]`` is returned only then (else
+    ``None``).  ``"l2"`` and ``"l2-support"`` have their adjoint in closed form; any other
+    objective is differentiated by autograd on ``G`` alone (cheap: element-wise).
     """
     chain = layer_chain(model)
     if chain is None:
@@ -271,22 +203,24 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
     if used != set(names):
         return None
     flat = {n: params[n].reshape(params[n].shape[0], -1) for n in names}
+    flat_t = {n: v.T.contiguous() for n, v in flat.items()}
+    sizes = [params[n].numel() for n in names]
     n_layers = len(chain)
 
-    def f(x: Tensor, y: Tensor, observed: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    def f(x: Tensor, y: Tensor, observed: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         u = x.shape[0]
         # sweep 1: forward
-        ins: list[object] = []   # per layer: what its backward needs from the forward
+        ins: list = []            # per layer: what the later sweeps need from the forward
         shapes: list[torch.Size] = []
         a = x
         for layer in chain:
             shapes.append(a.shape)
             if isinstance(layer, Conv):
-                h, w = a.shape[-2:]
-                cols = F.unfold(a, layer.kernel, padding=layer.padding, stride=layer.stride)
+                cols = _unfold(a, layer)
                 z = torch.matmul(flat[layer.weight], cols)
                 if layer.bias is not None:
                     z = z + params[layer.bias][:, None]
+                h, w = a.shape[-2:]
                 ho = (h + 2 * layer.padding[0] - layer.kernel[0]) // layer.stride[0] + 1
                 wo = (w + 2 * layer.padding[1] - layer.kernel[1]) // layer.stride[1] + 1
                 ins.append(cols)
@@ -306,7 +240,8 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
         target = F.softmax(y, -1) if soft else F.one_hot(y, a.shape[-1]).to(a.dtype)
 
         # sweep 2: back-propagation of the cross-entropy, per example
-        deltas: list[Tensor] = [None] * n_layers  # type: ignore[list-item]  # delta at each output
+        deltas: list = [None] * n_layers    # the delta each layer received (at its output)
+        slopes: list = [None] * n_layers    # s'(z) of each activation
         grads: dict[str, Tensor] = {}
         delta = prob - target
         for i in range(n_layers - 1, -1, -1):
@@ -321,27 +256,37 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
             elif isinstance(layer, Flatten):
                 delta = delta.view(shapes[i])
             elif isinstance(layer, Activation):
-                delta = delta * _act_slope(layer.kind, rec)
+                slopes[i] = _act_slope(layer.kind, rec)
+                delta = delta * slopes[i]
             else:
                 dz = delta.flatten(2)
-                grads[layer.weight] = torch.bmm(dz, rec.mT).view(u, *params[layer.weight].shape)
+                grads[layer.weight] = torch.bmm(dz, rec.mT)
                 if layer.bias is not None:
                     grads[layer.bias] = dz.sum(2)
                 if i > 0:
-                    delta = F.fold(torch.matmul(flat[layer.weight].T, dz), shapes[i][-2:],
-                                   layer.kernel, padding=layer.padding, stride=layer.stride)
+                    h, w = shapes[i][-2:]
+                    pad = [(size + 2 * p - k) % s for size, p, k, s in
+                           zip((h, w), layer.padding, layer.kernel, layer.stride)]
+                    delta = F.conv_transpose2d(delta, params[layer.weight], stride=layer.stride,
+                                               padding=layer.padding, output_padding=pad)
 
-        leaves = [grads[n].detach().requires_grad_(True) for n in names]
-        with torch.enable_grad():
-            loss = matching_loss(leaves, observed, objective)
-            gbar_list = torch.autograd.grad(loss.sum(), leaves)
-        gbar = dict(zip(names, gbar_list))
+        g_flat = torch.cat([grads[n].reshape(u, -1) for n in names], 1)
+        if objective in ("l2", "l2-support"):
+            loss, gbar_flat = _adjoint_l2(g_flat, observed,
+                                          observed != 0 if objective == "l2-support" else None)
+        else:
+            leaf = g_flat.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = matching_loss([leaf], [observed], objective)
+                (gbar_flat,) = torch.autograd.grad(loss.sum(), leaf)
+            loss = loss.detach()
+        gbar = dict(zip(names, gbar_flat.split(sizes, 1)))
 
-        # sweep 3a: adjoint of sweep 2, first layer to output
-        fadj: list[Tensor | None] = [None] * n_layers   # adjoint of each layer's output
-        cols_bar: list[Tensor | None] = [None] * n_layers
-        in_bar: list[Tensor | None] = [None] * n_layers  # extra adjoint of a dense input
-        dbar: Tensor | None = None  # adjoint of the delta a layer passed to its input
+        # sweep 3a: adjoint of sweep 2, from the first layer to the output
+        fadj: list = [None] * n_layers      # adjoint of each layer's output (forward)
+        cols_bar: list = [None] * n_layers  # adjoint of a convolution's unfolded input
+        in_bar: list = [None] * n_layers    # adjoint of a linear layer's input from G_W
+        dbar: Tensor | None = None          # adjoint of the delta a layer passed down
         for i, layer in enumerate(chain):
             delta, rec = deltas[i], ins[i]
             if isinstance(layer, Conv):
@@ -356,12 +301,12 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
                 cols_bar[i] = torch.bmm(gw.mT, dz)
                 dbar = out_bar.view(delta.shape)
             elif isinstance(layer, Dense):
-                gw = gbar[layer.weight]
+                gw = gbar[layer.weight].reshape(u, *params[layer.weight].shape)
                 out_bar = torch.bmm(gw, rec[:, :, None]).squeeze(-1)
                 if layer.bias is not None:
                     out_bar = out_bar + gbar[layer.bias]
                 if dbar is not None:
-                    out_bar = out_bar + dbar @ params[layer.weight].T
+                    out_bar = out_bar + dbar @ flat_t[layer.weight]
                 in_bar[i] = torch.bmm(delta[:, None, :], gw).squeeze(1)
                 dbar = out_bar
             elif isinstance(layer, Flatten):
@@ -370,20 +315,21 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
                 curv = _act_curvature(layer.kind, rec)
                 if curv is not None:
                     fadj[i] = dbar * delta * curv
-                dbar = dbar * _act_slope(layer.kind, rec)
-        # the output: delta = softmax(out) - target
-        assert dbar is not None
+                dbar = dbar * slopes[i]
+        assert dbar is not None  # the chain ends with a linear layer
+        # the output: delta = softmax(o) - target
         out_adj = prob * (dbar - (prob * dbar).sum(-1, keepdim=True))
         y_bar = -target * (dbar - (target * dbar).sum(-1, keepdim=True)) if soft else None
         fadj[-1] = out_adj if fadj[-1] is None else fadj[-1] + out_adj
 
         # sweep 3b: back-propagation of the collected adjoints through the forward sweep
+        x_bar = torch.zeros_like(x)
         for i in range(n_layers - 1, -1, -1):
-            layer, rec, ob = chain[i], ins[i], fadj[i]
+            layer, ob = chain[i], fadj[i]
             if isinstance(layer, Conv):
                 cb = cols_bar[i]
                 if ob is not None:
-                    cb = cb + torch.matmul(flat[layer.weight].T, ob.flatten(2))
+                    cb = cb + torch.matmul(flat_t[layer.weight], ob.flatten(2))
                 ib = F.fold(cb, shapes[i][-2:], layer.kernel, padding=layer.padding,
                             stride=layer.stride)
             elif isinstance(layer, Dense):
@@ -395,12 +341,17 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
             elif isinstance(layer, Flatten):
                 ib = ob.view(shapes[i])
             else:
-                ib = ob * _act_slope(layer.kind, rec)
-            if i > 0:
+                ib = ob * (slopes[i] if slopes[i] is not None else _act_slope(layer.kind, ins[i]))
+            if i == 0:
                 if ib is not None:
-                    fadj[i - 1] = ib if fadj[i - 1] is None else fadj[i - 1] + ib
-            else:
-                x_bar = torch.zeros_like(x) if ib is None else ib.reshape(x.shape)
-        return loss.detach(), x_bar, y_bar
+                    x_bar = ib.reshape(x.shape)
+            elif ib is not None:
+                fadj[i - 1] = ib if fadj[i - 1] is None else fadj[i - 1] + ib
+        return loss, x_bar, y_bar
 
     return f
+
+
+def flatten_observed(observed: list[Tensor]) -> Tensor:
+    """Per-parameter observed gradients ``[U, ...]`` -> one ``[U, P]`` tensor (``names`` order)."""
+    return torch.cat([o.reshape(o.shape[0], -1) for o in observed], 1)

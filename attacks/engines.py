@@ -177,60 +177,61 @@ def run_batched(prob: Problem, todo: Tensor, scale: Tensor, best_z: Tensor,
         mem.append(k)
         init_rows(torch.arange(u, u + k, device=dev))
 
-    refill()
-    while st["tid"].numel() > 0:
-        tid, z, g, first = st["tid"], st["z"], st["g"], st["first"]
-        fresh = st["fresh"]
-        stepping = ~fresh
-        d = mem.direction(g)
-        gtd = (g * d).sum(1)
-        t_first = torch.clamp(1.0 / g.abs().sum(1).clamp_min(EPS), max=1.0) * cfg.lr
-        t = torch.where(first, t_first, torch.full_like(t_first, cfg.lr))
-        # as torch.optim.LBFGS: no step along a direction that is not a descent direction
-        t = torch.where(fresh | (gtd > 0), torch.zeros_like(t), t)
-        step = t[:, None] * d
-        z_new = z + step
-        loss, g_new = prob.batched(z_new, tid)
-        finite = torch.isfinite(loss) & torch.isfinite(g_new).all(1)
-        y = g_new - g
-        ys = (step.double() * y.double()).sum(1)
-        mem.push(stepping & finite & (ys > YS_MIN), step, y, g_next=g_new)
-
-        tid_cpu = tid.cpu()
-        iters[tid_cpu[stepping.cpu()]] += 1
-        tries[tid_cpu[fresh.cpu()]] += 1
-        _record_best(best_z, best_loss, tid, z_new, torch.where(finite, loss, torch.inf))
-
-        rel = loss / scale[tid]
-        it = st["it"] + stepping.long()
-        factor = torch.where(rel > cfg.restart_above, PROGRESS_STUCK, PROGRESS_FLAT)
-        progressed = fresh | (rel < factor * st["ref"])
-        st.update(z=z_new, g=g_new, it=it, first=fresh.clone(), fresh=torch.zeros_like(fresh),
-                  loss0=torch.where(fresh, loss, st["loss0"]),
-                  ref=torch.where(progressed, rel, st["ref"]),
-                  ref_it=torch.where(progressed, it, st["ref_it"]))
-
-        converged = finite & (rel < cfg.tol)
-        diverged = ~finite | (loss > cfg.diverge_factor * st["loss0"])
-        stalled = stepping & ((t == 0) | (step.abs().amax(1) <= STALL_STEP))
-        plateau = (it - st["ref_it"]) >= cfg.patience
-        end = converged | diverged | stalled | plateau | (it >= cfg.max_iter)
-        if not bool(end.any()):
-            continue
-        again = end & ~converged & (st["attempt"] < cfg.restarts) \
-            & (best_loss[tid] / scale[tid] > cfg.restart_above)
-        keep = ~end | again
-        if not bool(keep.all()):
-            rows = torch.nonzero(keep).flatten()
-            for name in st:
-                st[name] = st[name][rows]
-            again = again[rows]
-            mem.keep(rows)
-        if bool(again.any()):
-            rows = torch.nonzero(again).flatten()
-            st["attempt"][rows] += 1
-            init_rows(rows)
+    with torch.no_grad():  # the gradients come from Problem.batched; no graph here
         refill()
+        while st["tid"].numel() > 0:
+            tid, z, g, first = st["tid"], st["z"], st["g"], st["first"]
+            fresh = st["fresh"]
+            stepping = ~fresh
+            d = mem.direction(g)
+            gtd = torch.linalg.vecdot(g, d)
+            t_first = torch.clamp(1.0 / g.abs().sum(1).clamp_min(EPS), max=1.0) * cfg.lr
+            t = torch.where(first, t_first, cfg.lr)
+            # as torch.optim.LBFGS: no step along a direction that is not a descent direction
+            t = torch.where(fresh | (gtd > 0), 0.0, t)
+            step = t[:, None] * d
+            z_new = z + step
+            loss, g_new = prob.batched(z_new, tid)
+            finite = torch.isfinite(loss) & torch.isfinite(g_new).all(1)
+            y = g_new - g
+            ys = torch.linalg.vecdot(step, y)  # in the parameters' dtype, as torch.optim.LBFGS
+            mem.push(stepping & finite & (ys > YS_MIN), step, y, g_next=g_new)
+
+            tid_cpu = tid.cpu()
+            iters[tid_cpu[stepping.cpu()]] += 1
+            tries[tid_cpu[fresh.cpu()]] += 1
+            _record_best(best_z, best_loss, tid, z_new, torch.where(finite, loss, torch.inf))
+
+            rel = loss / scale[tid]
+            it = st["it"] + stepping.long()
+            factor = torch.where(rel > cfg.restart_above, PROGRESS_STUCK, PROGRESS_FLAT)
+            progressed = fresh | (rel < factor * st["ref"])
+            st.update(z=z_new, g=g_new, it=it, first=fresh.clone(), fresh=torch.zeros_like(fresh),
+                      loss0=torch.where(fresh, loss, st["loss0"]),
+                      ref=torch.where(progressed, rel, st["ref"]),
+                      ref_it=torch.where(progressed, it, st["ref_it"]))
+
+            converged = finite & (rel < cfg.tol)
+            diverged = ~finite | (loss > cfg.diverge_factor * st["loss0"])
+            stalled = stepping & ((t == 0) | (step.abs().amax(1) <= STALL_STEP))
+            plateau = (it - st["ref_it"]) >= cfg.patience
+            end = converged | diverged | stalled | plateau | (it >= cfg.max_iter)
+            if not bool(end.any()):
+                continue
+            again = end & ~converged & (st["attempt"] < cfg.restarts) \
+                & (best_loss[tid] / scale[tid] > cfg.restart_above)
+            keep = ~end | again
+            if not bool(keep.all()):
+                rows = torch.nonzero(keep).flatten()
+                for name in st:
+                    st[name] = st[name][rows]
+                again = again[rows]
+                mem.keep(rows)
+            if bool(again.any()):
+                rows = torch.nonzero(again).flatten()
+                st["attempt"][rows] += 1
+                init_rows(rows)
+            refill()
 
 
 def run_loop(prob: Problem, todo: Tensor, scale: Tensor, best_z: Tensor,

@@ -90,7 +90,7 @@ class LBFGSMemory:
         if self._gcache is not None and self._gcache[0] is g:
             prod = self._gcache[1]
         else:
-            prod = torch.bmm(self.W, g.unsqueeze(-1)).squeeze(-1)  # [U, 2m] slot order
+            prod = torch.bmm(g.unsqueeze(1), self.W.mT).squeeze(1)  # [U, 2m] slot order
         prod = prod.to(self.R.dtype)
         order = self._order()
         sg = prod[:, :m].gather(1, order)[:, m - k:, None]
@@ -117,8 +117,10 @@ class LBFGSMemory:
         """
         m = self.m
         cols = [y, s] if g_next is None else [y, s, g_next]
-        Q = torch.bmm(self.W, torch.stack(cols, -1))  # [U, 2m, c], memory before the write
-        self._gcache = None if g_next is None else (g_next, Q[:, :, 2])
+        # products with the memory before the write, [U, c, 2m]; (vectors) @ W^T runs at about
+        # twice the speed of W @ (vectors) on CPU (a row-vector times a transposed matrix)
+        P = torch.bmm(torch.stack(cols, 1), self.W.mT)
+        self._gcache = None if g_next is None else (g_next, P[:, 2])
         full = bool(mask.all())
         rows = torch.arange(mask.shape[0], device=mask.device) if full \
             else torch.nonzero(mask).flatten()
@@ -131,18 +133,18 @@ class LBFGSMemory:
         # products of the new pair itself (its slot held the dropped pair or zeros)
         sy = torch.linalg.vecdot(sr, yr)
         yy = torch.linalg.vecdot(yr, yr)
-        Q[rows, h, 0] = sy
-        Q[rows, m + h, 0] = yy
+        P[rows, 0, h] = sy
+        P[rows, 0, m + h] = yy
         if g_next is not None:
             gr = g_next if full else g_next[rows]
-            Q[rows, h, 2] = torch.linalg.vecdot(sr, gr)
-            Q[rows, m + h, 2] = torch.linalg.vecdot(yr, gr)
+            P[rows, 2, h] = torch.linalg.vecdot(sr, gr)
+            P[rows, 2, m + h] = torch.linalg.vecdot(yr, gr)
         self.n_pushed[rows] += 1
         order = self._order() if full else self._order()[rows]  # oldest first, the new pair last
-        Qr = Q if full else Q[rows]
+        Py = P[:, 0] if full else P[rows, 0]
         dt = self.R.dtype
-        sy_new = Qr[:, :m, 0].to(dt).gather(1, order)  # s_i . y_new, chronological
-        yy_new = Qr[:, m:, 0].to(dt).gather(1, order)  # y_i . y_new
+        sy_new = Py[:, :m].to(dt).gather(1, order)  # s_i . y_new, chronological
+        yy_new = Py[:, m:].to(dt).gather(1, order)  # y_i . y_new
         # drop the oldest pair (or an unused slot): one roll of the chronological matrices
         R = torch.roll(self.R if full else self.R[rows], (-1, -1), (1, 2))
         R[:, -1, :-1] = 0.0                     # R is upper triangular: a new column only

@@ -63,7 +63,7 @@ from attacks.engines import RUNNERS, Problem
 from attacks.gradients import last_linear_weight_index, params_and_buffers
 from attacks.labels import idlg_labels
 from attacks.objectives import loss_scale
-from attacks.settings import ENGINES, METHODS, AttackConfig, AttackResult
+from attacks.settings import ENGINES, METHODS, AttackConfig, AttackResult, resolve_device
 
 __all__ = ["METHODS", "ENGINES", "AttackConfig", "AttackResult", "invert_gradients",
            "invert_gradients_loop"]
@@ -127,7 +127,7 @@ def invert_gradients(model: nn.Module, observed: object, input_shape: Sequence[i
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
     start = time.perf_counter()
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     names, p, b = params_and_buffers(model, params, device)
     shapes = [p[n].shape for n in names]
     obs = _normalise_observed(observed, names, shapes, device)

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from attacks.gradients import single_image_gradients  # noqa: E402
 from attacks.inversion import AttackConfig, invert_gradients  # noqa: E402
-from attacks.settings import ENGINES, GRAD_IMPLS  # noqa: E402
+from attacks.settings import ENGINES, GRAD_IMPLS, resolve_device  # noqa: E402
 from attacks.targets import colour_targets, face_targets, mnist_targets  # noqa: E402
 from fl_defense.metrics import per_image, ssim  # noqa: E402
 from fl_defense.models import LeNet  # noqa: E402
@@ -57,13 +57,6 @@ def load_targets(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     if kind == "faces":
         return face_targets(n, size=32, seed=seed)
     raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
-
-
-def pick_device(name: str) -> str:
-    """``"auto"``: CUDA when torch sees a GPU, else the CPU; any other name as given."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def parse_engine(spec: str) -> tuple[str, dict]:
@@ -198,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads must list positive ints; got {args.threads!r}")
         if args.n is not None and args.n < 1:
             raise ValueError(f"--n must be >= 1; got {args.n}")
-        device = pick_device(args.device)
+        device = str(resolve_device(args.device))
         base = AttackConfig(method=args.method, max_iter=args.max_iter, restarts=args.restarts,
                             tol=args.tol, seed=args.seed, device=device)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"# LeNet(dlg_init), {args.method}, max_iter={base.max_iter} restarts={base.restarts} "

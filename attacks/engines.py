@@ -1,6 +1,6 @@
 """The optimisation engines behind :func:`attacks.inversion.invert_gradients`.
 
-``batched`` (default) runs one L-BFGS per target, all advanced together in one vmapped
+``batched`` (default) runs one L-BFGS per target, all advanced together in one
 batch (:class:`attacks.lbfgs.LBFGSMemory`); ``loop`` runs one ``torch.optim.LBFGS`` per
 target with plain autograd (the papers' way); ``joint`` one ``torch.optim.LBFGS`` over all
 targets (for comparison only).  All share the initial points, the iteration budget and the
@@ -128,7 +128,8 @@ def run_batched(prob: Problem, todo: Tensor, scale: Tensor, best_z: Tensor,
     """One L-BFGS per target, all advanced together in one batch of at most ``batch_size``.
 
     Every iteration evaluates the loss and gradient of all targets in the batch in one
-    vmapped call.  A target that was just (re-)initialised is only evaluated (no step);
+    call of :meth:`Problem.batched` (the hand-written double back-propagation of
+    :mod:`attacks.layerwise` for a plain layer chain, else vmap and autograd).  A target that was just (re-)initialised is only evaluated (no step);
     the others take the step ``t d`` with ``d`` from :meth:`LBFGSMemory.direction` and ``t``
     as in ``torch.optim.LBFGS`` without line search.  A try ends when the relative loss is
     below ``tol`` (converged), the loss is non-finite or exploded (diverged), no step is

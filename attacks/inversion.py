@@ -28,9 +28,12 @@ Flower objects.
 
 Engines (``AttackConfig.engine``):
 
-* ``"batched"`` (default): all T targets in one dummy batch ``[T, C, H, W]``; per-target
-  gradients by ``torch.func.vmap(torch.func.grad(...))`` (differentiable w.r.t. the dummy
-  images, so the matching loss is back-propagated in one pass); one L-BFGS per target run
+* ``"batched"`` (default): all T targets in one dummy batch ``[T, C, H, W]``; the matching
+  loss and its gradient with respect to the dummy images by the hand-written double
+  back-propagation of :func:`attacks.layerwise.fused_loss_grad_fn` when the model is a plain
+  chain of convolutions, activations and linear layers (the LeNet), else per-target
+  gradients by ``torch.func.vmap(torch.func.grad(...))`` back-propagated by autograd
+  (``AttackConfig.grad_impl``); one L-BFGS per target run
   in lockstep by a batched L-BFGS (:class:`LBFGSMemory`, compact form of Byrd, Nocedal &
   Schnabel, 1994) with per-target history, step, early stopping, divergence check and
   restarts.  Finished targets are dropped from the batch.

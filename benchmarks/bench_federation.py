@@ -22,12 +22,11 @@ sampled every 0.2 s while the run lives) of the plain process, of the server pro
 ``ClientAppActor`` workers) and of the other processes of the run together (SuperLink,
 SuperExec, Ray's own daemons).
 
-Client sampling: the plain reference draws the round's clients with
-:func:`sample_clients` (seeded by seed and round), as many as Flower's ``FedAvg``
-samples (``max(int(fraction * clients), 1)``); Flower's own sampling is its
-``ClientManager``'s (unseeded before issue 14), so with ``fraction-fit < 1`` the two runs
-train different clients (the same number) and their accuracies differ a little; with
-``fraction-fit`` 1 both train every client and the accuracies must be equal.
+Client sampling: Flower's run samples with the seeded sampler of ``strategies/sampling.py``
+and the plain reference draws the round's clients with the same rule
+(:func:`fl_defense.partition.sample_positions`), as many as Flower's ``FedAvg`` samples
+(``max(int(fraction * clients), 1)``), so both train the same clients every round and their
+final accuracies must agree.
 
     python benchmarks/bench_federation.py                     # 10, 100, 1000 clients, 5 rounds
     python benchmarks/bench_federation.py --sizes 10:1.0 --rounds 3
@@ -80,15 +79,15 @@ def num_fit_clients(num_clients: int, fraction: float) -> int:
 
 
 def sample_clients(seed: int, server_round: int, num_clients: int, fraction: float) -> list[int]:
-    """The plain reference's clients of a round: ``num_fit_clients`` distinct ids drawn with
-    a generator seeded by ``(seed, round)``, sorted."""
-    import numpy as np
+    """The plain reference's clients of a round: as many as Flower's ``FedAvg`` samples,
+    drawn by the server's own seeded rule (:func:`fl_defense.partition.sample_positions`),
+    so both runs train the same clients."""
+    from fl_defense.partition import sample_positions
 
     k = num_fit_clients(num_clients, fraction)
     if k >= num_clients:
         return list(range(num_clients))
-    rng = np.random.default_rng([seed, server_round, 0x5A4D])
-    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+    return [int(c) for c in sample_positions(seed, server_round, num_clients, k)]
 
 
 def read_hwm(pid: int | str = "self") -> int | None:

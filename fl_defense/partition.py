@@ -161,3 +161,18 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str,
                          f"num_partitions={num_partitions} with param={param!r}{extra} "
                          f"failed: {exc}") from exc
     return parts
+
+
+def sample_positions(seed: int, server_round: int, available: int, k: int, *stream: int) -> np.ndarray:
+    """The seeded client sampling rule: ``k`` distinct positions of ``0..available-1``
+    (clients ordered by partition id), sorted, drawn with
+    ``numpy.random.default_rng([seed, round, SeedStream.SAMPLING, *stream])``.  The
+    server's sampler (``strategies/sampling.py``) and the plain-PyTorch reference of
+    ``benchmarks/bench_federation.py`` both use it, so the same seed samples the same
+    clients in both."""
+    from fl_defense.protocol import SeedStream
+
+    if not 0 <= k <= available:
+        raise ValueError(f"cannot sample {k} of {available} clients")
+    rng = np.random.default_rng([seed, server_round, SeedStream.SAMPLING, *stream])
+    return np.sort(rng.choice(available, size=k, replace=False))

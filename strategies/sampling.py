@@ -30,7 +30,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.strategy import Strategy
 from flwr.supercore import log
 
-from fl_defense.protocol import PARTITION_ID, SeedStream
+from fl_defense.partition import sample_positions
+from fl_defense.protocol import PARTITION_ID
 from strategies.wrapper import StrategyWrapper
 
 SAMPLED = "clients_sampled"
@@ -39,10 +40,10 @@ SAMPLED = "clients_sampled"
 class SeededClientManager(ClientManager):
     """A view of ``inner`` whose :meth:`sample` is seeded and draws partition ids."""
 
-    def __init__(self, inner: ClientManager, partition_of, rng: np.random.Generator) -> None:
+    def __init__(self, inner: ClientManager, partition_of, draw) -> None:
         self.inner = inner
         self.partition_of = partition_of  # list[ClientProxy] -> {cid: partition id}
-        self.rng = rng
+        self.draw = draw  # (available, k) -> k sorted positions (fl_defense.partition.sample_positions)
         self.sampled: tuple[int, ...] | None = None  # partition ids, when a strict subset
 
     def num_available(self) -> int:
@@ -73,7 +74,7 @@ class SeededClientManager(ClientManager):
         if num_clients > len(known):
             log(WARNING, "seeded sampling: only %s clients told their partition id", len(known))
             return []
-        picks = np.sort(self.rng.choice(len(known), size=num_clients, replace=False))
+        picks = self.draw(len(known), num_clients)
         self.sampled = tuple(known[i][0] for i in picks)
         return [known[i][2] for i in picks]
 
@@ -105,8 +106,10 @@ class SeededSampling(StrategyWrapper):
         return {p.cid: self._partition[p.cid] for p in proxies if p.cid in self._partition}
 
     def _manager(self, client_manager, server_round: int, *stream: int) -> SeededClientManager:
-        rng = np.random.default_rng([self.seed, server_round, SeedStream.SAMPLING, *stream])
-        return SeededClientManager(client_manager, self.partition_ids, rng)
+        def draw(available: int, k: int) -> np.ndarray:
+            return sample_positions(self.seed, server_round, available, k, *stream)
+
+        return SeededClientManager(client_manager, self.partition_ids, draw)
 
     def configure_fit(self, server_round, parameters, client_manager):
         manager = self._manager(client_manager, server_round)

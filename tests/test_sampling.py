@@ -83,3 +83,36 @@ def test_fraction_fit_0_3_gives_identical_metrics_twice(tmp_path):
     assert all(r["clients_ok"] == 2 and len(r[SAMPLED].split(",")) == 2 for r in rows[0])
     print("sampled per round:", [r[SAMPLED] for r in rows[0]], "accuracy:", [r["accuracy"] for r in rows[0]])
     assert json.loads((tmp_path / "run1" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_server_sampler_and_plain_reference_draw_the_same_clients():
+    """The plain-PyTorch reference of bench_federation samples what the server samples."""
+    import sys
+    from pathlib import Path
+
+    from strategies.sampling import SeededSampling
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.bench_federation import sample_clients
+
+    class Proxy:
+        def __init__(self, cid):
+            self.cid = cid
+
+    class Manager:
+        def __init__(self, proxies):
+            self.proxies = {p.cid: p for p in proxies}
+
+        def wait_for(self, n, timeout=0):
+            return True
+
+        def all(self):
+            return self.proxies
+
+    proxies = [Proxy(f"node-{i}") for i in range(100)]
+    wrapper = SeededSampling(None, seed=7)
+    wrapper._partition = {p.cid: 99 - i for i, p in enumerate(proxies)}  # node ids unrelated to partitions
+    for rnd in (1, 2, 3):
+        manager = wrapper._manager(Manager(proxies), rnd)
+        manager.sample(10)
+        assert list(manager.sampled) == sample_clients(7, rnd, 100, 0.1)

@@ -169,7 +169,8 @@ class Simulator:
             dims = [0, *range(2, inp.ndim)]
             stats.append(inp.mean(dims))
             stats.append(inp.var(dims, unbiased=True))
-        return loss, (stats, F.softmax(out.detach(), -1).sum(0) if want_probs else None)
+        probs = F.softmax(out.detach(), -1).sum(0) if want_probs else out.new_zeros(0)
+        return loss, (stats, probs)
 
     def run(self, p0: dict[str, Tensor], x: Tensor, y: Tensor, functional: bool = True,
             stats: bool = True, probs: bool = True) -> tuple[list[Tensor], list[Tensor], Tensor | None]:

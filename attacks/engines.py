@@ -1,6 +1,6 @@
 """The optimisation engines behind :func:`attacks.inversion.invert_gradients`.
 
-``batched`` (default) runs one L-BFGS per target, all advanced together in one vmapped
+``batched`` (default) runs one L-BFGS per target, all advanced together in one
 batch (:class:`attacks.lbfgs.LBFGSMemory`); ``loop`` runs one ``torch.optim.LBFGS`` per
 target with plain autograd (the papers' way); ``joint`` one ``torch.optim.LBFGS`` over all
 targets (for comparison only).  All share the initial points, the iteration budget and the
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from attacks.gradients import per_example_grad_fn
+from attacks.layerwise import flatten_observed, fused_loss_grad_fn
 from attacks.lbfgs import YS_MIN, LBFGSMemory
 from attacks.objectives import EPS, matching_loss
 from attacks.settings import AttackConfig
@@ -49,6 +50,9 @@ class Problem:
         self.n_lab = num_classes if cfg.method == "dlg" else 0
         self.soft = cfg.method == "dlg"
         self.vgrad = per_example_grad_fn(model, names, params, buffers, soft=self.soft)
+        self.fused = None if cfg.grad_impl == "vmap" else \
+            fused_loss_grad_fn(model, names, params, self.soft, cfg.objective)
+        self.observed_flat = flatten_observed(observed) if self.fused is not None else None
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         x = z[:, : self.n_img].reshape(-1, *self.input_shape)
@@ -57,14 +61,23 @@ class Problem:
 
     def _subset(self, idx: Tensor) -> tuple[list[Tensor], Tensor]:
         """Observed gradients and labels of targets ``idx``, cached while ``idx`` is the same
-        tensor (the batched engine keeps it until the batch changes)."""
+        tensor (the batched engine keeps it until the batch changes); flattened to ``[U, P]``
+        for the fused path."""
         cached = getattr(self, "_cache", None)
         if cached is None or cached[0] is not idx:
-            self._cache = (idx, [o[idx] for o in self.observed], self.labels[idx])
+            obs = self.observed_flat[idx] if self.fused is not None \
+                else [o[idx] for o in self.observed]
+            self._cache = (idx, obs, self.labels[idx])
         return self._cache[1], self._cache[2]
 
     def batched(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Loss ``[U]`` (float64) and its gradient ``[U, N]`` for targets ``idx`` at ``z``."""
+        if self.fused is not None:
+            x, y = self.split(z.detach())
+            obs, labels = self._subset(idx)
+            loss, gx, gy = self.fused(x, y if self.soft else labels, obs)
+            gz = gx.reshape(z.shape[0], -1) if gy is None else torch.cat([gx.flatten(1), gy], 1)
+            return loss.double(), gz
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             x, y = self.split(z)
@@ -115,7 +128,8 @@ def run_batched(prob: Problem, todo: Tensor, scale: Tensor, best_z: Tensor,
     """One L-BFGS per target, all advanced together in one batch of at most ``batch_size``.
 
     Every iteration evaluates the loss and gradient of all targets in the batch in one
-    vmapped call.  A target that was just (re-)initialised is only evaluated (no step);
+    call of :meth:`Problem.batched` (the hand-written double back-propagation of
+    :mod:`attacks.layerwise` for a plain layer chain, else vmap and autograd).  A target that was just (re-)initialised is only evaluated (no step);
     the others take the step ``t d`` with ``d`` from :meth:`LBFGSMemory.direction` and ``t``
     as in ``torch.optim.LBFGS`` without line search.  A try ends when the relative loss is
     below ``tol`` (converged), the loss is non-finite or exploded (diverged), no step is
@@ -164,60 +178,61 @@ def run_batched(prob: Problem, todo: Tensor, scale: Tensor, best_z: Tensor,
         mem.append(k)
         init_rows(torch.arange(u, u + k, device=dev))
 
-    refill()
-    while st["tid"].numel() > 0:
-        tid, z, g, first = st["tid"], st["z"], st["g"], st["first"]
-        fresh = st["fresh"]
-        stepping = ~fresh
-        d = mem.direction(g)
-        gtd = (g * d).sum(1)
-        t_first = torch.clamp(1.0 / g.abs().sum(1).clamp_min(EPS), max=1.0) * cfg.lr
-        t = torch.where(first, t_first, torch.full_like(t_first, cfg.lr))
-        # as torch.optim.LBFGS: no step along a direction that is not a descent direction
-        t = torch.where(fresh | (gtd > 0), torch.zeros_like(t), t)
-        step = t[:, None] * d
-        z_new = z + step
-        loss, g_new = prob.batched(z_new, tid)
-        finite = torch.isfinite(loss) & torch.isfinite(g_new).all(1)
-        y = g_new - g
-        ys = (step.double() * y.double()).sum(1)
-        mem.push(stepping & finite & (ys > YS_MIN), step, y, g_next=g_new)
-
-        tid_cpu = tid.cpu()
-        iters[tid_cpu[stepping.cpu()]] += 1
-        tries[tid_cpu[fresh.cpu()]] += 1
-        _record_best(best_z, best_loss, tid, z_new, torch.where(finite, loss, torch.inf))
-
-        rel = loss / scale[tid]
-        it = st["it"] + stepping.long()
-        factor = torch.where(rel > cfg.restart_above, PROGRESS_STUCK, PROGRESS_FLAT)
-        progressed = fresh | (rel < factor * st["ref"])
-        st.update(z=z_new, g=g_new, it=it, first=fresh.clone(), fresh=torch.zeros_like(fresh),
-                  loss0=torch.where(fresh, loss, st["loss0"]),
-                  ref=torch.where(progressed, rel, st["ref"]),
-                  ref_it=torch.where(progressed, it, st["ref_it"]))
-
-        converged = finite & (rel < cfg.tol)
-        diverged = ~finite | (loss > cfg.diverge_factor * st["loss0"])
-        stalled = stepping & ((t == 0) | (step.abs().amax(1) <= STALL_STEP))
-        plateau = (it - st["ref_it"]) >= cfg.patience
-        end = converged | diverged | stalled | plateau | (it >= cfg.max_iter)
-        if not bool(end.any()):
-            continue
-        again = end & ~converged & (st["attempt"] < cfg.restarts) \
-            & (best_loss[tid] / scale[tid] > cfg.restart_above)
-        keep = ~end | again
-        if not bool(keep.all()):
-            rows = torch.nonzero(keep).flatten()
-            for name in st:
-                st[name] = st[name][rows]
-            again = again[rows]
-            mem.keep(rows)
-        if bool(again.any()):
-            rows = torch.nonzero(again).flatten()
-            st["attempt"][rows] += 1
-            init_rows(rows)
+    with torch.no_grad():  # the gradients come from Problem.batched; no graph here
         refill()
+        while st["tid"].numel() > 0:
+            tid, z, g, first = st["tid"], st["z"], st["g"], st["first"]
+            fresh = st["fresh"]
+            stepping = ~fresh
+            d = mem.direction(g)
+            gtd = torch.linalg.vecdot(g, d)
+            t_first = torch.clamp(1.0 / g.abs().sum(1).clamp_min(EPS), max=1.0) * cfg.lr
+            t = torch.where(first, t_first, cfg.lr)
+            # as torch.optim.LBFGS: no step along a direction that is not a descent direction
+            t = torch.where(fresh | (gtd > 0), 0.0, t)
+            step = t[:, None] * d
+            z_new = z + step
+            loss, g_new = prob.batched(z_new, tid)
+            finite = torch.isfinite(loss) & torch.isfinite(g_new).all(1)
+            y = g_new - g
+            ys = torch.linalg.vecdot(step, y)  # in the parameters' dtype, as torch.optim.LBFGS
+            mem.push(stepping & finite & (ys > YS_MIN), step, y, g_next=g_new)
+
+            tid_cpu = tid.cpu()
+            iters[tid_cpu[stepping.cpu()]] += 1
+            tries[tid_cpu[fresh.cpu()]] += 1
+            _record_best(best_z, best_loss, tid, z_new, torch.where(finite, loss, torch.inf))
+
+            rel = loss / scale[tid]
+            it = st["it"] + stepping.long()
+            factor = torch.where(rel > cfg.restart_above, PROGRESS_STUCK, PROGRESS_FLAT)
+            progressed = fresh | (rel < factor * st["ref"])
+            st.update(z=z_new, g=g_new, it=it, first=fresh.clone(), fresh=torch.zeros_like(fresh),
+                      loss0=torch.where(fresh, loss, st["loss0"]),
+                      ref=torch.where(progressed, rel, st["ref"]),
+                      ref_it=torch.where(progressed, it, st["ref_it"]))
+
+            converged = finite & (rel < cfg.tol)
+            diverged = ~finite | (loss > cfg.diverge_factor * st["loss0"])
+            stalled = stepping & ((t == 0) | (step.abs().amax(1) <= STALL_STEP))
+            plateau = (it - st["ref_it"]) >= cfg.patience
+            end = converged | diverged | stalled | plateau | (it >= cfg.max_iter)
+            if not bool(end.any()):
+                continue
+            again = end & ~converged & (st["attempt"] < cfg.restarts) \
+                & (best_loss[tid] / scale[tid] > cfg.restart_above)
+            keep = ~end | again
+            if not bool(keep.all()):
+                rows = torch.nonzero(keep).flatten()
+                for name in st:
+                    st[name] = st[name][rows]
+                again = again[rows]
+                mem.keep(rows)
+            if bool(again.any()):
+                rows = torch.nonzero(again).flatten()
+                st["attempt"][rows] += 1
+                init_rows(rows)
+            refill()
 
 
 def run_loop(prob: Problem, todo: Tensor, scale: Tensor, best_z: Tensor,

@@ -28,9 +28,12 @@ Flower objects.
 
 Engines (``AttackConfig.engine``):
 
-* ``"batched"`` (default): all T targets in one dummy batch ``[T, C, H, W]``; per-target
-  gradients by ``torch.func.vmap(torch.func.grad(...))`` (differentiable w.r.t. the dummy
-  images, so the matching loss is back-propagated in one pass); one L-BFGS per target run
+* ``"batched"`` (default): all T targets in one dummy batch ``[T, C, H, W]``; the matching
+  loss and its gradient with respect to the dummy images by the hand-written double
+  back-propagation of :func:`attacks.layerwise.fused_loss_grad_fn` when the model is a plain
+  chain of convolutions, activations and linear layers (the LeNet), else per-target
+  gradients by ``torch.func.vmap(torch.func.grad(...))`` back-propagated by autograd
+  (``AttackConfig.grad_impl``); one L-BFGS per target run
   in lockstep by a batched L-BFGS (:class:`LBFGSMemory`, compact form of Byrd, Nocedal &
   Schnabel, 1994) with per-target history, step, early stopping, divergence check and
   restarts.  Finished targets are dropped from the batch.
@@ -63,7 +66,7 @@ from attacks.engines import RUNNERS, Problem
 from attacks.gradients import last_linear_weight_index, params_and_buffers
 from attacks.labels import idlg_labels
 from attacks.objectives import loss_scale
-from attacks.settings import ENGINES, METHODS, AttackConfig, AttackResult
+from attacks.settings import ENGINES, METHODS, AttackConfig, AttackResult, resolve_device
 
 __all__ = ["METHODS", "ENGINES", "AttackConfig", "AttackResult", "invert_gradients",
            "invert_gradients_loop"]
@@ -127,7 +130,7 @@ def invert_gradients(model: nn.Module, observed: object, input_shape: Sequence[i
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
     start = time.perf_counter()
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     names, p, b = params_and_buffers(model, params, device)
     shapes = [p[n].shape for n in names]
     obs = _normalise_observed(observed, names, shapes, device)

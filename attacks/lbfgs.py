@@ -23,19 +23,27 @@ class LBFGSMemory:
 
     Storage: ``W[:, :m]`` (steps s) and ``W[:, m:]`` (gradient changes y) are ring buffers in
     slot order; the small matrices ``R`` and ``YY`` are kept in chronological order
-    (oldest first; unused slots have a unit diagonal in R and zeros elsewhere).
+    (oldest first; unused slots have a unit diagonal in R and zeros elsewhere), shifted by
+    one ``torch.roll`` per push.  They, ``gamma`` and the triangular solves use
+    ``solve_dtype`` (default: ``dtype``, float32 for the attack, as ``torch.optim.LBFGS``
+    computes its two-loop recursion in the parameters' dtype).  Measured on 16 MNIST digits,
+    8 faces and 8 colour crops (one thread): float32 instead of float64 changes neither
+    success nor the iteration count by more than 1% and saves 5-20% of the attack's CPU time.
     """
 
     def __init__(self, u: int, n: int, m: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 solve_dtype: torch.dtype | None = None) -> None:
         if m < 1:
             raise ValueError(f"history size must be >= 1; got {m}")
+        solve_dtype = dtype if solve_dtype is None else solve_dtype
         self.m = m
         self.W = torch.zeros(u, 2 * m, n, device=device, dtype=dtype)
-        self.R = torch.eye(m, dtype=torch.float64, device=device).repeat(u, 1, 1)
-        self.YY = torch.zeros(u, m, m, dtype=torch.float64, device=device)
+        self.R = torch.eye(m, dtype=solve_dtype, device=device).repeat(u, 1, 1)
+        self.YY = torch.zeros(u, m, m, dtype=solve_dtype, device=device)
         self.n_pushed = torch.zeros(u, dtype=torch.long, device=device)
-        self.gamma = torch.ones(u, dtype=torch.float64, device=device)
+        self.gamma = torch.ones(u, dtype=solve_dtype, device=device)
+        self._ar = torch.arange(m, device=device)[None, :]
         self._gcache: tuple[Tensor, Tensor] | None = None  # (g, W g) from the last push
 
     def keep(self, rows: Tensor) -> None:
@@ -66,8 +74,7 @@ class LBFGSMemory:
 
     def _order(self) -> Tensor:
         """Slot of the k-th oldest pair, ``[U, m]``."""
-        m = self.m
-        return (self.n_pushed[:, None] + torch.arange(m, device=self.W.device)[None, :]) % m
+        return (self.n_pushed[:, None] + self._ar) % self.m
 
     def direction(self, g: Tensor) -> Tensor:
         """``-H g`` for every problem (``-gamma g`` where the history is empty); g ``[U, N]``.
@@ -83,8 +90,8 @@ class LBFGSMemory:
         if self._gcache is not None and self._gcache[0] is g:
             prod = self._gcache[1]
         else:
-            prod = torch.bmm(self.W, g.unsqueeze(-1)).squeeze(-1)  # [U, 2m] slot order
-        prod = prod.double()
+            prod = torch.bmm(g.unsqueeze(1), self.W.mT).squeeze(1)  # [U, 2m] slot order
+        prod = prod.to(self.R.dtype)
         order = self._order()
         sg = prod[:, :m].gather(1, order)[:, m - k:, None]
         yg = prod[:, m:].gather(1, order)[:, m - k:, None]
@@ -95,7 +102,7 @@ class LBFGSMemory:
             + gam[:, :, None] * (torch.bmm(YY, u) - yg)
         p = torch.linalg.solve_triangular(R.mT, w, upper=False).squeeze(-1)
         q = -gam * u.squeeze(-1)
-        coef = torch.zeros(g.shape[0], 2 * m, dtype=torch.float64, device=g.device)
+        coef = torch.zeros(g.shape[0], 2 * m, dtype=self.R.dtype, device=g.device)
         coef[:, :m].scatter_(1, order[:, m - k:], p)
         coef[:, m:].scatter_(1, order[:, m - k:], q)
         hg = torch.bmm(coef.to(g.dtype).unsqueeze(1), self.W).squeeze(1)
@@ -110,36 +117,44 @@ class LBFGSMemory:
         """
         m = self.m
         cols = [y, s] if g_next is None else [y, s, g_next]
-        Q = torch.bmm(self.W, torch.stack(cols, -1))  # [U, 2m, c], memory before the write
-        rows = torch.nonzero(mask).flatten()
-        if rows.numel() > 0:
-            sr, yr = s[rows], y[rows]
-            h = self.n_pushed[rows] % m
-            self.W[rows, h] = sr
-            self.W[rows, m + h] = yr
-            # products of the new pair itself (its slot held the dropped pair or zeros)
-            sy = (sr * yr).sum(-1)
-            Q[rows, h, 0] = sy
-            Q[rows, m + h, 0] = (yr * yr).sum(-1)
-            if g_next is not None:
-                gr = g_next[rows]
-                Q[rows, h, 2] = (sr * gr).sum(-1)
-                Q[rows, m + h, 2] = (yr * gr).sum(-1)
-            self.n_pushed[rows] += 1
-            full = rows.numel() == self.W.shape[0]
-            order = self._order() if full else self._order()[rows]
-            Qr = Q if full else Q[rows]
-            sy_new = Qr[:, :m, 0].double().gather(1, order)  # s_i . y_new, chronological
-            yy_new = Qr[:, m:, 0].double().gather(1, order)  # y_i . y_new
-            R = self.R if full else self.R[rows]
-            YY = self.YY if full else self.YY[rows]
-            R[:, :-1, :-1] = R[:, 1:, 1:].clone()  # drop the oldest pair (or an unused slot)
-            R[:, :, -1] = sy_new                    # R is upper triangular: only a new column
-            YY[:, :-1, :-1] = YY[:, 1:, 1:].clone()
-            YY[:, :, -1] = yy_new
-            YY[:, -1, :] = yy_new
-            if not full:
-                self.R[rows] = R
-                self.YY[rows] = YY
-            self.gamma[rows] = sy.double() / (yr.double() ** 2).sum(-1)
-        self._gcache = None if g_next is None else (g_next, Q[:, :, 2])
+        # products with the memory before the write, [U, c, 2m]; (vectors) @ W^T runs at about
+        # twice the speed of W @ (vectors) on CPU (a row-vector times a transposed matrix)
+        P = torch.bmm(torch.stack(cols, 1), self.W.mT)
+        self._gcache = None if g_next is None else (g_next, P[:, 2])
+        full = bool(mask.all())
+        rows = torch.arange(mask.shape[0], device=mask.device) if full \
+            else torch.nonzero(mask).flatten()
+        if rows.numel() == 0:
+            return
+        sr, yr = (s, y) if full else (s[rows], y[rows])
+        h = self.n_pushed[rows] % m
+        self.W[rows, h] = sr
+        self.W[rows, m + h] = yr
+        # products of the new pair itself (its slot held the dropped pair or zeros)
+        sy = torch.linalg.vecdot(sr, yr)
+        yy = torch.linalg.vecdot(yr, yr)
+        P[rows, 0, h] = sy
+        P[rows, 0, m + h] = yy
+        if g_next is not None:
+            gr = g_next if full else g_next[rows]
+            P[rows, 2, h] = torch.linalg.vecdot(sr, gr)
+            P[rows, 2, m + h] = torch.linalg.vecdot(yr, gr)
+        self.n_pushed[rows] += 1
+        order = self._order() if full else self._order()[rows]  # oldest first, the new pair last
+        Py = P[:, 0] if full else P[rows, 0]
+        dt = self.R.dtype
+        sy_new = Py[:, :m].to(dt).gather(1, order)  # s_i . y_new, chronological
+        yy_new = Py[:, m:].to(dt).gather(1, order)  # y_i . y_new
+        # drop the oldest pair (or an unused slot): one roll of the chronological matrices
+        R = torch.roll(self.R if full else self.R[rows], (-1, -1), (1, 2))
+        R[:, -1, :-1] = 0.0                     # R is upper triangular: a new column only
+        R[:, :, -1] = sy_new
+        YY = torch.roll(self.YY if full else self.YY[rows], (-1, -1), (1, 2))
+        YY[:, :, -1] = yy_new
+        YY[:, -1, :] = yy_new
+        if full:
+            self.R, self.YY = R, YY
+        else:
+            self.R[rows] = R
+            self.YY[rows] = YY
+        self.gamma[rows] = sy.to(dt) / yy.to(dt)

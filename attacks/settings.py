@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from attacks.objectives import OBJECTIVES
 from fl_defense.config import ATTACK_METHODS
@@ -13,6 +14,14 @@ from fl_defense.config import ATTACK_METHODS
 METHODS = ATTACK_METHODS
 ENGINES = ("batched", "loop", "joint")
 INITS = ("randn", "rand")
+GRAD_IMPLS = ("auto", "vmap")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``; else ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,16 @@ class AttackConfig:
             the image size per target).
         seed: the init of target ``t`` in try ``k`` is drawn from a generator seeded with
             ``(seed, t, k)``, so every engine starts target t from the same point.
-        device: torch device for the attack, e.g. ``"cpu"`` or ``"cuda"``.
+        device: torch device for the attack: ``"auto"`` (default: CUDA when torch sees a
+            GPU, else the CPU; :func:`resolve_device`, chosen once per attack), ``"cpu"``,
+            ``"cuda"``, ``"cuda:1"``...  Every engine runs on it; nothing needs a GPU.
+        grad_impl: how the batched and joint engines compute the matching loss and its
+            gradient: ``"auto"`` (default) uses the hand-written double back-propagation of
+            :func:`attacks.layerwise.fused_loss_grad_fn` when the model is a plain chain of
+            convolutions, activations and linear layers (the LeNet), else
+            ``torch.func.vmap`` per-example gradients and autograd; ``"vmap"`` always the
+            latter.  Both give the same values (to float rounding).  The loop engine always
+            uses plain autograd, the papers' way.
     """
 
     method: str = "idlg"
@@ -66,11 +84,13 @@ class AttackConfig:
     engine: str = "batched"
     batch_size: int = 64
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    grad_impl: str = "auto"
 
     def __post_init__(self) -> None:
         for field, allowed in (("method", METHODS), ("objective", OBJECTIVES),
-                               ("engine", ENGINES), ("init", INITS)):
+                               ("engine", ENGINES), ("init", INITS),
+                               ("grad_impl", GRAD_IMPLS)):
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"{field}={value!r} is not one of {allowed}")
@@ -80,6 +100,11 @@ class AttackConfig:
                 raise ValueError(f"{field} must be a positive int; got {value!r}")
         if not isinstance(self.restarts, int) or self.restarts < 0:
             raise ValueError(f"restarts must be a non-negative int; got {self.restarts!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device={self.device!r} is not 'auto' or a torch device") from exc
         for field in ("lr", "tol", "restart_above", "diverge_factor"):
             value = getattr(self, field)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):

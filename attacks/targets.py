@@ -6,6 +6,10 @@
   pixels) of scikit-image's bundled colour photographs, resized to ``size x size`` with
   antialiasing, shaped ``[N, 3, size, size]``; crops with a pixel standard deviation below
   0.1 (sky, plain background) are drawn again.
+* :func:`face_targets` -- grey faces: the first 100 images of
+  :func:`skimage.data.lfw_subset` (25x25 crops of Labeled Faces in the Wild, Huang et al.,
+  2007; the last 100 are non-faces), resized to ``size x size`` with antialiasing, shaped
+  ``[N, 1, size, size]``.
 
 Both are seeded and return ``(images float32 tensor, labels int64 tensor)``.
 """
@@ -16,10 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["mnist_targets", "colour_targets", "COLOUR_SOURCES"]
+__all__ = ["mnist_targets", "colour_targets", "face_targets", "COLOUR_SOURCES", "N_FACES"]
 
 COLOUR_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
 MIN_STD = 0.1  # least pixel standard deviation of a colour crop
+N_FACES = 100  # skimage.data.lfw_subset(): the first 100 images are faces
 
 
 def mnist_targets(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -62,5 +67,25 @@ def colour_targets(n: int, size: int = 32, num_classes: int = 10,
                 break
         out.append(crop.transpose(2, 0, 1))
     images = torch.tensor(np.clip(np.stack(out), 0, 1), dtype=torch.float32)
+    labels = torch.tensor(rng.integers(0, num_classes, size=n), dtype=torch.long)
+    return images, labels
+
+
+def face_targets(n: int, size: int = 32, num_classes: int = 10,
+                 seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` distinct faces of :func:`skimage.data.lfw_subset` drawn at random (seeded),
+    resized to ``size``; the label of face i is drawn uniformly from ``range(num_classes)``."""
+    import skimage.data
+    from skimage.transform import resize
+
+    if not 1 <= n <= N_FACES:
+        raise ValueError(f"n must be in [1, {N_FACES}]; got {n}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8; got {size}")
+    faces = skimage.data.lfw_subset()[:N_FACES]
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(N_FACES, size=n, replace=False)
+    out = np.stack([resize(faces[i], (size, size), anti_aliasing=True) for i in idx])
+    images = torch.tensor(np.clip(out, 0, 1)[:, None], dtype=torch.float32)
     labels = torch.tensor(rng.integers(0, num_classes, size=n), dtype=torch.long)
     return images, labels

@@ -41,7 +41,17 @@ AWARE_OBJECTIVE = {
     "clipping": "cosine",          # clipping rescales the gradient: match its direction
     "noising": "l2",               # zero-mean noise: L2 matching is already the ML estimate
     "noising-laplace": "l2",
+    "dp-gaussian": "cosine",       # clipped (unknown scale) plus isotropic noise: match the direction
 }
+
+
+def defense_seen(cfg: ExperimentConfig) -> str:
+    """The name of what the uploads went through, as the server knows it: the configured
+    defense, or ``clipping`` when only Flower's client-side DP wrapper clips them (the
+    server itself sends the clipping norm)."""
+    if cfg.defense.name == "none" and cfg.dp_strategy == "client-side-fixed-clipping":
+        return "clipping"
+    return cfg.defense.name
 
 
 def objective_for(attacker: str, defense_name: str) -> str:
@@ -59,7 +69,7 @@ def objective_for(attacker: str, defense_name: str) -> str:
 def attack_config(cfg: ExperimentConfig, device: str, batch_size: int = 64) -> AttackConfig:
     """The engine's settings for the attack a run or an experiment configures: method,
     objective (from the attacker and the defense's name), iteration budget, restarts, seed."""
-    return AttackConfig(method=cfg.attack_method, objective=objective_for(cfg.attacker, cfg.defense.name),
+    return AttackConfig(method=cfg.attack_method, objective=objective_for(cfg.attacker, defense_seen(cfg)),
                         max_iter=cfg.attack_max_iter, restarts=cfg.attack_restarts, seed=cfg.seed,
                         batch_size=batch_size, device=device)
 

@@ -1,10 +1,13 @@
-"""Flower ``ClientApp`` entry point: one :class:`clients.numpy_client.DefendedClient` per SuperNode."""
+"""Flower ``ClientApp`` entry point: one :class:`clients.numpy_client.DefendedClient` per
+SuperNode, behind the mods of :mod:`clients.mods` (SecAgg+, Flower's client-side DP clipping)."""
 
 from __future__ import annotations
 
 from flwr.app import Context
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
 
+from clients.mods import secagg_update_mod, when
 from clients.numpy_client import DefendedClient
 from fl_defense.config import ConfigError, parse_run_config
 
@@ -19,4 +22,13 @@ def client_fn(context: Context):
     return DefendedClient(cfg, client_id).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+def _secagg(cfg) -> bool:
+    return cfg.secure_aggregation
+
+
+def _client_side_clipping(cfg) -> bool:
+    return cfg.dp_strategy == "client-side-fixed-clipping"
+
+
+app = ClientApp(client_fn=client_fn, mods=[when(_secagg, secaggplus_mod), when(_secagg, secagg_update_mod),
+                                           when(_client_side_clipping, fixedclipping_mod)])

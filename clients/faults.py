@@ -1,11 +1,15 @@
 """Fault injection for robustness studies, each switched by the config.
 
-``fail-clients`` (these clients raise in ``fit``), ``dropout-rate`` (a client drops out of a
-round with this probability and answers without an update), ``byzantine-clients`` (the
-first f client ids upload a malicious update: ``sign-flip``, ``scaled`` or ``random``).
+``fail-clients`` (these clients raise in ``fit``), ``slow-clients`` (these clients sleep
+``slow-seconds`` in ``fit`` before training: stragglers, and a window in which a test kills
+the process running one), ``dropout-rate`` (a client drops out of a round with this
+probability and answers without an update), ``byzantine-clients`` (the first f client ids
+upload a malicious update: ``sign-flip``, ``scaled`` or ``random``).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -15,6 +19,11 @@ from fl_defense.protocol import SeedStream
 
 class InjectedFault(RuntimeError):
     """Raised by a client configured to fail (``fail-clients``)."""
+
+
+def straggle(seconds: float) -> None:
+    """A slow client's delay in ``fit`` (``slow-clients``): sleep ``seconds``."""
+    time.sleep(seconds)
 
 
 def byzantine_payload(payload: list[np.ndarray], kinds: list[str], mode: str, scale: float,

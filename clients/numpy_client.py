@@ -7,7 +7,7 @@ import time
 
 from flwr.client import NumPyClient
 
-from clients.faults import InjectedFault, byzantine_payload, byzantine_rng, client_dropped
+from clients.faults import InjectedFault, byzantine_payload, byzantine_rng, client_dropped, straggle
 from fl_defense import protocol as msg
 from fl_defense.config import ExperimentConfig
 from fl_defense.models import state_kinds
@@ -27,12 +27,19 @@ class DefendedClient(NumPyClient):
         self.model = new_model(cfg, self.train)
         self.kinds = state_kinds(self.model)
 
+    def get_properties(self, config):
+        """The client's partition id (:data:`fl_defense.protocol.PARTITION_ID`), so that the
+        server can sample clients by partition id (:mod:`strategies.sampling`)."""
+        return {msg.PARTITION_ID: self.client_id}
+
     def fit(self, parameters, config):
         start = time.perf_counter()
         cfg, cid = self.cfg, self.client_id
         server_round = int(config.get(msg.SERVER_ROUND, 0))
         if cid in cfg.failing_clients:
             raise InjectedFault(f"client {cid} is configured to fail (fail-clients)")
+        if cid in cfg.slow_client_ids:
+            straggle(cfg.slow_seconds)
         if cfg.dropout_rate > 0 and client_dropped(cfg.seed, cid, server_round, cfg.dropout_rate):
             return parameters, 0, {msg.CLIENT_ID: cid, msg.DROPPED: 1}
         defended, loss, used = defended_payload(cfg, self.model, self.kinds, parameters,

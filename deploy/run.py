@@ -72,7 +72,8 @@ def _sigterm_to_keyboard_interrupt(signum, frame):  # pragma: no cover - signal 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.cli import format_row, parse_set_value
+    from experiments.cli import format_row
+    from experiments.run_flags import parse_set_value
 
     parser = argparse.ArgumentParser(prog="python -m deploy.local_deployment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

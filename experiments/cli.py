@@ -3,85 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
+from experiments.run_flags import add_run_flags, default_out_dir, run_config_from_args
 from fl_defense.config import ConfigError, parse_run_config
-
-# flag -> config key, for the `run` command
-RUN_FLAGS = {
-    "rounds": "num-server-rounds",
-    "clients": "num-clients",
-    "dataset": "dataset",
-    "data_dir": "data-dir",
-    "partition": "partition",
-    "model": "model",
-    "local_steps": "local-steps",
-    "batch_size": "batch-size",
-    "lr": "lr",
-    "defense": "defense",
-    "strategy": "strategy",
-    "aggregation": "aggregation",
-    "seed": "seed",
-    "attack_every": "attack-every",
-    "attacker": "attacker",
-}
-
-
-def parse_set_value(text: str) -> Any:
-    """A ``--set KEY=VALUE`` value, read as TOML (``3``, ``0.5``, ``true``, ``"x"``) or
-    else as a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def default_out_dir(kind: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path.cwd() / "runs" / f"{kind}-{stamp}"
-
-
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, help="output folder (default: ./runs/run-<time>)")
-    p.add_argument("--rounds", type=int, help="number of server rounds")
-    p.add_argument("--clients", type=int, help="number of clients (SuperNodes)")
-    p.add_argument("--dataset", help="mnist-embedded (default) | lfw-embedded | mnist | cifar10 | lfw")
-    p.add_argument("--data-dir", dest="data_dir", help="folder for torchvision data sets")
-    p.add_argument("--partition", help="iid | dirichlet:ALPHA | pathological:K")
-    p.add_argument("--model", help="lenet | bncnn")
-    p.add_argument("--local-steps", dest="local_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--defense", help="none | masking:P | masking-bn:P | clipping:C | pruning:P | "
-                                     "noising:SIGMA | noising-laplace:B")
-    p.add_argument("--strategy", help="fl-defense | FedAvg | FedMedian | FedTrimmedAvg | Krum")
-    p.add_argument("--aggregation", help="mean | median (strategy fl-defense)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--attack-every", dest="attack_every", type=int,
-                   help="run the honest-but-curious iDLG hook every N rounds (0: off)")
-    p.add_argument("--attacker", help="naive | aware")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any key of [tool.flwr.app.config], e.g. --set dropout-rate=0.1")
-
-
-def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for flag, key in RUN_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = value
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_set_value(value.strip())
-    overrides["out-dir"] = str(out.resolve())
-    return overrides
-
 
 COLUMNS = [("round", "round", "{:>5}"), ("accuracy", "acc", "{:>7.4f}"), ("loss", "loss", "{:>8.4f}"),
            ("train_loss", "train", "{:>8.4f}"), ("clients_ok", "ok", "{:>3}"),
@@ -105,20 +33,72 @@ def format_row(row: dict[str, Any], header: bool = False) -> str:
     return " ".join(cells)
 
 
+def resume_config(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The run config that continues the run in ``--resume DIR`` (its recorded config,
+    ``resume = true``) and the rows it has done; ``None`` when that run is complete.
+
+    Refused (:class:`ConfigError`, exit 2) before anything starts: a folder without a
+    readable ``config.json``, a damaged checkpoint, a checkpoint of another config, and
+    any flag that would change the recorded config (each differing key is named)."""
+    from strategies.checkpoint import checkpoint_for, checkpoint_rows, config_differences, recorded_config
+    from fl_defense.task import get_weights, new_model
+
+    folder = Path(args.resume).resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"--resume {folder}: no such folder")
+    path = folder / "config.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {folder}: it holds no config.json (not a run folder, or its run "
+                          f"stopped before round 1 started)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: {path} is unreadable ({exc})") from None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"--resume: {path} is not a JSON object")
+    try:
+        cfg = parse_run_config({**recorded, "out-dir": str(folder)})
+    except ConfigError as exc:
+        raise ConfigError(f"--resume: {path}: {exc}") from None
+    given = parse_run_config({**recorded, **run_config_from_args(args, folder)})
+    differ = config_differences(recorded_config(cfg), recorded_config(given))
+    if args.out is not None and args.out.resolve() != folder:
+        differ.append(f"out-dir (resuming {str(folder)!r}, --out {str(args.out.resolve())!r})")
+    if differ:
+        raise ConfigError(f"--resume {folder}: refused, the flags would change the recorded config: "
+                          f"{'; '.join(differ)}")
+    checkpoint = checkpoint_for(folder, cfg, [w.shape for w in get_weights(new_model(cfg))])
+    if (folder / "summary.json").exists():
+        return None
+    return ({**recorded_config(cfg), "out-dir": str(folder), "resume": True},
+            checkpoint_rows(checkpoint) if checkpoint else [])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from experiments.launcher import SimulationFailed, run_simulation
+    from fl_defense.task import check_run_inputs
 
-    out = args.out or default_out_dir("run")
-    run_config = run_config_from_args(args, out)
+    done: list[dict[str, Any]] = []
+    if args.resume:
+        resumed = resume_config(args)
+        if resumed is None:
+            print(f"{Path(args.resume).resolve()} holds a completed run (summary.json); nothing to resume")
+            return 0
+        run_config, done = resumed
+    else:
+        run_config = run_config_from_args(args, args.out or default_out_dir("run"))
     cfg = parse_run_config(run_config, require_out_dir=True)  # fail before anything starts
-    from fl_defense.datasets import check_dataset_available
-
-    check_dataset_available(cfg.dataset, cfg.data_dir or None)
+    check_run_inputs(cfg)  # the data set's files, the partitions
+    out = Path(cfg.out_dir)
     print(f"fl-defense: {cfg.num_clients} clients, {cfg.num_server_rounds} rounds, dataset {cfg.dataset}, "
           f"partition {cfg.partition}, model {cfg.model}, defense {cfg.defense}, strategy {cfg.strategy}"
-          f"{'/' + cfg.aggregation if cfg.strategy == 'fl-defense' else ''}; output {out.resolve()}",
-          flush=True)
+          f"{'/' + cfg.aggregation if cfg.strategy == 'fl-defense' else ''}; output {out}", flush=True)
+    if args.resume:
+        print(f"resuming after round {len(done)} of {cfg.num_server_rounds} (rows from the checkpoint first)",
+              flush=True)
     print(format_row({}, header=True), flush=True)
+    for row in done:
+        print(format_row(row), flush=True)
     try:
         result = run_simulation(run_config, on_row=lambda r: print(format_row(r), flush=True))
     except SimulationFailed as exc:
@@ -152,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError) as exc:  # bad input: nothing started
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,22 @@ simulation, Ray) when the run ends, fails, or is interrupted.  ``flwr run --stre
 exits 0 even when the run failed, so success is decided by ``summary.json``, which the
 server writes only after the last round.
 
+Three guards around a run:
+
+* **Orphans.**  Every process of the run carries ``FL_DEFENSE_RUN_MARK=<uuid>`` in its
+  environment (the SuperLink, ``flwr run``, and all they start: the simulation, Ray's
+  daemons and workers).  Besides stopping the process groups it started, the launcher
+  sweeps the marked processes at the end, and a watchdog in its own session
+  (:func:`experiments.processes.watch`) does the same if the launcher itself is killed
+  (SIGKILL included): no process of the run outlives it by more than a few seconds.
+* **One run per folder.**  The launcher writes ``launcher.json`` (its PID, start time
+  and the run's marker) into the output folder while it runs; another run into that
+  folder -- fresh or resumed -- is refused while that launcher lives, and after it died
+  the processes it left are swept first.
+* **Resume.**  ``resume = true`` continues the run in ``out-dir`` from its checkpoint
+  (:mod:`strategies.checkpoint`); ``metrics.jsonl`` is cut back to the checkpoint's rows
+  first.
+
 Environment given to Flower (and why):
 
 * ``FLWR_HOME=<project>/.flwr/<run>`` -- Flower's state and its copy of the app live in
@@ -22,6 +38,7 @@ Environment given to Flower (and why):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -30,14 +47,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from fl_defense.config import ExperimentConfig, parse_run_config
-from fl_defense.io import read_jsonl
+from experiments.processes import alive, marked_processes, proc_start_time, sweep, zombie
+from fl_defense.config import ConfigError, ExperimentConfig, parse_run_config
+from fl_defense.io import read_jsonl, write_json, write_jsonl
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+#: The environment variable that marks every process of one run (value: a fresh uuid).
+RUN_MARK = "FL_DEFENSE_RUN_MARK"
+#: The file in the output folder that names the launcher writing it.
+OWNER_FILE = "launcher.json"
 
 
 class SimulationFailed(RuntimeError):
@@ -67,8 +90,10 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def flower_env(flwr_home: Path, http_port: int, control_port: int) -> dict[str, str]:
+def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str | None = None) -> dict[str, str]:
     env = os.environ.copy()
+    if marker:
+        env[RUN_MARK] = marker
     env.update({
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -132,48 +157,123 @@ def flwr_run_command(project_dir: Path, num_supernodes: int, extra: Sequence[str
             "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
 
 
+def start_watchdog(marker: str, cleanup: Sequence[Path] = ()) -> subprocess.Popen:
+    """Start :func:`experiments.processes.watch` in a session of its own, watching this
+    process: when it is gone (however it died), every process marked with ``marker`` is
+    stopped and the ``cleanup`` folders are deleted."""
+    env = {k: v for k, v in os.environ.items() if k != RUN_MARK}
+    cmd = [sys.executable, "-m", "experiments.processes", "watch", "--pid", str(os.getpid()),
+           "--start", str(proc_start_time(os.getpid())), "--variable", RUN_MARK, "--marker", marker]
+    for folder in cleanup:
+        cmd += ["--cleanup", str(folder)]
+    return subprocess.Popen(cmd, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
+    if watchdog is None:
+        return
+    watchdog.terminate()
+    try:
+        watchdog.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait(timeout=5)
+
+
 @contextlib.contextmanager
-def private_superlink(flwr_home: Path, log) -> Iterator[dict[str, str]]:
+def private_superlink(flwr_home: Path, log, marker: str | None = None) -> Iterator[dict[str, str]]:
     """Start a simulation SuperLink on free loopback ports; yield the environment under
-    which ``flwr run`` talks to it; stop its whole process group and delete ``flwr_home``
-    on exit."""
+    which ``flwr run`` talks to it (with ``FL_DEFENSE_RUN_MARK=<marker>``, a fresh one
+    unless given); on exit stop its whole process group, sweep every process that
+    carries the marker, and delete ``flwr_home``.  A watchdog does the same if this
+    process is killed."""
+    marker = marker or uuid.uuid4().hex
     http_port, control_port = free_port(), free_port()
-    env = flower_env(flwr_home, http_port, control_port)
+    env = flower_env(flwr_home, http_port, control_port, marker)
     cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--simulation",
            "--isolation", "subprocess",
            "--control-api-address", f"127.0.0.1:{control_port}",
            "--host", "127.0.0.1", "--port", str(http_port),
            "--disable-runtime-dependency-installation",
            "--database", str(flwr_home / "state.db")]
-    superlink = None
+    superlink = watchdog = None
     try:
+        watchdog = start_watchdog(marker, cleanup=[flwr_home])
         superlink = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=flwr_home)
         _wait_health(http_port, superlink)
         yield env
     finally:
         stop_process_group(superlink)
+        sweep(RUN_MARK, marker)  # what left the SuperLink's group (the simulation's session, Ray)
+        stop_watchdog(watchdog)
         shutil.rmtree(flwr_home, ignore_errors=True)  # Flower's state and its copy of the app
 
 
 def prepare_out_dir(cfg: ExperimentConfig) -> Path:
-    """Create the run's output folder and remove a previous run's completion markers."""
+    """Create the run's output folder and remove a previous run's outputs (rows, completion
+    marker, checkpoint); with ``resume`` cut ``metrics.jsonl`` back to the checkpoint's rows
+    instead."""
+    from strategies.checkpoint import CHECKPOINT, checkpoint_rows, load_checkpoint
+
     out_dir = Path(cfg.out_dir)
+    if cfg.resume:
+        checkpoint = load_checkpoint(out_dir)  # a damaged checkpoint is refused here, named
+        write_jsonl(out_dir / "metrics.jsonl", checkpoint_rows(checkpoint) if checkpoint else [])
+        (out_dir / "summary.json").unlink(missing_ok=True)
+        return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "summary.json"):
+    for stale in ("metrics.jsonl", "summary.json", CHECKPOINT):
         (out_dir / stale).unlink(missing_ok=True)
     return out_dir
 
 
+def previous_owner(out_dir: Path) -> dict[str, Any] | None:
+    """What ``launcher.json`` in ``out_dir`` says (``None`` when absent or unreadable)."""
+    try:
+        owner = json.loads((out_dir / OWNER_FILE).read_text())
+        return owner if isinstance(owner, dict) and "pid" in owner else None
+    except (OSError, ValueError):
+        return None
+
+
+def claim_out_dir(out_dir: Path, marker: str, wait: float = 60.0) -> None:
+    """Make this launcher the owner of ``out_dir`` (:data:`OWNER_FILE`).  Refused with a
+    :class:`ConfigError` while the launcher named there lives; when it is dead, its
+    leftover processes (found by its marker) get ``wait`` seconds to go (its watchdog's
+    job) and are then stopped here."""
+    owner = previous_owner(out_dir)
+    if owner and int(owner["pid"]) != os.getpid():
+        pid, start = int(owner["pid"]), owner.get("start")
+        if alive(pid, start) and not zombie(pid):
+            raise ConfigError(f"{out_dir} is in use by a running launcher (pid {pid}, "
+                              f"{out_dir / OWNER_FILE}); wait for it or stop it first")
+        old = str(owner.get("marker") or "")
+        deadline = time.monotonic() + wait
+        while old and marked_processes(RUN_MARK, old) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if old:
+            sweep(RUN_MARK, old)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / OWNER_FILE, {"pid": os.getpid(), "start": proc_start_time(os.getpid()),
+                                      "marker": marker})
+
+
+def release_out_dir(out_dir: Path) -> None:
+    owner = previous_owner(out_dir)
+    if owner and int(owner["pid"]) == os.getpid():
+        (out_dir / OWNER_FILE).unlink(missing_ok=True)
+
+
 def follow_run(runner: subprocess.Popen, out_dir: Path, on_row: Callable[[dict[str, Any]], None] | None,
                timeout: float | None, on_timeout: Callable[[], Exception],
-               check: Callable[[], None] | None = None) -> int:
-    """Report each new row of ``metrics.jsonl`` while ``flwr run`` runs, until it exits or
-    ``summary.json`` appears (then give it 30 s to close its stream).  ``check`` runs every
-    poll and may raise; past ``timeout`` seconds ``on_timeout()`` is raised.  Returns the
-    number of rows reported."""
+               check: Callable[[], None] | None = None, seen: int = 0) -> int:
+    """Report each new row of ``metrics.jsonl`` (after the first ``seen``) while ``flwr run``
+    runs, until it exits or ``summary.json`` appears (then give it 30 s to close its
+    stream).  ``check`` runs every poll and may raise; past ``timeout`` seconds
+    ``on_timeout()`` is raised.  Returns the number of rows seen."""
     start = time.perf_counter()
-    seen = 0
     while True:
         done = runner.poll() is not None
         rows = read_jsonl(out_dir / "metrics.jsonl")
@@ -204,12 +304,25 @@ def run_simulation(run_config: Mapping[str, Any], *,
     """Run one experiment through ``flwr run`` and return its per-round rows.
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
-    and must hold an absolute ``out-dir``.  Raises :class:`~fl_defense.config.ConfigError`
-    before anything starts when the config is invalid, :class:`SimulationFailed` when the
-    run does not complete.
+    and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
+    goes on from its checkpoint, and ``on_row`` sees only the rows after it.  Raises
+    :class:`~fl_defense.config.ConfigError` before anything starts when the config is
+    invalid or the folder is in use by another launcher, :class:`SimulationFailed` when
+    the run does not complete.
     """
     cfg = parse_run_config(run_config, require_out_dir=True)
-    out_dir = prepare_out_dir(cfg)
+    out_dir = Path(cfg.out_dir)
+    marker = uuid.uuid4().hex
+    claim_out_dir(out_dir, marker)
+    try:
+        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir)
+    finally:
+        release_out_dir(out_dir)
+
+
+def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir) -> RunResult:
+    prepare_out_dir(cfg)
+    seen = len(read_jsonl(out_dir / "metrics.jsonl")) if cfg.resume else 0
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
     flwr_root = project_dir / ".flwr"
     flwr_root.mkdir(exist_ok=True)
@@ -221,11 +334,11 @@ def run_simulation(run_config: Mapping[str, Any], *,
 
     run_cmd = flwr_run_command(project_dir, cfg.num_clients, ["--run-config", str(config_file)])
     start = time.perf_counter()
-    with open(log_path, "ab") as log, private_superlink(flwr_home, log) as env:
+    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker) as env:
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:
-            seen = follow_run(runner, out_dir, on_row, timeout, on_timeout=lambda: SimulationFailed(
+            seen = follow_run(runner, out_dir, on_row, timeout, seen=seen, on_timeout=lambda: SimulationFailed(
                 f"the run exceeded its {timeout:.0f}s limit; see {log_path}"))
         finally:
             stop_process_group(runner)

@@ -1,13 +1,29 @@
 """The processes a run started, found in Linux's ``/proc``: by a marker variable in their
 environment (children inherit it), by parent PID, and by start time (so that a PID reused
-by someone else is never signalled)."""
+by someone else is never signalled); and the watchdog that cleans up after a launcher
+that was killed.
+
+Why a watchdog: the launcher starts the SuperLink and ``flwr run`` in their own sessions
+(so that it can stop each group), and Flower starts the simulation and Ray's daemons
+(``gcs_server``, ``raylet``, the workers) from there; killed with SIGKILL, the launcher
+cannot stop any of them, and a parent-death signal would reach only its direct
+children.  Every one of them inherits the run's marker variable, though (checked in
+``/proc``: ``tests/test_resume.py``).  :func:`watch`, run as
+``python -m experiments.processes watch ...`` in a session of its own, polls the
+launcher's PID (with its start time) and, once it is gone, :func:`sweep`s every process
+that carries the marker (SIGTERM, then SIGKILL) and deletes the run's Flower state.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
+import signal
+import sys
+import time
 from pathlib import Path
-
-
+from typing import Sequence
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -75,3 +91,62 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def sweep(variable: str, marker: str, grace: float = 5.0, attempts: int = 20) -> int:
+    """Stop every live process whose environment holds ``<variable>=<marker>``: SIGTERM,
+    up to ``grace`` seconds to exit, then SIGKILL until none is left (a dying Ray may
+    start a worker or two).  Returns how many were found."""
+    first = {pid: proc_start_time(pid) for pid in marked_processes(variable, marker)}
+    for pid, start in first.items():
+        _signal(pid, start, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p, s) and not zombie(p) for p, s in first.items()):
+        time.sleep(0.2)
+    for _ in range(attempts):
+        left = {pid: proc_start_time(pid) for pid in marked_processes(variable, marker)}
+        if not left:
+            break
+        for pid, start in left.items():
+            _signal(pid, start, signal.SIGKILL)
+        time.sleep(0.3)
+    return len(first)
+
+
+def _signal(pid: int, start: str | None, sig: int) -> None:
+    if alive(pid, start):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def watch(pid: int, start: str | None, variable: str, marker: str, cleanup: Sequence[str] = (),
+          poll: float = 0.5) -> int:
+    """Wait until process ``pid`` (started at ``start``) is gone, then :func:`sweep` the
+    marked processes and delete the ``cleanup`` folders.  Returns the number swept."""
+    while alive(pid, start) and not zombie(pid):
+        time.sleep(poll)
+    found = sweep(variable, marker)
+    for folder in cleanup:
+        shutil.rmtree(folder, ignore_errors=True)
+    return found
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.processes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("watch", help="when PID is gone, stop every process marked VARIABLE=MARKER")
+    w.add_argument("--pid", type=int, required=True)
+    w.add_argument("--start", default=None, help="the start time of PID (/proc/PID/stat field 22)")
+    w.add_argument("--variable", required=True)
+    w.add_argument("--marker", required=True)
+    w.add_argument("--cleanup", action="append", default=[], help="a folder to delete afterwards")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the launcher ended normally
+    watch(args.pid, args.start, args.variable, args.marker, args.cleanup)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -20,23 +20,25 @@ def sweep_cell_path(out: Path, dataset: str, defense: str, attacker: str, streng
 
 
 def save_sweep_cell(out: Path, ds: str, attacker: str, defense: str, strength: float, rows: list[dict],
-                    names: list[str], truths, recons, adjusted) -> None:
+                    truths, recons, adjusted, setting: dict, spec: str) -> None:
     """One finished cell: per-image rows (jsonl), images (npz), then its summary (json) last,
-    so that a cell counts as done only when all three are on disk."""
+    so that a cell counts as done only when all three are on disk.  The summary records the
+    setting the updates were made in and the defense as applied (``spec``)."""
     from fl_defense.io import atomic_write_bytes, write_jsonl
 
-    rows = [dict(r, image=name) for r, name in zip(rows, names)]
     path = sweep_cell_path(out, ds, defense, attacker, strength)
     write_jsonl(path.with_suffix(".jsonl"), rows)
     buf = io.BytesIO()
     np.savez_compressed(buf, truths=truths, recons=recons, adjusted=adjusted)
     atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
     leaked = [r["leaked"] for r in rows]
+    known = [r for r in rows if r["label"] >= 0]
     write_json(path, {"dataset": ds, "attacker": attacker, "defense": defense, "strength": strength,
+                      "spec": spec, "setting": setting, "clients": len({r["client"] for r in rows}),
                       "n": len(rows), "leak_rate": float(np.mean(leaked)),
                       "ssim_mean": float(np.mean([r["ssim"] for r in rows])),
                       "ssim_adjusted_mean": float(np.mean([r["ssim_adjusted"] for r in rows])),
-                      "label_acc": float(np.mean([r["label"] == r["label_pred"] for r in rows])),
+                      "label_acc": float(np.mean([r["label"] == r["label_pred"] for r in known])) if known else None,
                       "seconds": float(sum(r["seconds"] for r in rows))})
 
 
@@ -56,7 +58,9 @@ def load_sweep_cells(out: Path, leak_threshold: float | None = None) -> list[dic
 
 def thresholds_from_cells(cells: list[dict], grids: dict[str, list[float]], max_leak_rate: float) -> list[dict]:
     """Per (dataset, attacker, defense): the weakest strength whose leak rate is at most
-    ``max_leak_rate`` (``None`` when no strength of the grid reaches it)."""
+    ``max_leak_rate`` (``None`` when no strength of the grid reaches it), the strengths
+    tested (weakest first, ``;``-separated, so that the training grid can train around the
+    threshold) and the setting the cells were measured in (one column per key)."""
     rows = []
     keyed = {(c["dataset"], c["attacker"], c["defense"], c["strength"]): c for c in cells}
     combos = sorted({(c["dataset"], c["attacker"], c["defense"]) for c in cells if c["defense"] != "none"})
@@ -75,5 +79,20 @@ def thresholds_from_cells(cells: list[dict], grids: dict[str, list[float]], max_
                      "ssim_adjusted_mean": found["ssim_adjusted_mean"] if found else None,
                      "n": found["n"] if found else None,
                      "undefended_leak_rate": base["leak_rate"] if base else None,
-                     "strongest_tested": grids.get(defense, [None])[-1]})
+                     "strongest_tested": grids.get(defense, [None])[-1],
+                     "tested": ";".join(fmt_strength(v) for v in grids.get(defense, [])),
+                     **{key: value for key, value in (base or found or {}).get("setting", {}).items()}})
     return rows
+
+
+def strengths_around(tested: list[float], threshold: float | None, extra: int = 1) -> list[float]:
+    """The strengths the training grid trains a defense at: ``extra`` weaker than the
+    threshold, the threshold, ``extra`` stronger (from the tested ones, weakest first).
+    Without a threshold (no tested strength stopped the attack) the strongest
+    ``2 extra + 1``; at either end of the grid, what is there."""
+    if not tested:
+        return []
+    if threshold is None:
+        return tested[-(2 * extra + 1):]
+    i = min(range(len(tested)), key=lambda k: abs(tested[k] - threshold))
+    return tested[max(0, i - extra): i + extra + 1]

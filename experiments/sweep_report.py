@@ -10,20 +10,24 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import fmt_strength
+from experiments.setting import SETTING_KEYS
 from experiments.sweep_cells import load_sweep_cells, sweep_cell_path, thresholds_from_cells
 from fl_defense.io import atomic_write_text, read_jsonl, save_figure
+
+# thresholds.csv: these columns, then the setting the cells were measured in (one per key)
+THRESHOLD_FIELDS = ["dataset", "defense", "attacker", "threshold", "leak_rate", "ssim_mean", "ssim_adjusted_mean",
+                    "n", "undefended_leak_rate", "strongest_tested", "tested"]
 
 def summarise_sweep(out: Path, datasets, defenses, attackers, grids, max_leak_rate: float,
                     leak_threshold: float) -> None:
     cells = load_sweep_cells(out, leak_threshold)
     rows = thresholds_from_cells(cells, grids, max_leak_rate)
     buf = io.StringIO()
-    fields = ["dataset", "defense", "attacker", "threshold", "leak_rate", "ssim_mean", "ssim_adjusted_mean",
-              "n", "undefended_leak_rate", "strongest_tested"]
+    fields = THRESHOLD_FIELDS + [k for k in SETTING_KEYS if k != "dataset"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
     atomic_write_text(out / "thresholds.csv", buf.getvalue())
     # markdown: rows defenses (x attacker), columns data sets
     lines = [f"Minimum strength at which the leak rate (adjusted SSIM >= {leak_threshold}) falls to "

@@ -28,25 +28,22 @@ def dataset_targets(name: str, n: int, seed: int, data_dir: str = "", shuffle: b
     return test.images[idx], test.labels[idx], [f"{name}[{i}]" for i in idx], test.num_classes
 
 
-def folder_targets(folder: Path, n: int | None, image_size: int, seed: int):
-    """Images of a folder (label from ``*_<label>`` names, else a seeded label the attack must infer)."""
-    from PIL import Image
+def folder_targets(folder: Path, n: int | None, image_size: int | None, seed: int):
+    """Images of a folder (label from ``*_<label>`` names, else a seeded label the attack must
+    infer).  Every file is validated by :func:`fl_defense.images.read_image_folder` (a bad one
+    is refused, named); grey if every file is grey, else RGB.  Classes: a ``classes.txt``'s
+    count when the folder has one, else ``max(10, largest label + 1)``."""
+    from fl_defense.images import folder_class_names, load_image_folder
 
-    from fl_defense.images import IMAGE_SUFFIXES, load_image_folder
-
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--images folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    grey = all(Image.open(p).mode in ("1", "L", "LA", "I", "I;16", "F") for p in files) if files else True
-    ds, names = load_image_folder(folder, image_size=image_size, channels=1 if grey else 3)
-    num_classes = max(10, ds.num_classes)
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    ds, names = load_image_folder(folder, image_size=image_size, channels=None)
+    num_classes = ds.num_classes if folder_class_names(folder) else max(10, ds.num_classes)
     labels = ds.labels.copy()
     unknown = labels < 0
     labels[unknown] = np.random.default_rng([seed, SeedStream.FOLDER_LABELS]).integers(
         0, num_classes, size=int(unknown.sum()))
     if n is not None:
-        if n < 1:
-            raise ConfigError(f"--n must be >= 1, got {n}")
         ds_images, labels, names = ds.images[:n], labels[:n], names[:n]
     else:
         ds_images = ds.images

@@ -1,123 +1,181 @@
-"""Experiment 2, ``run_sim.py train``: the privacy-utility training grid (real Flower runs).
+"""Experiment 2, ``run_sim.py train``: the privacy-utility training grid (real Flower runs),
+in the setting the sweep measured leakage in.
 
-Every cell (partition, aggregation, defense) is one simulation with its own output folder;
-a cell with a ``summary.json`` is finished and skipped, so an interrupted grid resumes.  The
-tables and figures are rebuilt by :mod:`experiments.train_report`.
+The grid trains, per partition and aggregation, no defense and each defense at three
+strengths around its sweep threshold (:func:`grid_strengths`), takes the leak rate of each
+trained strength from the sweep's cells (same setting), and lets the hook attack during
+training.  ``--thresholds`` from a sweep of another setting is refused before any work
+(exit 2), naming each key that differs (:mod:`experiments.setting`).
+
+Every cell (partition, aggregation, defense, strength) is one simulation with its own
+output folder; a cell with a ``summary.json`` is finished and skipped, so an interrupted
+grid resumes.  The tables and figures are rebuilt by :mod:`experiments.train_report`.
 """
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from experiments.common import parse_list
-from fl_defense.config import ConfigError
+from experiments.common import fmt_strength, parse_list
+from experiments.thresholds import threshold_rows, tested_strengths
+from experiments.setting import (add_setting_flags, defense_as_applied, setting_mismatches, setting_of,
+                                 setting_overrides)
+from fl_defense.config import ATTACKERS, ConfigError, ExperimentConfig, parse_run_config
 from fl_defense.io import write_json
 from fl_defense.partition import PartitionSpec
 
-def read_thresholds(path: Path, dataset: str, attacker: str) -> dict[str, float]:
-    rows = list(csv.DictReader(path.read_text().splitlines()))
-    out = {}
+GRID_DEFENSES = ("masking", "clipping", "pruning", "noising")
+
+
+def grid_strengths(tested: list[float], naive: float | None, aware: float | None) -> list[float]:
+    """Three strengths of a defense to train at, from the strengths the sweep tested
+    (weakest first): one weaker than the naive attacker's threshold, the naive threshold,
+    and one stronger -- the aware attacker's threshold when it is stronger, else the next
+    tested strength.  A missing threshold (no tested strength stopped the attacker) counts
+    as the strongest tested.  At the ends of the grid, what is there."""
+    if not tested:
+        return []
+    pos = {v: i for i, v in enumerate(tested)}
+    i = pos.get(naive, len(tested) - 1) if naive is not None else len(tested) - 1
+    j = pos.get(aware, len(tested) - 1) if aware is not None else len(tested) - 1
+    picks = {max(i - 1, 0), i, j if j > i else min(i + 1, len(tested) - 1)}
+    near = sorted(range(len(tested)), key=lambda k: (abs(k - i), -k))
+    for k in near:  # at an end of the grid: the nearest other tested strengths
+        if len(picks) >= min(3, len(tested)):
+            break
+        picks.add(k)
+    return [tested[k] for k in sorted(picks)]
+
+
+def read_thresholds(path: Path, cfg: ExperimentConfig, dataset: str) -> dict[str, dict]:
+    """Per defense, ``{"tested": [...], "naive": thr or None, "aware": thr or None}`` from a
+    sweep's ``thresholds.csv`` (validated by :func:`experiments.thresholds.threshold_rows`),
+    after checking that the sweep measured the rows of ``dataset`` in the setting of
+    ``cfg`` (:class:`ConfigError` naming each key that differs)."""
+    rows = [r for r in threshold_rows(path) if r["dataset"] == dataset]
+    if not rows:
+        raise ConfigError(f"thresholds file {path} has no rows for dataset {dataset!r}")
+    differ = setting_mismatches(rows[0], cfg)
+    if differ:
+        raise ConfigError(f"thresholds file {path} was measured in another setting than this grid's: "
+                          + "; ".join(differ))
+    out: dict[str, dict] = {}
     for r in rows:
-        if r["dataset"] == dataset and r["attacker"] == attacker and r["threshold"] not in ("", None):
-            out[r["defense"]] = float(r["threshold"])
+        entry = out.setdefault(r["defense"], {"tested": tested_strengths(r, f"thresholds file {path}, "
+                                                                           f"line {r['line']}")})
+        entry[r["attacker"]] = r["threshold"]
     return out
 
 
-def cmd_train(args) -> int:
-    from experiments.launcher import SimulationFailed, run_simulation
-    from experiments.train_report import summarise_train
-    from fl_defense.config import parse_run_config
+def train_config(args) -> ExperimentConfig:
+    """The grid's setting (the setting flags) with its rounds and hook."""
+    overrides = setting_overrides(args)
+    for flag, key in (("rounds", "num-server-rounds"), ("attack_every", "attack-every"),
+                      ("attack_clients", "attack-clients"), ("attack_max_iter", "attack-max-iter")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return parse_run_config(overrides)
+
+
+def plan_cells(args, cfg: ExperimentConfig, out: Path) -> list[dict]:
+    """Every cell of the grid, each config validated, before anything runs."""
     from fl_defense.defenses import parse_defense
 
-    out = Path(args.out).resolve()
-    aggregations = parse_list(args.aggregations, "--aggregations")
-    partitions = parse_list(args.partitions, "--partitions")
-    # the defenses and their strengths
-    given = {}
+    strengths: dict[str, list[float]] = {}
     if args.thresholds:
-        path = Path(args.thresholds)
-        if not path.exists():
-            raise FileNotFoundError(f"--thresholds file {path} does not exist")
-        given.update(read_thresholds(path, args.threshold_dataset, args.attacker))
+        found = read_thresholds(Path(args.thresholds), cfg, args.threshold_dataset or cfg.dataset)
+        for d in GRID_DEFENSES:
+            if d in found:
+                strengths[d] = grid_strengths(found[d]["tested"], found[d].get("naive"), found[d].get("aware"))
     for item in parse_list(args.defenses, "--defenses") if args.defenses else []:
         spec = parse_defense(item)
-        if spec.value is not None:
-            given[spec.name] = spec.value
-        elif spec.name != "none":
+        if spec.value is None:
             raise ConfigError(f"--defenses entry {item!r} needs a value (e.g. masking:0.5)")
-    names = ["none"] + [d for d in ("masking", "clipping", "pruning", "noising") if d in given]
-    missing = [d for d in ("masking", "clipping", "pruning", "noising") if d not in given]
+        strengths.setdefault(spec.name, [])
+        if spec.value not in strengths[spec.name]:
+            strengths[spec.name].append(spec.value)
+    missing = [d for d in GRID_DEFENSES if d not in strengths]
     if missing:
-        print(f"note: no threshold for {', '.join(missing)} (not in --thresholds / --defenses); "
-              f"they are left out", file=sys.stderr)
-    bn = args.model == "bncnn"
-    specs = {"none": "none"}
-    for d in names[1:]:
-        name = "masking-bn" if (d == "masking" and bn) else d
-        specs[d] = str(parse_defense(f"{name}:{given[d]}"))
+        print(f"note: no strengths for {', '.join(missing)} (not in --thresholds / --defenses); they are left out",
+              file=sys.stderr)
+    specs = [("none", 0.0, "none")]
+    for d, values in strengths.items():
+        for v in values:
+            specs.append((d, v, str(parse_defense(f"{defense_as_applied(d, cfg.model)}:{v}"))))
     cells = []
-    for partition in partitions:
+    for partition in parse_list(args.partitions, "--partitions"):
         PartitionSpec.parse(partition)
-        for aggregation in aggregations:
-            for d in names:
-                cells.append({"defense": d, "spec": specs[d], "aggregation": aggregation, "partition": partition})
-    base = {"num-server-rounds": args.rounds, "num-clients": args.clients, "model": args.model,
-            "dataset": args.dataset, "lr": args.lr, "local-steps": args.local_steps,
-            "batch-size": args.batch_size, "seed": args.seed, "attack-every": args.attack_every,
-            "attacker": args.attacker, "attack-max-iter": args.attack_max_iter}
-    for cell in cells:  # validate every cell's config before anything runs
-        cell["dir"] = out / "cells" / f"{cell['partition'].replace(':', '')}-{cell['aggregation']}-{cell['defense']}"
-        cell["config"] = {**base, "defense": cell["spec"], "aggregation": cell["aggregation"],
-                          "partition": cell["partition"], "out-dir": str(cell["dir"])}
-        parse_run_config(cell["config"], require_out_dir=True)
+        for aggregation in parse_list(args.aggregations, "--aggregations"):
+            for defense, strength, spec in specs:
+                name = f"{partition.replace(':', '')}-{aggregation}-{defense}" + \
+                    ("" if defense == "none" else f"={fmt_strength(strength)}")
+                cell_dir = out / "cells" / name
+                config = {**cfg.to_run_config(), "defense": spec, "aggregation": aggregation,
+                          "partition": partition, "out-dir": str(cell_dir)}
+                parse_run_config(config, require_out_dir=True)
+                cells.append({"defense": defense, "strength": strength, "spec": spec, "aggregation": aggregation,
+                              "partition": partition, "dir": cell_dir, "config": config})
+    return cells
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from experiments.launcher import SimulationFailed, run_simulation
+    from experiments.train_report import summarise_train
+    from fl_defense.datasets import check_dataset_available
+
+    if args.attacker not in ATTACKERS:
+        raise ConfigError(f"unknown attacker {args.attacker!r}; choose {', '.join(ATTACKERS)}")
+    cfg = replace(train_config(args), attacker=args.attacker)
+    out = Path(args.out).resolve()
+    cells = plan_cells(args, cfg, out)
+    check_dataset_available(cfg.dataset, cfg.data_dir or None)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"command": "train", "base": base, "cells": [
-        {k: v for k, v in c.items() if k != "dir"} for c in cells]})
-    done = [c for c in cells if (c["dir"] / "summary.json").exists()]
-    print(f"train: {len(cells)} cells ({len(done)} already done), {args.rounds} rounds x {args.clients} clients "
-          f"each; output {out}", flush=True)
+    write_json(out / "config.json", {"command": "train", "setting": setting_of(cfg), "thresholds": args.thresholds,
+                                     "cells": [{k: v for k, v in c.items() if k != "dir"} for c in cells]})
+    todo = [c for c in cells if not (c["dir"] / "summary.json").exists()]
+    print(f"train: {len(cells)} cells ({len(cells) - len(todo)} already done), {cfg.num_server_rounds} rounds x "
+          f"{cfg.num_clients} clients each; output {out}", flush=True)
     start = time.perf_counter()
-    for k, cell in enumerate(cells, 1):
-        if (cell["dir"] / "summary.json").exists():
-            continue
-        label = f"[{k}/{len(cells)}] {cell['partition']} {cell['aggregation']} {cell['spec']}"
-        print(f"{label} ...", end="", flush=True)
-        try:
-            res = run_simulation(cell["config"])
-        except SimulationFailed as exc:
-            print(f" FAILED: {exc}", flush=True)
-            return 1
-        print(f" accuracy {res.rows[-1].get('accuracy', float('nan')):.4f} ({res.seconds:.0f}s)", flush=True)
-    summarise_train(out, cells, args)
+    with tqdm(total=len(todo) * cfg.num_server_rounds, unit="round", file=sys.stderr, disable=args.quiet) as bar:
+        for cell in todo:
+            bar.set_description(f"{cell['partition']} {cell['aggregation']} {cell['spec']}")
+            try:
+                res = run_simulation(cell["config"], on_row=lambda row: bar.update(1))
+            except SimulationFailed as exc:
+                print(f"{cell['dir'].name}: FAILED: {exc}", flush=True)
+                return 1
+            bar.write(f"{cell['dir'].name}: accuracy {res.rows[-1].get('accuracy', float('nan')):.4f} "
+                      f"({res.seconds:.0f}s)")
+    summarise_train(out, cells, cfg, args.thresholds, args.threshold_dataset or cfg.dataset)
     print(f"train done in {time.perf_counter() - start:.0f}s (this invocation); wrote final_accuracy.csv, "
-          f"curves.png, frontier.png, hook_ssim.csv in {out}")
+          f"curves.png, frontier.png, hook_leak.png, hook.csv in {out}")
     print((out / "final_accuracy.md").read_text())
     return 0
 
 
-
 def register(sub) -> None:
+    d = ExperimentConfig()
     t = sub.add_parser("train", help="experiment 2: the privacy-utility training grid (real Flower runs)")
     t.add_argument("--out", required=True)
-    t.add_argument("--thresholds", help="a sweep's thresholds.csv")
-    t.add_argument("--threshold-dataset", dest="threshold_dataset", default="mnist-embedded")
-    t.add_argument("--defenses", help="comma-separated NAME:VALUE, overriding --thresholds")
-    t.add_argument("--attacker", default="naive", choices=("naive", "aware"),
-                   help="whose thresholds to train at (and the hook's attacker)")
+    t.add_argument("--thresholds", help="a sweep's thresholds.csv, measured in this grid's setting")
+    t.add_argument("--threshold-dataset", dest="threshold_dataset",
+                   help="whose rows of --thresholds to use (default: the setting's --dataset)")
+    t.add_argument("--defenses", help="comma-separated NAME:VALUE, trained besides (or instead of) --thresholds")
+    t.add_argument("--attacker", default=d.attacker, help="the hook's attacker: naive | aware")
     t.add_argument("--aggregations", default="mean,median")
     t.add_argument("--partitions", default="iid,dirichlet:0.5")
-    t.add_argument("--rounds", type=int, default=20)
-    t.add_argument("--clients", type=int, default=10)
-    t.add_argument("--model", default="bncnn", choices=("lenet", "bncnn"))
-    t.add_argument("--dataset", default="mnist-embedded")
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--local-steps", dest="local_steps", type=int, default=20)
-    t.add_argument("--batch-size", dest="batch_size", type=int, default=32)
-    t.add_argument("--attack-every", dest="attack_every", type=int, default=10,
-                   help="the hook attacks one client every N rounds (0: off)")
-    t.add_argument("--attack-max-iter", dest="attack_max_iter", type=int, default=100)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--rounds", type=int, help=f"rounds per cell (default num-server-rounds, {d.num_server_rounds})")
+    t.add_argument("--attack-every", dest="attack_every", type=int,
+                   help=f"the hook attacks every N rounds (default attack-every, {d.attack_every}; 0: off)")
+    t.add_argument("--attack-clients", dest="attack_clients", type=int,
+                   help=f"clients the hook attacks (default {d.attack_clients})")
+    t.add_argument("--attack-max-iter", dest="attack_max_iter", type=int,
+                   help=f"the hook's iterations (default {d.attack_max_iter})")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_setting_flags(t)
     t.set_defaults(func=cmd_train)

@@ -1,5 +1,15 @@
-"""The training grid's tables and figures: ``final_accuracy.csv``/``.md``, ``curves.png``,
-``frontier.png`` and ``hook_ssim.csv``."""
+"""The training grid's tables and figures, rebuilt from its cells:
+
+* ``final_accuracy.csv`` / ``.md`` -- final (and best) test accuracy per cell, with the
+  leak rate and mean adjusted SSIM of its defense and strength for both attackers, read
+  from the sweep's cells (same setting) at the run's leak threshold;
+* ``curves.png`` -- test accuracy per round;
+* ``frontier.png`` -- per defense, a curve of final accuracy against leak rate (top row)
+  and against mean adjusted SSIM (bottom row) over the trained strengths, naive attacker
+  solid with circles, aware dashed with triangles, one column per partition/aggregation;
+* ``hook.csv`` / ``hook_leak.png`` -- the hook's leak during training: the share of the
+  attacked clients' images it leaked, per round.
+"""
 
 from __future__ import annotations
 
@@ -10,114 +20,166 @@ from pathlib import Path
 import numpy as np
 
 from experiments.sweep_cells import load_sweep_cells
+from fl_defense.config import ExperimentConfig
 from fl_defense.io import atomic_write_text, read_jsonl, save_figure
 
-def summarise_train(out: Path, cells, args) -> None:
-    import matplotlib
+ATTACKER_STYLE = {"naive": ("-", "o"), "aware": ("--", "^")}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    # the leak rate of each trained strength against each attacker, from the sweep's cells
-    # (next to its thresholds.csv), read at this run's leak threshold
-    leak: dict[tuple[str, str], float] = {}
-    if args.thresholds and (Path(args.thresholds).parent / "cells").is_dir():
-        from fl_defense.config import ExperimentConfig
-
-        for c in load_sweep_cells(Path(args.thresholds).parent, ExperimentConfig().leak_threshold):
-            if c["dataset"] == args.threshold_dataset:
-                leak[(c["attacker"], c["defense"] if c["defense"] == "none" else f"{c['defense']}:{c['strength']:g}")] = c["leak_rate"]
-
-    def leak_of(attacker: str, cell: dict) -> float | None:
-        if cell["defense"] == "none":
-            return leak.get((attacker, "none"))
-        strength = float(cell["spec"].split(":")[1].split(",")[0])
-        return leak.get((attacker, f"{cell['defense']}:{strength:g}"))
-    rows, hook_rows = [], []
-    for cell in cells:
-        metrics = read_jsonl(cell["dir"] / "metrics.jsonl")
-        cell["metrics"] = metrics
-        accs = [m.get("accuracy") for m in metrics]
-        attacked = [m for m in metrics if "attack_ssim_adjusted_mean" in m]
-        for m in attacked:
-            hook_rows.append({"defense": cell["spec"], "aggregation": cell["aggregation"],
-                              "partition": cell["partition"], "round": m["round"],
-                              "attack_ssim_mean": m["attack_ssim_mean"],
-                              "attack_ssim_adjusted_mean": m["attack_ssim_adjusted_mean"],
-                              "attack_leaked": m["attack_leaked"]})
-        rows.append({"defense": cell["defense"], "spec": cell["spec"], "aggregation": cell["aggregation"],
-                     "partition": cell["partition"], "final_accuracy": accs[-1] if accs else None,
-                     "best_accuracy": max(a for a in accs if a is not None) if accs else None,
-                     "leak_rate_naive": leak_of("naive", cell),
-                     "leak_rate_aware": leak_of("aware", cell),
-                     "hook_ssim_adjusted_mean": float(np.mean([m["attack_ssim_adjusted_mean"] for m in attacked]))
-                     if attacked else None})
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
     fields = list(rows[0].keys())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({k: "" if r[k] is None else r[k] for k in fields})
-    atomic_write_text(out / "final_accuracy.csv", buf.getvalue())
-    if hook_rows:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(hook_rows[0].keys()))
-        w.writeheader()
-        w.writerows(hook_rows)
-        atomic_write_text(out / "hook_ssim.csv", buf.getvalue())
-    partitions = list(dict.fromkeys(c["partition"] for c in cells))
-    aggregations = list(dict.fromkeys(c["aggregation"] for c in cells))
-    md = ["| defense | " + " | ".join(f"{p} / {a}" for p in partitions for a in aggregations) + " |",
-          "|---|" + "---|" * (len(partitions) * len(aggregations))]
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in fields})
+    atomic_write_text(path, buf.getvalue())
+
+
+def sweep_leak(thresholds: str | None, dataset: str, leak_threshold: float) -> dict[tuple, dict]:
+    """``(attacker, defense, strength) -> sweep cell`` of the sweep next to ``thresholds``."""
+    if not thresholds or not (Path(thresholds).parent / "cells").is_dir():
+        return {}
+    return {(c["attacker"], c["defense"], float(c["strength"])): c
+            for c in load_sweep_cells(Path(thresholds).parent, leak_threshold) if c["dataset"] == dataset}
+
+
+def summarise_train(out: Path, cells: list[dict], cfg: ExperimentConfig, thresholds: str | None,
+                    dataset: str) -> None:
+    leak = sweep_leak(thresholds, dataset, cfg.leak_threshold)
+    rows, hook_rows = [], []
+    for cell in cells:
+        metrics = read_jsonl(cell["dir"] / "metrics.jsonl")
+        cell["metrics"] = metrics
+        accs = [m.get("accuracy") for m in metrics if m.get("accuracy") is not None]
+        attacked = [m for m in metrics if "attack_ssim_adjusted_mean" in m]
+        for m in attacked:
+            scored = m.get("attack_images") or m.get("attack_targets") or 0
+            hook_rows.append({"defense": cell["spec"], "aggregation": cell["aggregation"],
+                              "partition": cell["partition"], "round": m["round"],
+                              "attack_ssim_adjusted_mean": m["attack_ssim_adjusted_mean"],
+                              "attack_leaked": m["attack_leaked"], "attack_images": scored,
+                              "leak_rate": m["attack_leaked"] / scored if scored else None})
+        row = {"defense": cell["defense"], "strength": cell["strength"], "spec": cell["spec"],
+               "aggregation": cell["aggregation"], "partition": cell["partition"],
+               "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None}
+        for attacker in ("naive", "aware"):
+            c = leak.get((attacker, cell["defense"], float(cell["strength"])))
+            row[f"leak_rate_{attacker}"] = c["leak_rate"] if c else None
+            row[f"ssim_adjusted_{attacker}"] = c["ssim_adjusted_mean"] if c else None
+        row["hook_leak_rate"] = (float(np.mean([h["leak_rate"] for h in hook_rows[-len(attacked):]
+                                                if h["leak_rate"] is not None])) if attacked else None)
+        rows.append(row)
+    _write_csv(out / "final_accuracy.csv", rows)
+    _write_csv(out / "hook.csv", hook_rows)
+    _markdown(out, rows)
+    _curves(out, cells)
+    _frontier(out, rows)
+    _hook_leak(out, hook_rows)
+
+
+def _panels(rows):
+    return [(p, a) for p in dict.fromkeys(r["partition"] for r in rows) for a in dict.fromkeys(r["aggregation"] for r in rows)]
+
+
+def _markdown(out: Path, rows: list[dict]) -> None:
+    panels = _panels(rows)
+    md = ["| defense | leak naive / aware | " + " | ".join(f"{p} / {a}" for p, a in panels) + " |",
+          "|---|---|" + "---|" * len(panels)]
     for spec in dict.fromkeys(r["spec"] for r in rows):
+        first = next(r for r in rows if r["spec"] == spec)
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         vals = []
-        for p in partitions:
-            for a in aggregations:
-                r = next((r for r in rows if r["spec"] == spec and r["partition"] == p and r["aggregation"] == a), None)
-                vals.append("-" if r is None or r["final_accuracy"] is None else f"{r['final_accuracy']:.4f}")
-        md.append(f"| {spec} | " + " | ".join(vals) + " |")
+        for p, a in panels:
+            r = next((r for r in rows if r["spec"] == spec and r["partition"] == p and r["aggregation"] == a), None)
+            vals.append("-" if r is None or r["final_accuracy"] is None else f"{r['final_accuracy']:.4f}")
+        md.append(f"| {spec} | {fmt(first['leak_rate_naive'])} / {fmt(first['leak_rate_aware'])} | "
+                  + " | ".join(vals) + " |")
     atomic_write_text(out / "final_accuracy.md", "\n".join(md) + "\n")
-    # curves: rows partitions, columns aggregations, a line per defense
-    fig, axes = plt.subplots(len(partitions), len(aggregations), figsize=(4.5 * len(aggregations),
-                             3.2 * len(partitions)), squeeze=False, sharey=True)
-    for i, p in enumerate(partitions):
-        for j, a in enumerate(aggregations):
-            ax = axes[i][j]
-            for cell in cells:
-                if cell["partition"] == p and cell["aggregation"] == a and cell["metrics"]:
-                    ax.plot([m["round"] for m in cell["metrics"]], [m.get("accuracy") for m in cell["metrics"]],
-                            label=cell["spec"])
-            ax.set_title(f"{'IID' if p == 'iid' else 'non-IID (' + p + ')'} / {a}", fontsize=9)
-            ax.set_xlabel("round", fontsize=8)
-            ax.set_ylabel("test accuracy", fontsize=8)
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves(out: Path, cells: list[dict]) -> None:
+    plt = _plt()
+    panels = _panels(cells)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (p, a) in zip(axes[0], panels):
+        for cell in cells:
+            if cell["partition"] == p and cell["aggregation"] == a and cell["metrics"]:
+                ax.plot([m["round"] for m in cell["metrics"]], [m.get("accuracy") for m in cell["metrics"]],
+                        label=cell["spec"], lw=1)
+        ax.set_title(f"{p} / {a}", fontsize=9)
+        ax.set_xlabel("round", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy", fontsize=8)
+    axes[0][0].legend(fontsize=5, ncol=2)
     fig.tight_layout()
     save_figure(fig, out / "curves.png", dpi=110)
     plt.close(fig)
-    # frontier: final accuracy vs leak rate (from the sweep), a point per defense
-    fig, axes = plt.subplots(1, len(partitions) * len(aggregations), figsize=(4 * len(partitions) * len(aggregations), 3.4),
-                             squeeze=False, sharey=True)
-    k = 0
-    for p in partitions:
-        for a in aggregations:
-            ax = axes[0][k]
-            k += 1
-            for r in rows:
-                if r["partition"] != p or r["aggregation"] != a or r["final_accuracy"] is None:
-                    continue
-                colour = f"C{[x['spec'] for x in rows].index(r['spec']) % 10}"
-                for attacker, marker in (("naive", "o"), ("aware", "^")):
-                    x = r[f"leak_rate_{attacker}"]
-                    if x is not None:
-                        ax.scatter([x], [r["final_accuracy"]], s=30, marker=marker, color=colour,
-                                   label=f"{r['spec']} ({attacker})" if k == 1 else None)
-            ax.set_xlabel("leak rate (single-image iDLG; o naive, ^ aware attacker)", fontsize=7)
-            ax.set_title(f"{p} / {a}", fontsize=9)
-            ax.set_xlim(-0.05, 1.05)
-            ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final test accuracy", fontsize=8)
-    axes[0][0].legend(fontsize=5, loc="center")
+
+
+def _frontier(out: Path, rows: list[dict]) -> None:
+    plt = _plt()
+    panels = _panels(rows)
+    defenses = [d for d in dict.fromkeys(r["defense"] for r in rows)]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.6), squeeze=False, sharey=True)
+    for col, (p, a) in enumerate(panels):
+        for k, defense in enumerate(defenses):
+            pts = sorted((r for r in rows if r["defense"] == defense and r["partition"] == p
+                          and r["aggregation"] == a and r["final_accuracy"] is not None),
+                         key=lambda r: r["strength"])
+            for attacker, (ls, marker) in ATTACKER_STYLE.items():
+                for row_i, key in enumerate((f"leak_rate_{attacker}", f"ssim_adjusted_{attacker}")):
+                    xy = [(r[key], r["final_accuracy"]) for r in pts if r[key] is not None]
+                    if not xy:
+                        continue
+                    ax = axes[row_i][col]
+                    ax.plot(*zip(*xy), ls=ls, marker=marker, ms=4, color=f"C{k}", lw=1,
+                            label=f"{defense} ({attacker})" if col == 0 and row_i == 0 else None)
+        axes[0][col].set_title(f"{p} / {a}", fontsize=9)
+        axes[0][col].set_xlabel("leak rate (sweep, same setting)", fontsize=7)
+        axes[1][col].set_xlabel("mean adjusted SSIM (sweep, same setting)", fontsize=7)
+        for row_i in range(2):
+            axes[row_i][col].set_xlim(-0.05, 1.05)
+            axes[row_i][col].grid(alpha=0.3)
+    for row_i in range(2):
+        axes[row_i][0].set_ylabel("final test accuracy", fontsize=8)
+    axes[0][0].legend(fontsize=5, loc="lower right")
+    fig.suptitle("privacy-utility frontier: a curve per defense over its trained strengths "
+                 "(solid o naive, dashed ^ aware attacker)", fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "frontier.png", dpi=110)
+    plt.close(fig)
+
+
+def _hook_leak(out: Path, hook_rows: list[dict]) -> None:
+    if not hook_rows:
+        return
+    plt = _plt()
+    panels = _panels(hook_rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False, sharey=True)
+    for ax, (p, a) in zip(axes[0], panels):
+        for spec in dict.fromkeys(h["defense"] for h in hook_rows):
+            pts = [(h["round"], h["leak_rate"]) for h in hook_rows
+                   if h["defense"] == spec and h["partition"] == p and h["aggregation"] == a and h["leak_rate"] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", ms=3, lw=0.8, label=spec)
+        ax.set_title(f"{p} / {a}", fontsize=9)
+        ax.set_xlabel("round", fontsize=8)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("hook: share of attacked images leaked", fontsize=8)
+    axes[0][0].legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, out / "hook_leak.png", dpi=110)
     plt.close(fig)

@@ -16,20 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from fl_defense.datasets import DATASET_NAMES
+from fl_defense.datasets import DATASET_NAMES, FOLDER_PREFIX, folder_of
 from fl_defense.defenses import DefenseSpec, parse_defense
 from fl_defense.errors import ConfigError, suggest
 from fl_defense.models import MODEL_NAMES
 from fl_defense.partition import PartitionSpec
+from fl_defense.privacy import NEIGHBOURING
 
 __all__ = ["ConfigError", "ExperimentConfig", "parse_run_config", "default_run_config",
-           "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES"]
+           "RUN_CONTROL_KEYS", "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES",
+           "DP_STRATEGIES", "SECAGG_REFUSED", "BATCHNORM_MODELS"]
 
 AGGREGATIONS = ("mean", "median")
 STRATEGIES = ("fl-defense", "FedAvg", "FedMedian", "FedTrimmedAvg", "Krum")
 ATTACKERS = ("naive", "aware")
 ATTACK_METHODS = ("idlg", "dlg")
 BYZANTINE_MODES = ("sign-flip", "scaled", "random")
+DP_STRATEGIES = ("none", "client-side-fixed-clipping", "server-side-fixed-clipping")
+BATCHNORM_MODELS = ("bncnn",)  # models that upload BatchNorm buffers (values, and an int64 step counter)
 
 # config values held as typed specs: the text a user writes -> its parser
 _SPECS = {"defense": parse_defense, "partition": PartitionSpec.parse}
@@ -63,6 +67,8 @@ class ExperimentConfig:
     byzantine_mode: str = "sign-flip"
     byzantine_scale: float = 10.0
     fail_clients: str = ""
+    slow_clients: str = ""
+    slow_seconds: float = 0.0
     attack_every: int = 0
     attack_clients: int = 1
     attacker: str = "naive"
@@ -70,12 +76,28 @@ class ExperimentConfig:
     attack_max_iter: int = 2000
     attack_restarts: int = 2
     leak_threshold: float = 0.4
+    resume: bool = False
+    # formal privacy (fl_defense.privacy, strategies.central_dp, strategies.secagg)
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    dp_neighbouring: str = "add-or-remove-one"
+    dp_strategy: str = "none"
+    dp_noise_multiplier: float = 1.0
+    secure_aggregation: bool = False
+    secagg_num_shares: int = 3
+    secagg_reconstruction_threshold: int = 2
+    secagg_clipping_range: float = 0.0
 
     # ------------------------------------------------------------------ derived
     @property
     def failing_clients(self) -> tuple[int, ...]:
         """Partition ids that raise in ``fit`` (fault injection), from ``fail-clients``."""
-        return tuple(int(x) for x in self.fail_clients.split(",") if x.strip())
+        return _client_ids(self.fail_clients)
+
+    @property
+    def slow_client_ids(self) -> tuple[int, ...]:
+        """Partition ids that sleep ``slow-seconds`` in ``fit`` before training (stragglers)."""
+        return _client_ids(self.slow_clients)
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat kebab-case mapping, as in ``[tool.flwr.app.config]``."""
@@ -84,6 +106,16 @@ class ExperimentConfig:
             value = getattr(self, f.name)
             out[f.name.replace("_", "-")] = str(value) if f.name in _SPECS else value
         return out
+
+
+def _client_ids(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+#: Keys that steer how a run is executed, not what it computes: a resumed run may differ
+#: from the recorded config in these (``resume``) and ``config.json`` records them as
+#: their defaults.
+RUN_CONTROL_KEYS = ("resume",)
 
 
 def default_run_config() -> dict[str, Any]:
@@ -95,11 +127,18 @@ _FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(ExperimentCon
 _TYPES = {f.name.replace("_", "-"): type(getattr(ExperimentConfig(), f.name)) for f in dataclasses.fields(ExperimentConfig)}
 
 
+def is_text_key(key: str) -> bool:
+    """Whether config key ``key`` holds text (so that ``--set fail-clients=3`` means "3")."""
+    return _TYPES.get(key) is str or key in _SPECS
+
+
 def _coerce(key: str, value: Any) -> Any:
     want = _TYPES[key]
     if key in _SPECS:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
+        if key == "defense":
+            return value  # parsed in parse_run_config, once dp-clip is known
         try:
             return _SPECS[key](value)
         except ValueError as exc:
@@ -143,13 +182,25 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
         if key not in _FIELDS:
             raise ConfigError(f"unknown config key {key!r}{suggest(key, _FIELDS)}")
         values[_FIELDS[key].name] = _coerce(key, value)
+    dp_clip = values.get("dp_clip", ExperimentConfig.dp_clip)
+    _check(dp_clip > 0, "dp-clip", dp_clip, "> 0 (the L2 bound C of the update)")
+    defense = values.get("defense", ExperimentConfig.defense)
+    try:  # binds dp-clip into the spec of a defense that needs C (dp-gaussian)
+        values["defense"] = parse_defense(defense if isinstance(defense, str) else str(defense), clip=dp_clip)
+    except ValueError as exc:
+        raise ConfigError(f"defense: {exc}") from None
     cfg = ExperimentConfig(**values)
 
     _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, ">= 1")
     _check(cfg.num_clients >= 1, "num-clients", cfg.num_clients, ">= 1")
     _check(0 < cfg.fraction_fit <= 1, "fraction-fit", cfg.fraction_fit, "in (0, 1]")
     _check(0 <= cfg.fraction_evaluate <= 1, "fraction-evaluate", cfg.fraction_evaluate, "in [0, 1]")
-    _choice("dataset", cfg.dataset, DATASET_NAMES)
+    if cfg.dataset.startswith(FOLDER_PREFIX):
+        folder = folder_of(cfg.dataset)
+        _check(bool(folder) and Path(folder).is_absolute(), "dataset", cfg.dataset,
+               f"{FOLDER_PREFIX}<absolute folder> (the app runs from a copy of the project)")
+    else:
+        _choice("dataset", cfg.dataset, (*DATASET_NAMES, f"{FOLDER_PREFIX}/ABS/DIR"))
     _choice("model", cfg.model, MODEL_NAMES)
     _check(cfg.local_steps >= 1, "local-steps", cfg.local_steps, ">= 1")
     _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, ">= 1")
@@ -181,6 +232,14 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     for cid in failing:
         _check(0 <= cid < cfg.num_clients, "fail-clients", cfg.fail_clients,
                f"client ids in [0, {cfg.num_clients})")
+    try:
+        slow = cfg.slow_client_ids
+    except ValueError:
+        raise ConfigError(f"slow-clients must be comma-separated client ids, got {cfg.slow_clients!r}") from None
+    for cid in slow:
+        _check(0 <= cid < cfg.num_clients, "slow-clients", cfg.slow_clients,
+               f"client ids in [0, {cfg.num_clients})")
+    _check(0 <= cfg.slow_seconds <= 86400, "slow-seconds", cfg.slow_seconds, "in [0, 86400]")
     _check(cfg.attack_every >= 0, "attack-every", cfg.attack_every, ">= 0 (0 turns the attack off)")
     _check(1 <= cfg.attack_clients <= cfg.num_clients, "attack-clients", cfg.attack_clients,
            f"in [1, num-clients={cfg.num_clients}]")
@@ -189,4 +248,50 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _check(cfg.attack_max_iter >= 1, "attack-max-iter", cfg.attack_max_iter, ">= 1")
     _check(cfg.attack_restarts >= 0, "attack-restarts", cfg.attack_restarts, ">= 0")
     _check(0 < cfg.leak_threshold <= 1, "leak-threshold", cfg.leak_threshold, "in (0, 1]")
+    _check_formal_privacy(cfg)
     return cfg
+
+
+# strategies that need the individual uploads, which SecAgg+ never hands the server
+SECAGG_REFUSED = {"FedMedian": "FedMedian takes the element-wise median of the uploads",
+                  "FedTrimmedAvg": "FedTrimmedAvg trims the largest and smallest uploads",
+                  "Krum": "Krum scores each upload by its distances to the others"}
+
+
+def _check_formal_privacy(cfg: ExperimentConfig) -> None:
+    """The keys of the DP mechanism, Flower's DP wrappers and SecAgg+, and how they combine."""
+    _check(0 < cfg.dp_delta < 1, "dp-delta", cfg.dp_delta, "in (0, 1)")
+    _choice("dp-neighbouring", cfg.dp_neighbouring, NEIGHBOURING)
+    _choice("dp-strategy", cfg.dp_strategy, DP_STRATEGIES)
+    _check(cfg.dp_noise_multiplier >= 0, "dp-noise-multiplier", cfg.dp_noise_multiplier, ">= 0")
+    if cfg.defense.name == "dp-gaussian" and cfg.model in BATCHNORM_MODELS:
+        raise ConfigError(f"defense {str(cfg.defense)!r} with model {cfg.model!r}: BatchNorm running statistics "
+                          "are values computed from the private batches that no clipping bounds, so the "
+                          "Gaussian mechanism cannot cover them; use model lenet")
+    if cfg.dp_strategy != "none" and cfg.model in BATCHNORM_MODELS:
+        raise ConfigError(f"dp-strategy {cfg.dp_strategy!r} with model {cfg.model!r}: Flower's fixed clipping "
+                          "takes one norm over every array, BatchNorm's running statistics and its step counter "
+                          "(which grows by local-steps) included, and leaves the counter unclipped; use model lenet")
+    _check(cfg.secagg_num_shares >= 3, "secagg-num-shares", cfg.secagg_num_shares, ">= 3")
+    _check(2 <= cfg.secagg_reconstruction_threshold < cfg.secagg_num_shares, "secagg-reconstruction-threshold",
+           cfg.secagg_reconstruction_threshold, f"in [2, secagg-num-shares={cfg.secagg_num_shares})")
+    _check(cfg.secagg_clipping_range >= 0, "secagg-clipping-range", cfg.secagg_clipping_range,
+           ">= 0 (0: set from the update's scale)")
+    if not cfg.secure_aggregation:
+        return
+    why = "SecAgg+ hands the strategy only the sum of the uploads (every FitRes carries the same aggregate)"
+    if cfg.strategy in SECAGG_REFUSED:
+        raise ConfigError(f"secure-aggregation with strategy {cfg.strategy!r}: {why}, but "
+                          f"{SECAGG_REFUSED[cfg.strategy]}; use strategy fl-defense (mean) or FedAvg")
+    if cfg.strategy == "fl-defense" and cfg.aggregation != "mean":
+        raise ConfigError(f"secure-aggregation with aggregation {cfg.aggregation!r}: {why}, so the median would "
+                          "silently become the mean; use aggregation mean")
+    if cfg.dp_strategy == "server-side-fixed-clipping":
+        raise ConfigError(f"secure-aggregation with dp-strategy {cfg.dp_strategy!r}: {why}, but server-side "
+                          "clipping clips each upload; use dp-strategy client-side-fixed-clipping")
+    if cfg.attack_every > 0:
+        raise ConfigError(f"secure-aggregation with attack-every={cfg.attack_every}: {why}; the attack hook "
+                          "attacks individual uploads and cannot yet attack the aggregate")
+    sampled = max(int(cfg.num_clients * cfg.fraction_fit), 1)
+    _check(sampled >= 2, "num-clients", cfg.num_clients,
+           f"such that at least 2 clients are sampled per round for secure-aggregation (now {sampled})")

@@ -23,6 +23,14 @@ Data sets (:data:`DATASET_NAMES`), all returned as :class:`ImageDataset` pairs
     ``data_dir`` with their official train/test splits (60,000/10,000 and 50,000/10,000).
     They are downloaded when absent and the network allows it; otherwise
     :class:`DatasetUnavailable` says which files to put where.
+``folder:/ABS/DIR``
+    A folder of labelled PNG/JPEG files (:func:`fl_defense.images.read_image_folder`:
+    every file validated, a bad one refused naming it): the label of ``cat_3.png`` is 3
+    and every file must carry one; the number of classes is the number of names in the
+    folder's ``classes.txt`` (one per line) when there is one, else the largest label +
+    1, and at least 2.  Grey and colour files mixed: all become RGB (grey replicated).
+    Resized to ``image_size`` (default 32).  Split stratified and seeded (0.2); the test
+    split must not come out empty.
 ``lfw``
     :class:`torchvision.datasets.LFWPeople` (funneled images, all ten folds of
     ``people.txt``).  torchvision 0.29 no longer downloads LFW, so the files must be put
@@ -43,7 +51,9 @@ Flower client process calls :func:`load_dataset`, so only its first call pays fo
 decoding.
 
 The image container (:class:`~fl_defense.images.ImageDataset`) and image folders live in
-:mod:`fl_defense.images`; partitioning in :mod:`fl_defense.partition`.
+:mod:`fl_defense.images`; the torchvision loaders, and the checks that name a truncated or
+corrupt file of theirs, in :mod:`fl_defense.torchvision_sets`; partitioning in
+:mod:`fl_defense.partition`.
 
 References
 ----------
@@ -57,53 +67,38 @@ from __future__ import annotations
 
 import functools
 import os
-import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fl_defense.errors import check_int
-from fl_defense.images import ImageDataset, pil_to_uint8, resize_batch, to_float
+from fl_defense.errors import ConfigError, check_int
+from fl_defense.images import ImageDataset, read_image_folder, resize_batch, to_float
+from fl_defense.torchvision_sets import (MNIST_CLASS_NAMES, DatasetUnavailable, _cifar10, _lfw, _mnist, _readonly,
+                                         _Source)
 
 DATASET_NAMES = ("mnist-embedded", "lfw-embedded", "mnist", "cifar10", "lfw")
+#: ``folder:/ABS/DIR`` names a folder of labelled image files as a data set.
+FOLDER_PREFIX = "folder:"
 DEFAULT_DATA_DIR = "~/.cache/fl-defense/data"
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_MIN_IMAGES_PER_PERSON = 20
 DEFAULT_IMAGE_SIZE = {"mnist-embedded": 28, "lfw-embedded": 32, "mnist": 28, "cifar10": 32,
-                      "lfw": 32}
+                      "lfw": 32, FOLDER_PREFIX: 32}
 #: Data sets with an official train/test split (``test_fraction`` does not apply).
 OFFICIAL_SPLIT = ("mnist", "cifar10")
-LFW_IMAGE_SET = "funneled"
-MNIST_CLASS_NAMES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
-                     "6 - six", "7 - seven", "8 - eight", "9 - nine")
 LFW_EMBEDDED_CLASS_NAMES = ("non-face", "face")
 
 
-class DatasetUnavailable(FileNotFoundError):
-    """A data set's files are absent from ``data_dir`` and cannot be downloaded.
+def folder_of(name: str) -> str:
+    """The folder of a ``folder:/ABS/DIR`` data set name (``""`` for other names)."""
+    return name[len(FOLDER_PREFIX):] if str(name).startswith(FOLDER_PREFIX) else ""
 
-    The message names the folder and the files to put there.
-    """
 
+def _size_key(name: str) -> str:
+    return FOLDER_PREFIX if folder_of(name) else name
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-@dataclass(frozen=True, eq=False)
-class _Source:
-    """Decoded arrays of one data set, read-only; ``test`` is None without an official split."""
-
-    train: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray] | None
-    class_names: tuple[str, ...]
-
-
-def _readonly(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    for a in arrays:
-        a.setflags(write=False)
-    return arrays
 
 
 def _resolve_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -142,130 +137,33 @@ def _lfw_embedded() -> _Source:
     return _Source(_readonly(images, labels), None, LFW_EMBEDDED_CLASS_NAMES)
 
 
-def _download_error(exc: BaseException) -> bool:
-    return isinstance(exc, (RuntimeError, OSError, urllib.error.URLError))
-
-
 @functools.lru_cache(maxsize=4)
-def _mnist(root: str, download: bool) -> _Source:
-    from torchvision.datasets import MNIST
-
-    raw = Path(root) / "MNIST" / "raw"
-    parts = []
-    for train in (True, False):
-        try:
-            ds = MNIST(root, train=train, download=download)
-        except Exception as exc:
-            if not _download_error(exc):
-                raise
-            raise DatasetUnavailable(
-                f"MNIST is not in {raw} and could not be "
-                f"{'downloaded' if download else 'read (download=False)'} ({exc}). Put the "
-                f"four files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte in {raw} (uncompressed; "
-                f"or the original .gz archives, which torchvision md5-checks and unpacks "
-                f"when download=True), or run once with download=True where "
-                f"https://ossci-datasets.s3.amazonaws.com/mnist/ is reachable.") from exc
-        parts.append(_readonly(ds.data.numpy()[:, None].copy(),
-                               ds.targets.numpy().astype(np.int64)))
-    return _Source(parts[0], parts[1], MNIST_CLASS_NAMES)
-
-
-@functools.lru_cache(maxsize=4)
-def _cifar10(root: str, download: bool) -> _Source:
-    from torchvision.datasets import CIFAR10
-
-    folder = Path(root) / CIFAR10.base_folder
-    parts, classes = [], ()
-    for train in (True, False):
-        try:
-            ds = CIFAR10(root, train=train, download=download)
-        except Exception as exc:
-            if not _download_error(exc):
-                raise
-            raise DatasetUnavailable(
-                f"CIFAR-10 is not in {folder} and could not be "
-                f"{'downloaded' if download else 'read (download=False)'} ({exc}). Put "
-                f"{CIFAR10.filename} (md5 {CIFAR10.tgz_md5}, from {CIFAR10.url}) in "
-                f"{root} (torchvision unpacks it when download=True), or unpack it yourself "
-                f"so that {folder} holds data_batch_1 .. data_batch_5, test_batch and "
-                f"batches.meta (torchvision checks their md5s).") from exc
-        parts.append(_readonly(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)),
-                               np.asarray(ds.targets, dtype=np.int64)))
-        classes = tuple(ds.classes)
-    return _Source(parts[0], parts[1], classes)
-
-
-def _lfw_missing(folder: Path, why: str | None = None) -> DatasetUnavailable:
-    """The error for an unusable LFW folder; ``why`` defaults to the files at fault."""
-    from torchvision.datasets import LFWPeople
-    from torchvision.datasets.utils import check_integrity
-
-    images_dir, archive, tgz_md5 = LFWPeople.file_dict[LFW_IMAGE_SET]
-    needed = {archive: tgz_md5, "people.txt": LFWPeople.checksums["people.txt"],
-              "lfw-names.txt": LFWPeople.checksums["lfw-names.txt"]}
-    if why is None:
-        missing = [f for f in needed if not (folder / f).is_file()]
-        corrupt = [f for f, md5 in needed.items()
-                   if f not in missing and not check_integrity(str(folder / f), md5)]
-        why = "; ".join(part for part in (
-            f"missing: {', '.join(missing)}" if missing else "",
-            f"md5 mismatch: {', '.join(corrupt)}" if corrupt else "") if part) \
-            or "torchvision rejected the folder"
-    listing = ", ".join(f"{f} (md5 {md5})" for f, md5 in needed.items())
-    return DatasetUnavailable(
-        f"LFW is not usable in {folder} ({why}). torchvision no longer downloads LFW; put "
-        f"these files in {folder} by hand: {listing}, all from "
-        f"{LFWPeople.download_url_prefix} or a mirror of it. {archive} is unpacked into "
-        f"{folder / images_dir} when that folder is absent.")
-
-
-@functools.lru_cache(maxsize=4)
-def _lfw(root: str, image_size: int, min_images_per_person: int) -> _Source:
-    from torchvision.datasets import LFWPeople
-    from torchvision.datasets.utils import extract_archive
-
-    folder = Path(root) / LFWPeople.base_folder
-    images_dir, archive, _ = LFWPeople.file_dict[LFW_IMAGE_SET]
-    if (folder / archive).is_file() and not (folder / images_dir).is_dir():
-        extract_archive(str(folder / archive), str(folder))
-    try:
-        ds = LFWPeople(root, split="10fold", image_set=LFW_IMAGE_SET, download=False)
-    except RuntimeError as exc:
-        raise _lfw_missing(folder) from exc
-    except OSError as exc:
-        raise _lfw_missing(folder, f"{type(exc).__name__}: {exc}") from exc
-    targets = np.asarray(ds.targets, dtype=np.int64)
-    idx_to_name = {i: n for n, i in ds.class_to_idx.items()}
-    ids, counts = np.unique(targets, return_counts=True)
-    keep_names = sorted(idx_to_name[int(i)] for i, c in zip(ids, counts)
-                        if c >= min_images_per_person)
-    if len(keep_names) < 2:
-        raise ValueError(f"min_images_per_person={min_images_per_person} leaves "
-                         f"{len(keep_names)} people in LFW; at least 2 are needed")
-    new_label = {ds.class_to_idx[n]: k for k, n in enumerate(keep_names)}
-    rows = [i for i, t in enumerate(targets.tolist()) if t in new_label]
-    images = np.empty((len(rows), 3, image_size, image_size), dtype=np.uint8)
-    for j, i in enumerate(rows):
-        try:
-            img, _ = ds[i]
-        except OSError as exc:
-            raise _lfw_missing(folder, f"cannot read {ds.data[i]}: {exc}") from exc
-        images[j] = pil_to_uint8(img, image_size, 3)
-    labels = np.array([new_label[int(targets[i])] for i in rows], dtype=np.int64)
-    return _Source(_readonly(images, labels), None, tuple(keep_names))
+def _folder(folder: str, image_size: int) -> _Source:
+    content = read_image_folder(folder, image_size=image_size, require_labels=True)
+    if content.num_classes < 2:
+        raise ConfigError(f"data set folder {folder} has {content.num_classes} class(es); a data set "
+                          f"needs at least 2 (labels 0 and 1 at least, or a classes.txt of 2 names)")
+    names = content.class_names or tuple(str(c) for c in range(content.num_classes))
+    return _Source(_readonly(content.images, content.labels), None, names)
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def _check_name(name: str) -> None:
+    if folder_of(name):
+        if not Path(folder_of(name)).is_absolute():
+            raise ValueError(f"data set {name!r}: the folder must be an absolute path")
+        return
     if name not in DATASET_NAMES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)} "
+                         f"or {FOLDER_PREFIX}/ABS/DIR")
 
 
 def _source(name: str, data_dir: str | os.PathLike[str] | None, image_size: int,
             min_images_per_person: int, download: bool) -> _Source:
+    if folder_of(name):
+        return _folder(folder_of(name), image_size)
     if name == "mnist-embedded":
         return _mnist_embedded()
     if name == "lfw-embedded":
@@ -311,7 +209,7 @@ def load_dataset(name: str = "mnist-embedded", *,
 
     Parameters
     ----------
-    name : a :data:`DATASET_NAMES` entry (see the module docstring for each set).
+    name : a :data:`DATASET_NAMES` entry or ``folder:/ABS/DIR`` (see the module docstring).
     data_dir : folder of the torchvision sets (``mnist``, ``cifar10``, ``lfw``); ``None``
         or ``""`` means ``~/.cache/fl-defense/data`` (:data:`DEFAULT_DATA_DIR`; not
         relative to the working directory, which simulation workers may not share).
@@ -347,7 +245,7 @@ def load_dataset(name: str = "mnist-embedded", *,
             raise ValueError(f"min_images_per_person={min_images_per_person!r} applies to "
                              f"'lfw' only, not {name!r}; leave it None")
         check_int("min_images_per_person", min_images_per_person, 2)
-    size = DEFAULT_IMAGE_SIZE[name] if image_size is None else int(image_size)
+    size = DEFAULT_IMAGE_SIZE[_size_key(name)] if image_size is None else int(image_size)
     frac = DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction)
     mipp = DEFAULT_MIN_IMAGES_PER_PERSON if min_images_per_person is None \
         else int(min_images_per_person)
@@ -363,6 +261,9 @@ def load_dataset(name: str = "mnist-embedded", *,
         return build(*src.train), build(*src.test)
     images, labels = src.train
     train_idx, test_idx = _stratified_split(labels, frac, int(seed))
+    if not len(test_idx):
+        raise ConfigError(f"data set {name!r} leaves no image for the test split (a class needs at "
+                          f"least 2 images to give one to it)")
     return build(images[train_idx], labels[train_idx]), build(images[test_idx],
                                                               labels[test_idx])
 
@@ -377,4 +278,7 @@ def check_dataset_available(name: str, data_dir: str | os.PathLike[str] | None =
     with its default ``image_size`` and ``min_images_per_person``.
     """
     _check_name(name)
+    if folder_of(name):  # decodes and validates every file, and the split
+        load_dataset(name)
+        return
     _source(name, data_dir, DEFAULT_IMAGE_SIZE[name], DEFAULT_MIN_IMAGES_PER_PERSON, download)

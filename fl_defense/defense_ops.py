@@ -34,7 +34,27 @@ Definitions
                             update coordinate (Zhu et al., 2019, Sec. 5).
 ``noising-laplace:b``       b >= 0: add i.i.d. Laplace(0, b) noise (density
                             exp(-|x|/b) / 2b, std b*sqrt(2)) to every update coordinate.
+``dp-gaussian:Z``           Z > 0, with the clipping bound C > 0 (config key ``dp-clip``,
+                            bound into the spec): the Gaussian mechanism.  The update
+                            entries are first scaled together by ``min(1, C/||u||_2)``
+                            (``||u||_2`` over all update entries concatenated, as in
+                            ``clipping:C``), then i.i.d. N(0, (Z C)^2) noise is added to
+                            every update coordinate (Abadi et al., 2016; McMahan et al.,
+                            2018).  Its privacy is accounted in :mod:`fl_defense.privacy`.
+                            A payload with floating BatchNorm running statistics is
+                            refused (below).
 ==========================  ============================================================
+
+The Gaussian mechanism and BatchNorm running statistics
+-------------------------------------------------------
+``running_mean`` / ``running_var`` are values computed from the client's private batches
+(the per-channel mean and variance of its activations); uploaded as they are, they are a
+release that no clipping bounds, so no (epsilon, delta) would cover the upload.  Clipping
+and noising them as if they were updates would need the global statistics (the defense
+sees only the payload) and would corrupt eval-mode normalisation.  ``dp-gaussian``
+therefore refuses a payload holding floating ``bn_stat`` entries (``ValueError`` naming
+the entry), and the configuration refuses ``dp-gaussian`` with a BatchNorm model before a
+run starts, as Opacus refuses BatchNorm (use ``lenet``, or a model without BatchNorm).
 
 Only plain ``masking`` touches ``bn_stat`` entries; every other defense returns them equal
 to the input.  Noise, masks and scale factors are computed in float64 and the result is
@@ -188,3 +208,13 @@ def noising(arrays, kinds, sigma, flags, rng, *, laplace=False):
 
 def noising_laplace(arrays, kinds, b, flags, rng):
     return noising(arrays, kinds, b, flags, rng, laplace=True)
+
+
+def dp_gaussian(arrays, kinds, z, flags, rng, *, clip):
+    for i, (a, k) in enumerate(zip(arrays, kinds)):
+        if k == "bn_stat" and _is_float(a):
+            raise ValueError(f"dp-gaussian: payload entry {i} is a BatchNorm running statistic, a value "
+                             "computed from the private batches that no clipping bounds; the Gaussian "
+                             "mechanism cannot cover it (use a model without BatchNorm)")
+    clipped = clipping(arrays, kinds, clip, frozenset(), rng)
+    return noising(clipped, kinds, z * clip, frozenset(), rng)

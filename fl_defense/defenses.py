@@ -25,9 +25,18 @@ Grammar
 -------
 ``NAME[:VALUE[,FLAG...]]``, e.g. ``none``, ``masking:0.4``, ``masking:0.4,rescale``,
 ``masking-bn:0.4``, ``clipping:1.0``, ``clipping:1.0,per-layer``, ``pruning:0.9``,
-``pruning:0.9,global``, ``noising:0.01``, ``noising-laplace:0.01``.  Names and flags are
-case-insensitive.  :func:`parse_defense` turns such a text into a :class:`DefenseSpec`;
-``str(spec)`` gives the canonical text back (flags sorted).
+``pruning:0.9,global``, ``noising:0.01``, ``noising-laplace:0.01``, ``dp-gaussian:1.0``.
+Names and flags are case-insensitive.  :func:`parse_defense` turns such a text into a
+:class:`DefenseSpec`; ``str(spec)`` gives the canonical text back (flags sorted).
+
+Bound parameters
+----------------
+``dp-gaussian:Z`` also needs C, the L2 bound of the whole update.  C is not part of the
+text: it is the config key ``dp-clip``, which :func:`fl_defense.config.parse_run_config`
+binds into the spec when it parses the config (``parse_defense(text, clip=C)``), so that
+every code path that applies the defense -- the client's ``fit``, the attack and sweep
+commands -- gets the same C from the one validated spec.  A spec of a defense that needs
+C cannot be built without it, and one that does not need it cannot carry one.
 
 Randomness
 ----------
@@ -37,7 +46,7 @@ differ across clients and rounds.
 
 API
 ---
-``DefenseSpec(name, value, flags)``; ``parse_defense(text) -> DefenseSpec``;
+``DefenseSpec(name, value, flags, clip)``; ``parse_defense(text, clip=None) -> DefenseSpec``;
 ``apply_defense(spec, payload, kinds, rng) -> list[np.ndarray]``;
 ``defense_rng(seed, client_id, round_) -> np.random.Generator``;
 ``DEFENSES`` (read-only mapping name -> :class:`Defense`); ``get_defense(name) -> Defense``.
@@ -71,7 +80,8 @@ class Defense:
     ``func(arrays, kinds, value, flags, rng)`` gets validated inputs and returns new
     arrays.  ``value_name`` is ``None`` for a defense without strength (``none``); else
     the value must be finite and lie in the interval given by ``low``/``high`` and their
-    inclusiveness (``value_range`` spells it out).
+    inclusiveness (``value_range`` spells it out).  ``needs_clip``: the defense also takes
+    the clipping bound C (``func(..., clip=C)``), bound from the config key ``dp-clip``.
     """
 
     name: str
@@ -84,6 +94,7 @@ class Defense:
     high_inclusive: bool = False
     flags: frozenset[str] = frozenset()
     example: str = ""
+    needs_clip: bool = False
 
     @property
     def value_range(self) -> str:
@@ -127,13 +138,16 @@ class DefenseSpec:
 
     ``value`` is p (masking, pruning), C (clipping), sigma (noising) or b
     (noising-laplace); ``None`` for ``none``.  ``flags`` is a set of option names, e.g.
-    ``{"rescale"}``.  Construction validates all three (``ValueError`` naming the bad
-    value) and normalises ``value`` to ``float`` and ``flags`` to a lower-case frozenset.
+    ``{"rescale"}``.  ``clip`` is C, the L2 bound of the update, for a defense that needs
+    it (``dp-gaussian``; from the config key ``dp-clip``), else ``None``.  Construction
+    validates all four (``ValueError`` naming the bad value) and normalises ``value`` and
+    ``clip`` to ``float`` and ``flags`` to a lower-case frozenset.
     """
 
     name: str
     value: float | None = None
     flags: frozenset[str] = frozenset()
+    clip: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -154,12 +168,29 @@ class DefenseSpec:
                 raise ValueError(f"defense {info.name!r} has no flag {flag!r}"
                                  f"{suggest(flag, info.flags, cutoff=0.6)}; its flags: {allowed}")
         object.__setattr__(self, "flags", frozenset(flags))
+        object.__setattr__(self, "clip", _check_clip(info, self.clip))
 
     def __str__(self) -> str:
-        """The canonical text, e.g. ``masking:0.4,rescale``; ``parse_defense`` inverts it."""
+        """The canonical text, e.g. ``masking:0.4,rescale``; ``parse_defense`` inverts it
+        (given the same ``clip``: C is the config key ``dp-clip``, not part of the text)."""
         if self.value is None:
             return self.name
         return ",".join([f"{self.name}:{self.value!r}", *sorted(self.flags)])
+
+
+def _check_clip(info: Defense, clip: object) -> float | None:
+    if not info.needs_clip:
+        if clip is not None:
+            raise ValueError(f"defense {info.name!r} takes no clipping bound, got clip={clip!r}")
+        return None
+    if clip is None:
+        raise ValueError(f"defense {info.name!r} needs C, the L2 bound of the update "
+                         f"(config key dp-clip)")
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not math.isfinite(float(clip)) \
+            or float(clip) <= 0:
+        raise ValueError(f"defense {info.name!r}: the clipping bound C (dp-clip) must be a finite "
+                         f"number > 0, got {clip!r}")
+    return float(clip)
 
 
 def get_defense(name: str) -> Defense:
@@ -173,8 +204,11 @@ def get_defense(name: str) -> Defense:
     return DEFENSES[key]
 
 
-def parse_defense(text: str) -> DefenseSpec:
+def parse_defense(text: str, clip: float | None = None) -> DefenseSpec:
     """Parse ``NAME[:VALUE[,FLAG...]]`` into a validated :class:`DefenseSpec`.
+
+    ``clip`` is bound into the spec of a defense that needs it (``dp-gaussian``) and
+    ignored for the others, so the config can pass ``dp-clip`` whatever the defense.
 
     Examples: ``"none"``, ``"masking:0.4"``, ``"masking:0.4,rescale"``,
     ``"clipping:1.0,per-layer"``, ``"pruning:0.9,global"``, ``"noising-laplace:0.01"``.
@@ -186,8 +220,9 @@ def parse_defense(text: str) -> DefenseSpec:
         raise ValueError(f"defense must be a string like 'masking:0.4', got {text!r}")
     name, sep, rest = text.strip().partition(":")
     info = get_defense(name)
+    clip = clip if info.needs_clip else None
     if not sep:
-        return DefenseSpec(info.name, None, frozenset())
+        return DefenseSpec(info.name, None, frozenset(), clip)
     if info.value_name is None:
         raise ValueError(f"defense {info.name!r} takes no value or flags, got {text!r}")
     value_text, *flag_texts = (part.strip() for part in rest.split(","))
@@ -202,7 +237,7 @@ def parse_defense(text: str) -> DefenseSpec:
     if any(not flag for flag in flag_texts):
         raise ValueError(f"defense {text!r}: empty flag")
     try:
-        return DefenseSpec(info.name, value, frozenset(flag_texts))
+        return DefenseSpec(info.name, value, frozenset(flag_texts), clip)
     except ValueError as err:
         raise ValueError(f"{err} (in {text!r})") from None
 
@@ -250,6 +285,8 @@ def apply_defense(spec: DefenseSpec | str, payload: Sequence[np.ndarray], kinds:
         if k not in KINDS:
             raise ValueError(f"kinds[{i}] = {k!r} is not one of {', '.join(KINDS)}")
     info = DEFENSES[spec.name]
+    if info.needs_clip:
+        return info.func(arrays, kinds, spec.value, spec.flags, rng, clip=spec.clip)
     return info.func(arrays, kinds, spec.value, spec.flags, rng)
 
 
@@ -270,5 +307,8 @@ DEFENSES: Mapping[str, Defense] = MappingProxyType({d.name: d for d in (
             "sigma", 0.0, True, math.inf, False, frozenset(), "noising:0.01"),
     Defense("noising-laplace", ops.noising_laplace, "add Laplace(0, b) noise to the update",
             "b", 0.0, True, math.inf, False, frozenset(), "noising-laplace:0.01"),
+    Defense("dp-gaussian", ops.dp_gaussian,
+            "the Gaussian mechanism: clip the update to L2 norm C (dp-clip), add N(0, (Z C)^2)",
+            "Z", 0.0, False, math.inf, False, frozenset(), "dp-gaussian:1.0", needs_clip=True),
 )})
 """The registry, name -> :class:`Defense` (read-only)."""

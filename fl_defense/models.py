@@ -7,6 +7,12 @@
   uniform(-0.5, 0.5), the initialisation the attack papers use.
 * :class:`BNCNN` -- a small ReLU CNN with BatchNorm, used to study how defenses
   interact with BatchNorm parameters and running statistics.
+* :class:`TanhCNN` -- two 5x5 stride-2 convolutions (16 and 32 channels) with tanh and one
+  linear layer, PyTorch's default init.  Smooth like the DLG LeNet (gradient matching
+  needs second derivatives; ReLU's are zero) but it trains with plain SGD in about a
+  quarter of the steps (measured centrally on the embedded MNIST split, batch 40: 94% test
+  accuracy after 500 steps at lr 0.1-0.3, where the DLG LeNet needs about 1,750 at lr 0.3
+  and does not train at lr 1).
 
 Models take images in [0, 1] (no normalisation layer), shaped ``[N, C, H, W]``.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODEL_NAMES = ("lenet", "bncnn")
+MODEL_NAMES = ("lenet", "bncnn", "tanhcnn")
 
 KINDS = ("weight", "bn_affine", "bn_stat")
 """The kind of every ``state_dict`` entry (:func:`state_kinds`): what the defenses and the
@@ -75,15 +81,33 @@ class BNCNN(nn.Module):
         return self.fc(self.body(x).flatten(1))
 
 
+class TanhCNN(nn.Module):
+    """conv(16, 5x5, stride 2) - tanh - conv(32, 5x5, stride 2) - tanh - linear."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=5, padding=2, stride=2),
+            nn.Tanh(),
+            nn.Conv2d(16, 32, kernel_size=5, padding=2, stride=2),
+            nn.Tanh(),
+        )
+        side = ((image_size + 1) // 2 + 1) // 2
+        self.fc = nn.Linear(32 * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int,
                 dlg_init: bool = False) -> nn.Module:
-    """Build a model by name (``lenet`` or ``bncnn``); raises ``ValueError`` on an unknown name."""
+    """Build a model by name (:data:`MODEL_NAMES`); raises ``ValueError`` on an unknown name."""
     if name == "lenet":
         return LeNet(in_channels, image_size, num_classes, dlg_init=dlg_init)
-    if name == "bncnn":
+    if name in ("bncnn", "tanhcnn"):
         if dlg_init:
             raise ValueError("dlg_init applies to the 'lenet' model only")
-        return BNCNN(in_channels, image_size, num_classes)
+        return (BNCNN if name == "bncnn" else TanhCNN)(in_channels, image_size, num_classes)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 

@@ -23,6 +23,10 @@ from typing import Any, Mapping
 # server -> client (fit and evaluate config)
 SERVER_ROUND = "server-round"
 
+# client -> server (get_properties): the client's partition id, which the server learns
+# once per node to sample clients by partition id (Flower's node ids are random)
+PARTITION_ID = "partition-id"
+
 # client -> server (fit metrics)
 CLIENT_ID = "client-id"
 DROPPED = "dropped"

@@ -29,6 +29,7 @@ from torch import nn
 
 from fl_defense.config import ExperimentConfig
 from fl_defense.defenses import apply_defense, defense_rng
+from fl_defense.errors import ConfigError
 from fl_defense.models import UPDATE_KINDS, build_model
 from fl_defense.partition import PartitionSpec
 from fl_defense.protocol import SeedStream
@@ -94,6 +95,30 @@ def client_indices(cfg: ExperimentConfig, client_id: int) -> np.ndarray:
     """Indices (into the training set) of client ``client_id``'s partition."""
     parts = _partitions(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_clients, cfg.partition)
     return parts[client_id]
+
+
+def check_run_inputs(cfg: ExperimentConfig) -> None:
+    """Make sure a run's inputs are usable before it starts: its data set loads (the files
+    of a ``folder:`` set or a torchvision set validated, a bad one named) and the
+    partition gives every client at least one example.
+
+    Raises
+    ------
+    ConfigError : a bad image file, or a partition that cannot be made.
+    DatasetUnavailable : a torchvision set is missing, truncated or corrupt.
+    """
+    from fl_defense.datasets import check_dataset_available
+
+    check_dataset_available(cfg.dataset, cfg.data_dir or None)
+    try:
+        parts = _partitions(cfg.dataset, cfg.data_dir, cfg.seed, cfg.num_clients, cfg.partition)
+    except ValueError as exc:
+        raise ConfigError(f"partition {cfg.partition} of {cfg.dataset} among {cfg.num_clients} "
+                          f"clients is impossible: {exc}") from None
+    empty = [c for c, part in enumerate(parts) if len(part) == 0]
+    if empty:
+        raise ConfigError(f"partition {cfg.partition} of {cfg.dataset} leaves client(s) "
+                          f"{', '.join(map(str, empty[:10]))} without examples ({len(parts)} clients)")
 
 
 def new_model(cfg: ExperimentConfig, train=None) -> nn.Module:

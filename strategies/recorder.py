@@ -6,6 +6,10 @@ metrics, ``clients_rejected``, ``clients_dropped``, the attack hook's ``attack_*
 with the central evaluation, and rewrites ``metrics.jsonl`` atomically after every round
 (one JSON object per round; keys with ``-`` are written with ``_``).  When the last round is done it
 writes ``summary.json`` with ``"status": "completed"``.
+
+Its rows are the one state of the stack that lasts from round to round: ``state_dict`` /
+``load_state_dict`` hand them to the checkpoint (:mod:`strategies.checkpoint`), and a
+resumed run's recorder goes on from them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,19 @@ class RecordingStrategy(StrategyWrapper):
         self.rows: list[dict[str, Any]] = []
         self._pending: dict[str, Any] = {}
         self._t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows recorded so far (what a resumed run goes on from)."""
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from a checkpoint's rows, and rewrite ``metrics.jsonl`` to hold exactly
+        them (a row written after the checkpoint, by a run killed before the next
+        checkpoint, is dropped: that round runs again)."""
+        self.rows = [dict(r) for r in state["rows"]]
+        write_jsonl(self.out_dir / "metrics.jsonl", self.rows)
+        if len(self.rows) < self.num_rounds:
+            (self.out_dir / "summary.json").unlink(missing_ok=True)
 
     def configure_fit(self, server_round, parameters, client_manager):
         self._t0 = time.perf_counter()

@@ -1,5 +1,9 @@
-"""Flower ``ServerApp`` entry point: validates the config, writes ``config.json``, and runs
-the strategy stack of :func:`strategies.factory.build_strategy`."""
+"""Flower ``ServerApp`` entry point: validates the config and the inputs it names (the data
+set's files, the partitions), writes ``config.json``, and runs the strategy stack of
+:func:`strategies.factory.build_strategy` in Flower's ``DefaultWorkflow`` (with
+``SecAggPlusWorkflow`` for the fit rounds under ``secure-aggregation``;
+:mod:`strategies.secagg`) -- from round 1, or, with ``resume = true``, from the checkpoint
+in ``out-dir`` (:mod:`strategies.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -7,12 +11,17 @@ import datetime as _dt
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.server import ServerAppComponents, ServerConfig
-from flwr.serverapp import ServerApp
+from flwr.server import LegacyContext, ServerConfig
+from flwr.serverapp import Grid, ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
 from fl_defense.io import write_json
+from fl_defense.task import check_run_inputs, get_weights, new_model
+from strategies.checkpoint import CHECKPOINT, checkpoint_for, recorded_config
 from strategies.factory import build_strategy
+
+#: What a fresh run (``resume = false``) removes from its folder first: a previous run's.
+STALE_OUTPUTS = (CHECKPOINT, "metrics.jsonl", "summary.json")
 
 
 def resolve_out_dir(cfg: ExperimentConfig, run_id: int | None = None) -> Path:
@@ -23,13 +32,26 @@ def resolve_out_dir(cfg: ExperimentConfig, run_id: int | None = None) -> Path:
     return Path.home() / "fl-defense-runs" / f"{stamp}-{run_id or 0}"
 
 
-def server_fn(context: Context) -> ServerAppComponents:
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from strategies.secagg import run_workflow
+
     cfg = parse_run_config(context.run_config)
+    check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
+    checkpoint = None
+    if cfg.resume:
+        checkpoint = checkpoint_for(out_dir, cfg, [w.shape for w in get_weights(new_model(cfg))])
+    else:
+        for stale in STALE_OUTPUTS:
+            (out_dir / stale).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", cfg.to_run_config() | {"out-dir": str(out_dir)})
-    strategy = build_strategy(cfg, out_dir)
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_server_rounds))
-
-
-app = ServerApp(server_fn=server_fn)
+    write_json(out_dir / "config.json", recorded_config(cfg) | {"out-dir": str(out_dir)})
+    strategy = build_strategy(cfg, out_dir, checkpoint)
+    done = checkpoint.round if checkpoint else 0
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_server_rounds - done),
+                           strategy=strategy)
+    run_workflow(cfg)(grid, legacy)

@@ -293,3 +293,119 @@ def test_idlg_labels_agrees_with_the_single_target_rule():
     rng = np.random.default_rng(3)
     w = torch.as_tensor(rng.normal(size=(6, 10, 7)))
     assert idlg_labels(w).tolist() == [infer_label_idlg(w[t]) for t in range(6)]
+
+
+# ---------------------------------------------------------------- fused double back-propagation
+
+class _MLP(torch.nn.Module):
+    """Flatten, linear, tanh, linear, ReLU, linear: a chain without convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat = torch.nn.Flatten()
+        self.l1, self.act1 = torch.nn.Linear(3 * 8 * 8, 20), torch.nn.Tanh()
+        self.l2, self.act2 = torch.nn.Linear(20, 15), torch.nn.ReLU()
+        self.l3 = torch.nn.Linear(15, 10)
+
+    def forward(self, x):
+        return self.l3(self.act2(self.l2(self.act1(self.l1(self.flat(x))))))
+
+
+class _ConvMix(torch.nn.Module):
+    """Convolutions with other padding, stride, no bias, functional activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 5, 3, padding=1, bias=False)
+        self.c2 = torch.nn.Conv2d(5, 4, 3, padding=0, stride=2)
+        self.fc = torch.nn.Linear(4 * 3 * 3, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.tanh(self.c2(torch.relu(self.c1(x)))), 1))
+
+
+@pytest.mark.parametrize("objective", ["l2", "l2-support", "cosine"])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("kind", ["lenet", "mlp", "convmix"])
+def test_fused_loss_and_gradient_equal_autograd_over_vmap(kind, soft, objective):
+    """The hand-written double back-propagation equals autograd through the vmap per-example
+    gradients (float64: to rounding), for iDLG and DLG and every objective."""
+    from attacks.gradients import params_and_buffers, per_example_grad_fn
+    from attacks.layerwise import flatten_observed, fused_loss_grad_fn
+
+    torch.manual_seed(0)
+    model, shape = {"lenet": (lambda: LeNet(1, 28, 10, dlg_init=True), (1, 28, 28)),
+                    "mlp": (_MLP, (3, 8, 8)), "convmix": (_ConvMix, (3, 8, 8))}[kind]
+    model = model().double()
+    u = 3
+    gen = torch.Generator().manual_seed(1)
+    names, p, b = params_and_buffers(model, None, torch.device("cpu"))
+    p = {k: v.double() for k, v in p.items()}
+    vgrad = per_example_grad_fn(model, names, p, b, soft=soft)
+    hard = torch.randint(0, 10, (u,), generator=gen)
+    labels = torch.randn(u, 10, generator=gen, dtype=torch.float64) if soft else hard
+    obs = [o.detach() for o in vgrad(torch.rand(u, *shape, generator=gen, dtype=torch.float64), labels)]
+    if objective == "l2-support":
+        obs = [o * (torch.rand(o.shape, generator=gen) < 0.6) for o in obs]   # masked coordinates
+    x = torch.rand(u, *shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+    y = torch.randn(u, 10, generator=gen, dtype=torch.float64).requires_grad_(True) if soft else hard
+    loss = matching_loss(vgrad(x, y), obs, objective)
+    ref = torch.autograd.grad(loss.sum(), [x, y] if soft else [x])
+    fused = fused_loss_grad_fn(model, names, p, soft, objective)
+    assert fused is not None
+    f_loss, f_gx, f_gy = fused(x.detach(), y.detach() if soft else y, flatten_observed(obs))
+    torch.testing.assert_close(f_loss, loss.detach(), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(f_gx, ref[0], rtol=1e-9, atol=1e-12)
+    if soft:
+        torch.testing.assert_close(f_gy, ref[1], rtol=1e-9, atol=1e-12)
+    else:
+        assert f_gy is None
+
+
+def test_layer_chain_refuses_what_it_cannot_write_out():
+    from attacks.layerwise import layer_chain
+
+    assert layer_chain(BNCNN(1, 28, 10)) is None                       # BatchNorm, max-pooling
+    assert layer_chain(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2),
+                                           torch.nn.Softplus(), torch.nn.Linear(2, 2))) is None
+    assert layer_chain(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, dilation=2), torch.nn.Flatten(),
+                                           torch.nn.Linear(2, 2))) is None
+    chain = layer_chain(_lenet())
+    assert [type(layer).__name__ for layer in chain] == \
+        ["Conv", "Activation"] * 3 + ["Flatten", "Dense"]
+
+
+def test_batched_engine_same_attack_with_fused_and_vmap_gradients(digits):
+    x, y = digits
+    model = _lenet(3)
+    obs = single_image_gradients(model, x[:3], y[:3])
+    cfg = replace(CFG, max_iter=5, restarts=0)   # short: L-BFGS amplifies rounding differences
+    fused = invert_gradients(model, obs, (1, 28, 28), 10, cfg)
+    vmap = invert_gradients(model, obs, (1, 28, 28), 10, replace(cfg, grad_impl="vmap"))
+    np.testing.assert_allclose(fused.images, vmap.images, atol=1e-3)
+    np.testing.assert_allclose(fused.rel_loss, vmap.rel_loss, rtol=1e-3)
+    assert fused.iterations.tolist() == vmap.iterations.tolist() == [5, 5, 5]
+
+
+def test_device_auto_resolves_once_and_bad_names_are_refused():
+    from attacks.settings import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert AttackConfig().device == "auto" and resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='gpu0'"):
+        AttackConfig(device="gpu0")
+    with pytest.raises(ValueError, match="grad_impl='fast'"):
+        AttackConfig(grad_impl="fast")
+
+
+def test_face_targets_are_offline_distinct_and_in_range():
+    from attacks.targets import face_targets
+
+    x, y = face_targets(5, size=32, seed=1)
+    assert x.shape == (5, 1, 32, 32) and y.shape == (5,)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    assert len({tuple(im.flatten()[:50].tolist()) for im in x}) == 5
+    torch.testing.assert_close(face_targets(5, size=32, seed=1)[0], x)
+    with pytest.raises(ValueError, match="n must be in"):
+        face_targets(101)

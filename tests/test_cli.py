@@ -38,6 +38,26 @@ BAD_RUNS = [
     (["--set", "leak-threshold=2"], ["leak-threshold", "2"]),
     (["--set", "krum-malicious=-1"], ["krum-malicious", "-1"]),
     (["--set", "nonsense"], ["KEY=VALUE", "nonsense"]),
+    (["--set", "fail-clients=30"], ["fail-clients", "30"]),
+    (["--set", "slow-seconds=-2"], ["slow-seconds", "-2"]),
+    # formal privacy: the Gaussian mechanism, Flower's DP wrappers, SecAgg+ and how they combine
+    (["--defense", "dp-gaussian:0"], ["dp-gaussian", "Z > 0", "0"]),
+    (["--defense", "dp-gaussian:1", "--set", "dp-clip=0"], ["dp-clip", "0"]),
+    (["--defense", "dp-gaussian:1", "--model", "bncnn"], ["dp-gaussian", "bncnn", "BatchNorm"]),
+    (["--set", "dp-strategy=client-side-fixed-clipping", "--model", "bncnn"], ["dp-strategy", "bncnn", "counter"]),
+    (["--set", "dp-delta=1"], ["dp-delta", "1"]),
+    (["--set", "dp-neighbouring=swap-one"], ["dp-neighbouring", "swap-one", "replace-one"]),
+    (["--set", "dp-strategy=local"], ["dp-strategy", "local"]),
+    (["--set", "dp-noise-multiplier=-1"], ["dp-noise-multiplier", "-1"]),
+    (["--secagg", "--aggregation", "median"], ["secure-aggregation", "median", "sum"]),
+    (["--secagg", "--strategy", "FedMedian"], ["secure-aggregation", "FedMedian"]),
+    (["--secagg", "--strategy", "FedTrimmedAvg"], ["secure-aggregation", "FedTrimmedAvg"]),
+    (["--secagg", "--strategy", "Krum"], ["secure-aggregation", "Krum"]),
+    (["--secagg", "--set", "dp-strategy=server-side-fixed-clipping"], ["secure-aggregation", "server-side"]),
+    (["--secagg", "--attack-every", "1"], ["secure-aggregation", "attack-every"]),
+    (["--secagg", "--clients", "1"], ["num-clients", "2 clients"]),
+    (["--set", "secagg-reconstruction-threshold=3"], ["secagg-reconstruction-threshold", "3"]),
+    (["--set", "secagg-clipping-range=-1"], ["secagg-clipping-range", "-1"]),
 ]
 
 
@@ -60,7 +80,25 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
     assert str(folder) in err and "MNIST" in err
 
 
+def test_set_reads_text_keys_as_text():
+    import argparse
+
+    from experiments.cli import run_config_from_args
+
+    args = argparse.Namespace(sets=["fail-clients=3", "slow-clients=1,2", "lr=0.5"])
+    got = run_config_from_args(args, Path("/tmp/x"))
+    assert got["fail-clients"] == "3" and got["slow-clients"] == "1,2" and got["lr"] == 0.5
+
+
 def test_run_sim_process_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--defense", "masking:7",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "masking" in proc.stderr and "7" in proc.stderr
+
+
+def test_secagg_with_median_exits_2_naming_the_conflict(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--secagg", "--aggregation", "median",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "secure-aggregation" in proc.stderr and "median" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -76,6 +76,12 @@ BAD = [
     ({"attacker": "smart"}, ["attacker", "smart"]),
     ({"leak-threshold": 0}, ["leak-threshold", "0"]),
     ({"seed": True}, ["seed", "True"]),
+    ({"slow-clients": "x"}, ["slow-clients", "x"]),
+    ({"slow-clients": "12"}, ["slow-clients", "12"]),
+    ({"slow-seconds": -1.0}, ["slow-seconds", "-1.0"]),
+    ({"resume": "yes"}, ["resume", "true or false", "yes"]),
+    ({"dataset": "folder:data/x"}, ["dataset", "folder:data/x", "absolute"]),
+    ({"dataset": "folders:/abs"}, ["folders:/abs", "folder:/ABS/DIR"]),
 ]
 
 

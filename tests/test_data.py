@@ -13,6 +13,7 @@ from PIL import Image
 
 from fl_defense.datasets import (DATASET_NAMES, DEFAULT_IMAGE_SIZE, DatasetUnavailable, check_dataset_available,
                                  load_dataset)
+from fl_defense.errors import ConfigError
 from fl_defense.images import ImageDataset, load_image_folder
 from fl_defense.partition import partition_indices
 
@@ -261,12 +262,12 @@ def test_image_folder_any_format_and_size(tmp_path):
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(ConfigError, match="missing does not exist"):
         load_image_folder(tmp_path / "missing", image_size=8, channels=1)
     with pytest.raises(ValueError, match="holds no"):
         load_image_folder(tmp_path, image_size=8, channels=1)
     Image.new("L", (4, 4)).save(tmp_path / "a.png")
-    with pytest.raises(ValueError, match="channels must be 1 or 3; got 2"):
+    with pytest.raises(ValueError, match="channels must be 1, 3 or None; got 2"):
         load_image_folder(tmp_path, image_size=8, channels=2)
     with pytest.raises(ValueError, match="got -4"):
         load_image_folder(tmp_path, image_size=-4, channels=1)

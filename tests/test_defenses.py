@@ -70,10 +70,11 @@ def test_parse_str_roundtrip(name, data):
                                 exclude_max=not info.high_inclusive, allow_nan=False))
     flags = data.draw(st.frozensets(st.sampled_from(sorted(info.flags))) if info.flags
                       else st.just(frozenset()))
-    spec = DefenseSpec(name, value, flags)
-    assert parse_defense(str(spec)) == spec
-    assert parse_defense(" " + str(spec).upper() + " ") == spec
-    assert spec.value == value and spec.flags == flags
+    clip = data.draw(st.floats(1e-6, 1e6)) if info.needs_clip else None
+    spec = DefenseSpec(name, value, flags, clip)
+    assert parse_defense(str(spec), clip=clip) == spec
+    assert parse_defense(" " + str(spec).upper() + " ", clip=clip) == spec
+    assert spec.value == value and spec.flags == flags and spec.clip == clip
 
 
 def test_parse_examples():

@@ -60,10 +60,10 @@ def test_attack_command_on_an_image_folder(tmp_path, capsys):
     (["attack", "--images", "/nonexistent/folder"], ["/nonexistent/folder"]),
     (["attack"], ["--dataset", "--images"]),
     (["attack", "--dataset", "mnist-embedded", "--n", "0"], ["--n", "0"]),
-    (["sweep", "--defenses", "masking,shuffling"], ["shuffling"]),
-    (["sweep", "--datasets", "mnist-embeded"], ["mnist-embeded"]),
-    (["sweep", "--grid-masking", "0.5,1.5"], ["1.5"]),
-    (["sweep", "--attackers", "naive,clever"], ["clever"]),
+    (["sweep", "--defenses", "masking,shuffling", "--images-per-client", "1"], ["shuffling"]),
+    (["sweep", "--datasets", "mnist-embeded", "--images-per-client", "1"], ["mnist-embeded"]),
+    (["sweep", "--grid-masking", "0.5,1.5", "--images-per-client", "1"], ["1.5"]),
+    (["sweep", "--attackers", "naive,clever", "--images-per-client", "1"], ["clever"]),
     (["train", "--thresholds", "/nonexistent/thresholds.csv"], ["/nonexistent/thresholds.csv"]),
     (["train", "--partitions", "iid,noniid"], ["noniid"]),
 ])
@@ -78,7 +78,7 @@ def test_bad_experiment_input_fails_before_work(tmp_path, capsys, argv, words):
 
 def test_sweep_writes_tables_and_resumes(tmp_path):
     out = tmp_path / "sweep"
-    argv = [sys.executable, str(ROOT / "run_sim.py"), "sweep", "--out", str(out), "--n", "2",
+    argv = [sys.executable, str(ROOT / "run_sim.py"), "sweep", "--out", str(out), "--n", "2", "--images-per-client", "1", "--local-steps", "1", "--batch-size", "1",
             "--defenses", "masking,clipping", "--grid-masking", "0.5,0.99", "--grid-clipping", "1,1e-7",
             "--attackers", "naive", "--max-iter", "20", "--restarts", "0", "--quiet"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
@@ -92,6 +92,6 @@ def test_sweep_writes_tables_and_resumes(tmp_path):
     stamp = cell.stat().st_mtime_ns
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
-    assert "4 cells (4 already done)" in again.stdout
+    assert "5 cells (5 already done)" in again.stdout
     assert cell.stat().st_mtime_ns == stamp  # a finished cell is never recomputed
     assert not list(out.rglob("*.tmp"))

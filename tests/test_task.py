@@ -74,3 +74,12 @@ def test_images_per_round_draws_a_seeded_subset_and_cycles_over_it():
     assert sorted(np.concatenate(sub[:2]).tolist()) == used.tolist()
     assert examples_used(local_batches(100, 5, 2, 0, 1, 3, 4)).tolist() != used.tolist()
     assert examples_used(local_batches(3, 2, 2, 0, 1, 2, 8)).tolist() == [0, 1, 2]  # N >= partition: all
+
+
+def test_tanhcnn_shapes_and_kinds():
+    import torch
+
+    for side in (25, 28, 32):
+        m = build_model("tanhcnn", 3, side, 7)
+        assert m(torch.zeros(2, 3, side, side)).shape == (2, 7)
+        assert set(state_kinds(m)) == {"weight"}

@@ -1,0 +1,96 @@
+"""The flags of a run: each maps to a key of ``[tool.flwr.app.config]``; ``--set KEY=VALUE``
+reaches any key."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fl_defense.config import ConfigError, is_text_key
+
+# flag -> config key, for the `run` command
+RUN_FLAGS = {
+    "rounds": "num-server-rounds",
+    "clients": "num-clients",
+    "dataset": "dataset",
+    "data_dir": "data-dir",
+    "partition": "partition",
+    "model": "model",
+    "local_steps": "local-steps",
+    "batch_size": "batch-size",
+    "images_per_client": "images-per-client",
+    "lr": "lr",
+    "defense": "defense",
+    "strategy": "strategy",
+    "aggregation": "aggregation",
+    "seed": "seed",
+    "attack_every": "attack-every",
+    "attacker": "attacker",
+    "secagg": "secure-aggregation",
+}
+
+
+def parse_set_value(text: str) -> Any:
+    """A ``--set KEY=VALUE`` value, read as TOML (``3``, ``0.5``, ``true``, ``"x"``) or
+    else as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def default_out_dir(kind: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path.cwd() / "runs" / f"{kind}-{stamp}"
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="output folder (default: ./runs/run-<time>)")
+    p.add_argument("--rounds", type=int, help="number of server rounds")
+    p.add_argument("--clients", type=int, help="number of clients (SuperNodes)")
+    p.add_argument("--dataset", help="mnist-embedded (default) | lfw-embedded | mnist | cifar10 | lfw")
+    p.add_argument("--data-dir", dest="data_dir", help="folder for torchvision data sets")
+    p.add_argument("--partition", help="iid | dirichlet:ALPHA | pathological:K")
+    p.add_argument("--model", help="lenet | bncnn | tanhcnn")
+    p.add_argument("--local-steps", dest="local_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--images-per-client", dest="images_per_client", type=int,
+                   help="images a client draws from its partition each round (0: all of it)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--defense", help="none | masking:P | masking-bn:P | clipping:C | pruning:P | "
+                                     "noising:SIGMA | noising-laplace:B")
+    p.add_argument("--strategy", help="fl-defense | FedAvg | FedMedian | FedTrimmedAvg | Krum")
+    p.add_argument("--aggregation", help="mean | median (strategy fl-defense)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--attack-every", dest="attack_every", type=int,
+                   help="run the honest-but-curious iDLG hook every N rounds (0: off)")
+    p.add_argument("--attacker", help="naive | aware")
+    p.add_argument("--secagg", action="store_const", const=True, default=None,
+                   help="secure aggregation (SecAgg+): the server sees only the aggregate of the uploads")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any key of [tool.flwr.app.config], e.g. --set dropout-rate=0.1")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished round, "
+                                                    "with the config it recorded (other flags must agree)")
+
+
+def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for flag, key in RUN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
+        if key.strip() == "resume":
+            raise ConfigError("resume is not set with --set: use --resume DIR")
+        value = parse_set_value(value.strip())
+        if is_text_key(key.strip()) and not isinstance(value, str):  # fail-clients=3 is the text "3"
+            value = item.partition("=")[2].strip()
+        overrides[key.strip()] = value
+    overrides["out-dir"] = str(out.resolve())
+    return overrides

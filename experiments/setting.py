@@ -1,0 +1,115 @@
+"""The federation's setting: the config keys that decide what a client's update is.
+
+A leakage number carries its setting.  The sweep measures leakage on updates built by the
+client's own code path (:func:`fl_defense.task.defended_payload`) under a config, and
+records that config's setting in every cell and in ``thresholds.csv``; ``train
+--thresholds`` refuses thresholds measured in another setting, naming each key that
+differs, because a defense strength only means something in the units of the updates it
+was measured on (clipping's C and noising's sigma are absolute).
+
+Keys
+----
+``UPDATE_KEYS`` must agree between the sweep and the training that uses its thresholds:
+they decide the shape and the scale of an update (data set and image size, model,
+learning rate, local steps, batch size, images per client per round).
+``CONTEXT_KEYS`` (partition, number of clients, seed) and ``ATTACK_KEYS`` (the
+attack's method and budget) are recorded with every number but not required to agree:
+the partition and the seed choose *which* images a client holds, not what its update is
+made of, and the training grid deliberately trains the same strengths on IID and
+non-IID partitions.
+
+Flags
+-----
+The ``sweep`` and ``train`` commands take the same setting flags as a run
+(:func:`add_setting_flags`), with the same defaults (``[tool.flwr.app.config]``), so by
+default both experiments and the main job share one setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+from fl_defense.config import ConfigError, ExperimentConfig
+
+UPDATE_KEYS = ("dataset", "model", "lr", "local-steps", "batch-size", "images-per-client")
+CONTEXT_KEYS = ("partition", "num-clients", "seed")
+ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts")
+SETTING_KEYS = UPDATE_KEYS + CONTEXT_KEYS + ATTACK_KEYS
+
+# flag dest -> config key
+SETTING_FLAGS = {"dataset": "dataset", "data_dir": "data-dir", "model": "model", "lr": "lr",
+                 "local_steps": "local-steps", "batch_size": "batch-size",
+                 "images_per_client": "images-per-client", "partition": "partition",
+                 "clients": "num-clients", "seed": "seed"}
+
+
+def add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """The federation's setting, as ``run`` takes it (defaults: ``[tool.flwr.app.config]``)."""
+    d = ExperimentConfig()
+    g = p.add_argument_group("the federation's setting (defaults as in a run)")
+    g.add_argument("--dataset", help=f"data set (default {d.dataset})")
+    g.add_argument("--data-dir", dest="data_dir", help="folder of the torchvision data sets")
+    g.add_argument("--model", help=f"lenet | bncnn | tanhcnn (default {d.model})")
+    g.add_argument("--lr", type=float, help=f"the clients' learning rate (default {d.lr})")
+    g.add_argument("--local-steps", dest="local_steps", type=int, help=f"default {d.local_steps}")
+    g.add_argument("--batch-size", dest="batch_size", type=int, help=f"default {d.batch_size}")
+    g.add_argument("--images-per-client", dest="images_per_client", type=int,
+                   help=f"images a client trains on per round (default {d.images_per_client})")
+    g.add_argument("--partition", help=f"iid | dirichlet:ALPHA | pathological:K (default {d.partition})")
+    g.add_argument("--clients", type=int, help=f"number of clients (default {d.num_clients})")
+    g.add_argument("--seed", type=int, help=f"default {d.seed}")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other key of [tool.flwr.app.config]")
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the setting flags (and ``--set``) give."""
+    from experiments.run_flags import parse_set_value
+
+    out: dict[str, Any] = {}
+    for flag, key in SETTING_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    for item in getattr(args, "sets", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_set_value(value.strip())
+    return out
+
+
+def setting_of(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The recorded setting of ``cfg``: every key of :data:`SETTING_KEYS` with its value."""
+    flat = cfg.to_run_config()
+    return {key: flat[key] for key in SETTING_KEYS}
+
+
+def defense_as_applied(name: str, model: str) -> str:
+    """The defense a model trains with: on a model with BatchNorm, ``masking`` is the
+    BatchNorm-aware ``masking-bn`` (the naive variant corrupts the running statistics).
+    The sweep and the training grid both apply it, so that they measure the same defense."""
+    return "masking-bn" if name == "masking" and model == "bncnn" else name
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def setting_mismatches(recorded: Mapping[str, Any], cfg: ExperimentConfig,
+                       keys: tuple[str, ...] = UPDATE_KEYS) -> list[str]:
+    """``"key: X there, Y here"`` for every key of ``keys`` on which ``recorded`` (a setting
+    read back from a file, values possibly as text) and ``cfg`` differ; a key the record
+    lacks counts as differing."""
+    here = setting_of(cfg)
+    out = []
+    for key in keys:
+        if key not in recorded or recorded[key] in (None, ""):
+            out.append(f"{key}: not recorded there, {here[key]!r} here")
+        elif not _same(recorded[key], here[key]):
+            out.append(f"{key}: {recorded[key]!r} there, {here[key]!r} here")
+    return out

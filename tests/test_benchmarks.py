@@ -1,0 +1,81 @@
+"""Tests of the benchmark scripts' helpers and of a tiny run of each (issue 13)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from benchmarks import bench_attack, bench_federation
+
+
+def test_bench_attack_engine_specs():
+    assert bench_attack.parse_engine("batched") == ("batched", {})
+    assert bench_attack.parse_engine("batched:vmap") == ("batched", {"grad_impl": "vmap"})
+    with pytest.raises(ValueError, match="unknown engine 'fast'"):
+        bench_attack.parse_engine("fast")
+    with pytest.raises(ValueError, match="unknown grad_impl 'jit'"):
+        bench_attack.parse_engine("loop:jit")
+
+
+def test_bench_attack_bad_arguments_exit_2(capsys):
+    assert bench_attack.main(["--kinds", "mnst"]) == 2
+    assert "unknown kind 'mnst'" in capsys.readouterr().err
+    assert bench_attack.main(["--threads", "0"]) == 2
+
+
+def test_bench_attack_tiny_run_prints_the_ratio_table(capsys):
+    before = torch.get_num_threads()
+    try:
+        assert bench_attack.main(["--kinds", "faces", "--n", "2", "--max-iter", "5", "--restarts", "0",
+                                  "--threads", "1", "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "device=cpu" in out
+    assert "## 2 faces (1, 32, 32), threads=1" in out
+    assert "# ratio batched / loop" in out
+    row = [line for line in out.splitlines() if line.startswith("faces ")]
+    assert len(row) == 1 and row[0].split()[1] == "1x32x32"
+
+
+def test_bench_federation_sizes_and_sampling():
+    assert bench_federation.parse_sizes("10:1.0, 100:0.1,1000:0.01") == [(10, 1.0), (100, 0.1),
+                                                                         (1000, 0.01)]
+    with pytest.raises(ValueError, match="'10:2'"):
+        bench_federation.parse_sizes("10:2")
+    with pytest.raises(ValueError, match="'ten'"):
+        bench_federation.parse_sizes("ten")
+    assert [bench_federation.num_fit_clients(n, f) for n, f in ((10, 1.0), (100, 0.1), (1000, 0.01),
+                                                                (5, 0.01))] == [10, 10, 10, 1]
+    a = bench_federation.sample_clients(0, 3, 1000, 0.01)
+    assert a == bench_federation.sample_clients(0, 3, 1000, 0.01)          # same seed: same clients
+    assert len(a) == len(set(a)) == 10 and all(0 <= c < 1000 for c in a) and a == sorted(a)
+    assert a != bench_federation.sample_clients(0, 4, 1000, 0.01)          # another round
+    assert a != bench_federation.sample_clients(1, 3, 1000, 0.01)          # another seed
+    assert bench_federation.sample_clients(0, 1, 10, 1.0) == list(range(10))
+
+
+def test_bench_federation_process_helpers():
+    assert bench_federation.classify("ray::ClientAppActor.run") == "client"
+    assert bench_federation.classify("/usr/bin/python3 /x/bin/flwr-simulation --app /a") == "server"
+    assert bench_federation.classify("/x/bin/flower-superlink --insecure") == "other"
+    hwm = bench_federation.read_hwm()
+    assert hwm is None or hwm > 10 * 2**20
+    assert bench_federation.read_hwm(2**31) is None
+    assert bench_federation.steady([9.0, 1.0, 3.0, 2.0]) == 2.0
+    assert bench_federation.main(["--sizes", "0:1"]) == 2
+    assert bench_federation.main(["--rounds", "1"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_federation_plain_reference_trains_like_flower_clients(tmp_path):
+    """The plain reference (its own process) runs two rounds of 4 clients and reports its
+    round times, accuracy and peak memory."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs Linux /proc")
+    out = bench_federation.run_plain(4, 0.5, 2, 0, threads=1)
+    assert len(out["seconds"]) == len(out["accuracy"]) == 2
+    assert all(s > 0 for s in out["seconds"]) and 0 <= out["accuracy"][-1] <= 1
+    assert out["threads"] == 1 and out["peak_rss"] > 50 * 2**20

@@ -40,7 +40,7 @@ from attacks.label_search import LabelSearch, canonical
 from attacks.labels import idlg_labels
 from attacks.multistep import MultiStepProblem, Simulator, assumed_batches
 from attacks.objectives import loss_scale
-from attacks.settings import AttackConfig
+from attacks.settings import AttackConfig, resolve_device
 from attacks.threat import ThreatModel
 from fl_defense.config import ExperimentConfig
 
@@ -249,7 +249,7 @@ def invert_updates(model: nn.Module, threats: Sequence[ThreatModel], input_shape
     if labels is not None and len(labels) != len(threats):
         raise ValueError(f"{len(labels)} label sets for {len(threats)} targets")
     start = time.perf_counter()
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     T = len(threats)
     out_images: list[np.ndarray | None] = [None] * T
     out_labels: list[np.ndarray | None] = [None] * T

@@ -26,12 +26,17 @@ scored), ``attack_targets`` (clients attacked), ``attack_failed``, ``attack_seco
 ``attack_objective`` and ``attack_label_source``, and saves ``attack/round-NNN.png`` (truth
 | reconstruction | brightness-adjusted).  A client whose upload stands for more than
 :data:`MAX_IMAGE_STEPS` image-steps (``N * K``) is not attacked (the simulation's cost
-grows with it) and is counted in ``attack_skipped``.  When ``attack-every = 0`` the wrapper
+grows with it) and is counted in ``attack_skipped``.  Under SecAgg+ (``secure-aggregation``)
+every upload is the same aggregate: the hook attacks it once per round, as one target of N
+= the sum of the participants' ``num_examples`` images in one step (exact for one local
+step without BatchNorm, the only setting the config allows), scored against all their
+images (``attack_threat_model = secagg-aggregate``, ``attack_targets = 1``).  When ``attack-every = 0`` the wrapper
 is not installed at all, so it costs nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from logging import WARNING
 from pathlib import Path
@@ -102,13 +107,31 @@ class AttackHook(StrategyWrapper):
         chosen = sorted(live, key=lambda r: client_order(r[1].metrics, r[0].cid))
         return chosen[: self.cfg.attack_clients]
 
+    def _aggregate_target(self, results):
+        """Under SecAgg+: every live ``FitRes`` carries the same aggregate, the
+        ``num_examples``-weighted mean of the uploads.  With one local step each client's
+        update is ``-lr`` times the mean gradient of its batch at the global weights, so the
+        aggregate is one step of one batch of all the participants' images (N = the sum of
+        their ``num_examples``); the config refuses the hook under SecAgg+ otherwise.
+        Returns ``([(None, FitRes of the aggregate)], [ThreatModel])``."""
+        live = sorted((r for r in results if r[1].num_examples > 0 and not was_dropped(r[1].metrics)),
+                      key=lambda r: client_order(r[1].metrics, r[0].cid))
+        if not live:
+            return [], []
+        n = int(sum(res.num_examples for _, res in live))
+        base = ThreatModel.from_config(self.cfg, self._global, parameters_to_ndarrays(live[0][1].parameters), n)
+        return live, [dataclasses.replace(base, local_steps=1, batch_size=n)]
+
     def attack(self, server_round, results) -> dict:
         start = time.perf_counter()
-        chosen = self._targets(results)
+        if self.cfg.secure_aggregation:
+            chosen, threats = self._aggregate_target(results)
+        else:
+            chosen = self._targets(results)
+            threats = [ThreatModel.from_config(self.cfg, self._global, parameters_to_ndarrays(res.parameters),
+                                               res.num_examples) for _, res in chosen]
         if not chosen:
             return {"attack_targets": 0, "attack_skipped": 0}
-        threats = [ThreatModel.from_config(self.cfg, self._global, parameters_to_ndarrays(res.parameters),
-                                           res.num_examples) for _, res in chosen]
         kept = [i for i, t in enumerate(threats) if t.num_examples * t.local_steps <= MAX_IMAGE_STEPS]
         skipped = len(threats) - len(kept)
         row = {"attack_targets": len(kept), "attack_skipped": skipped, "attacker": self.cfg.attacker,
@@ -121,13 +144,20 @@ class AttackHook(StrategyWrapper):
                                 self.attack_config, self.options)
         attack_seconds = time.perf_counter() - start
         # ------------------------------------------------------------ scoring side
-        truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
+        if self.cfg.secure_aggregation:  # one target: every participant's images
+            client_ids = [client_id_of(res.metrics) for _, res in chosen]
+            parts = [self.oracle.images(c, server_round) for c in client_ids]
+            truth_sets, truth_labels = [np.concatenate([p[0] for p in parts])], [np.concatenate([p[1] for p in parts])]
+            client_ids = [-1]  # the aggregate
+        else:
+            truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
         scores = score(list(truth_sets), list(truth_labels), result.images, result.labels, self.cfg.leak_threshold)
         row.update(scores.summary(prefix="attack_"))
         kinds = sorted(set(result.threat))
         row.update({"attack_images": int(len(scores.ssim)), "attack_failed": int(result.failed.sum()),
-                    "attack_seconds": round(attack_seconds, 3), "attack_threat_model": "+".join(kinds)})
-        captions = [f"client {client_ids[c]}: ssim {s:.2f} / adj {a:.2f}"
+                    "attack_seconds": round(attack_seconds, 3),
+                    "attack_threat_model": "secagg-aggregate" if self.cfg.secure_aggregation else "+".join(kinds)})
+        captions = [(f"client {client_ids[c]}" if client_ids[c] >= 0 else "aggregate") + f": ssim {s:.2f} / adj {a:.2f}"
                     for c, s, a in zip(scores.client, scores.ssim, scores.ssim_adjusted)]
         reconstruction_grid(self.out_dir / "attack" / f"round-{server_round:03d}.png", scores.truths,
                             scores.recons, scores.adjusted, captions,

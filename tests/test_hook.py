@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from strategies.hook import AttackHook, TrainingImageOracle
 from attacks.threat import objective_for, observed_gradient, threat_model
@@ -137,3 +137,23 @@ def test_hook_skips_uploads_too_large_to_simulate(tmp_path, monkeypatch):
     hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
     _, m = hook.aggregate_fit(1, results, [])
     assert m["attack_skipped"] == 2 and m["attack_targets"] == 0 and "attack_ssim_mean" not in m
+
+
+@pytest.mark.slow
+def test_hook_attacks_the_secagg_aggregate_once_as_one_batch(tmp_path):
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 2, "images-per-client": 2,
+                            "attack-every": 1, "attack-max-iter": 400, "attack-restarts": 0,
+                            "secure-aggregation": True, "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    # what SecAgg+ hands every FitRes (after SecAggDecoder): global + the num_examples-weighted mean update
+    n = np.array([r.num_examples for _, r in results], dtype=np.float64)
+    ups = [parameters_to_ndarrays(r.parameters) for _, r in results]
+    agg = [g + sum(w * (u[i] - g) for w, u in zip(n, ups)) / n.sum() for i, g in enumerate(global_w)]
+    same = ndarrays_to_parameters([a.astype(g.dtype) for a, g in zip(agg, global_w)])
+    results = [(p, FitRes(r.status, same, r.num_examples, r.metrics)) for p, r in results]
+    hook = AttackHook(Spy(base_strategy(cfg, global_w, None)), cfg, tmp_path)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    _, m = hook.aggregate_fit(1, results, [])
+    assert m["attack_threat_model"] == "secagg-aggregate" and m["attack_targets"] == 1
+    assert m["attack_images"] == 4  # the two clients' images, scored one-to-one
+    assert m["attack_label_acc"] >= 0.75 and m["attack_leaked"] >= 2, m

@@ -50,9 +50,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from attacks.gradients import last_linear_weight_index
 from attacks.labels import bias_label_counts
 from attacks.multistep import Simulator, appearances
 
@@ -233,3 +234,73 @@ class LabelSearch:
             beam = new_beam
         best = sorted(seen, key=lambda h: (seen[h], h))[:keep]
         return [(h, seen[h]) for h in best]
+
+
+# ---------------------------------------------------------------- per target, for attacks.updates
+def bias_index(model: nn.Module, names: list[str]) -> int | None:
+    """Position, among the trainable parameters ``names``, of the last linear layer's bias
+    (``None`` without one)."""
+    w = last_linear_weight_index(model)
+    bias = names[w].rsplit(".", 1)[0] + ".bias" if "." in names[w] else "bias"
+    return names.index(bias) if bias in names else None
+
+
+def generic_proxies(n: int, input_shape, seed: int, device) -> list[Tensor]:
+    """Proxy inputs for the label estimate: a black image and uniform noise (seeded)."""
+    gen = torch.Generator().manual_seed(int(seed) & 0xFFFFFFFF)
+    return [torch.zeros(n, *input_shape, device=device), torch.rand(n, *input_shape, generator=gen).to(device)]
+
+
+def searcher_for(g, given: list[np.ndarray] | None) -> LabelSearch | None:
+    """The :class:`LabelSearch` of a group of targets of one shape (``attacks.updates``'s
+    ``_Group``: model, names, simulator, schedule, lr), ``None`` when the labels are given
+    and the last layer has no bias."""
+    bias = bias_index(g.model, g.names)
+    if bias is None:
+        if given is None:
+            raise ValueError("label inference for a batch needs a bias in the last linear layer; "
+                             "give the labels (labels='given')")
+        return None
+    sim = g.sim if g.config.method != "dlg" else Simulator(g.model, g.names, g.batches, g.lr, soft=False)
+    return LabelSearch(sim, bias, g.n, g.num_classes, weight_index=last_linear_weight_index(g.model))
+
+
+def hypotheses_for(g, search: LabelSearch | None, t: int, given: list[np.ndarray] | None,
+                recon: Tensor | None) -> list[tuple[int, ...]]:
+    """At most ``hypotheses`` label hypotheses (slot order) for target ``t``, best first.
+
+    Inferred: the closed-form counts on every proxy and the presence-constrained
+    hypotheses (:meth:`LabelSearch.presence_hypotheses`, or a beam search from the closed
+    forms when there are too many), ranked by the bias residual.  Given: the arrangements of
+    the given labels into the first-epoch batches, ranked the same way.  Proxies: a black
+    image and uniform noise, and from the second round on the target's best reconstruction.
+    """
+    opt = g.options
+    if search is None:
+        return [tuple(int(v) for v in np.sort(given[t]))]
+    p0 = g.params if g.shared else {n_: v[t] for n_, v in g.params.items()}
+    bias_pg = g.obs[search.bias_index][t]
+    proxies = generic_proxies(g.n, g.input_shape, g.config.seed + t, g.device)
+    if recon is not None:
+        proxies.append(recon)
+    if given is not None:
+        labels = tuple(int(v) for v in np.sort(given[t]))
+        if not search.several_batches:
+            return [labels]
+        hyps = search.presence_hypotheses(labels, [])
+        if hyps is None:
+            found = search.search(p0, bias_pg, proxies, [labels], width=opt.beam_width,
+                                  keep=opt.hypotheses, swaps_only=True)
+            return [h for h, _ in found]
+        hyps = [h for h in hyps if sorted(h) == list(labels)]
+        return [h for h, _ in search.rank(p0, bias_pg, proxies, hyps, opt.hypotheses)]
+    closed = list(dict.fromkeys(canonical(search.closed_form(p0, bias_pg, p), search.groups) for p in proxies))
+    present, undecided = search.presence(p0, g.obs[search.weight_index][t], proxies[0])
+    hyps = search.presence_hypotheses(present, undecided)
+    if hyps is None:
+        found = search.search(p0, bias_pg, proxies, closed, width=opt.beam_width, keep=opt.hypotheses)
+    else:
+        found = search.rank(p0, bias_pg, proxies, sorted(set(hyps) | set(closed)), opt.hypotheses)
+    if g.k == 1:  # one step: the residual is near exact (UpdateAttackOptions.one_step_ratio)
+        found = [(h, r) for h, r in found if r <= opt.one_step_ratio * found[0][1] + 1e-12]
+    return [h for h, _ in found]

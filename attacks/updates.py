@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from attacks.engines import RUNNERS, Problem
 from attacks.gradients import last_linear_weight_index, params_and_buffers
-from attacks.label_search import LabelSearch, canonical
+from attacks.label_search import hypotheses_for, searcher_for
 from attacks.labels import idlg_labels
 from attacks.multistep import MultiStepProblem, Simulator, assumed_batches
 from attacks.objectives import loss_scale
@@ -226,18 +226,6 @@ class _Group:
         return z[:, :n_img].reshape(-1, self.n, *self.input_shape)
 
 
-def _bias_index(model: nn.Module, names: list[str]) -> int | None:
-    w = last_linear_weight_index(model)
-    bias = names[w].rsplit(".", 1)[0] + ".bias" if "." in names[w] else "bias"
-    return names.index(bias) if bias in names else None
-
-
-def _generic_proxies(n: int, input_shape, seed: int, device) -> list[Tensor]:
-    """Proxy inputs for the label estimate: a black image and uniform noise (seeded)."""
-    gen = torch.Generator().manual_seed(int(seed) & 0xFFFFFFFF)
-    return [torch.zeros(n, *input_shape, device=device), torch.rand(n, *input_shape, generator=gen).to(device)]
-
-
 def invert_updates(model: nn.Module, threats: Sequence[ThreatModel], input_shape: Sequence[int],
                    num_classes: int, config: AttackConfig = AttackConfig(),
                    options: UpdateAttackOptions = UpdateAttackOptions(),
@@ -311,14 +299,14 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
         tries[usable.cpu()] += tr
         n_hyps[usable.cpu()] = 1
     elif usable.numel():
-        search = _searcher(g, given)
+        search = searcher_for(g, given)
         pending = usable
         tried: dict[int, set] = {}
         for rnd in range(cfg.restarts + 1):
             if pending.numel() == 0:
                 break
             recon = None if rnd == 0 else g.images_of(best_x[pending]).clamp(0, 1)
-            cands = [_hypotheses(g, search, t, given, None if recon is None else recon[j])
+            cands = [hypotheses_for(g, search, t, given, None if recon is None else recon[j])
                      for j, t in enumerate(pending.tolist())]
             # a hypothesis already continued to the full budget stalled: try the others first
             cands = [[h for h in c if h not in tried.get(t, ())] or c for t, c in zip(pending.tolist(), cands)]
@@ -354,55 +342,3 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
     return {"images": images, "labels": [best_lab[t].numpy() for t in range(T)],
             "loss": best_loss.cpu().numpy(), "rel": np.where(g.usable.cpu().numpy(), rel, np.inf),
             "iters": iters.numpy(), "tries": tries.numpy(), "hyps": n_hyps.numpy()}
-
-
-def _searcher(g: _Group, given: list[np.ndarray] | None) -> LabelSearch | None:
-    bias = _bias_index(g.model, g.names)
-    if bias is None:
-        if given is None:
-            raise ValueError("label inference for a batch needs a bias in the last linear layer; "
-                             "give the labels (labels='given')")
-        return None
-    sim = g.sim if g.config.method != "dlg" else Simulator(g.model, g.names, g.batches, g.lr, soft=False)
-    return LabelSearch(sim, bias, g.n, g.num_classes, weight_index=last_linear_weight_index(g.model))
-
-
-def _hypotheses(g: _Group, search: LabelSearch | None, t: int, given: list[np.ndarray] | None,
-                recon: Tensor | None) -> list[tuple[int, ...]]:
-    """At most ``hypotheses`` label hypotheses (slot order) for target ``t``, best first.
-
-    Inferred: the closed-form counts on every proxy and the presence-constrained
-    hypotheses (:meth:`LabelSearch.presence_hypotheses`, or a beam search from the closed
-    forms when there are too many), ranked by the bias residual.  Given: the arrangements of
-    the given labels into the first-epoch batches, ranked the same way.  Proxies: a black
-    image and uniform noise, and from the second round on the target's best reconstruction.
-    """
-    opt = g.options
-    if search is None:
-        return [tuple(int(v) for v in np.sort(given[t]))]
-    p0 = g.params if g.shared else {n_: v[t] for n_, v in g.params.items()}
-    bias_pg = g.obs[search.bias_index][t]
-    proxies = _generic_proxies(g.n, g.input_shape, g.config.seed + t, g.device)
-    if recon is not None:
-        proxies.append(recon)
-    if given is not None:
-        labels = tuple(int(v) for v in np.sort(given[t]))
-        if not search.several_batches:
-            return [labels]
-        hyps = search.presence_hypotheses(labels, [])
-        if hyps is None:
-            found = search.search(p0, bias_pg, proxies, [labels], width=opt.beam_width,
-                                  keep=opt.hypotheses, swaps_only=True)
-            return [h for h, _ in found]
-        hyps = [h for h in hyps if sorted(h) == list(labels)]
-        return [h for h, _ in search.rank(p0, bias_pg, proxies, hyps, opt.hypotheses)]
-    closed = list(dict.fromkeys(canonical(search.closed_form(p0, bias_pg, p), search.groups) for p in proxies))
-    present, undecided = search.presence(p0, g.obs[search.weight_index][t], proxies[0])
-    hyps = search.presence_hypotheses(present, undecided)
-    if hyps is None:
-        found = search.search(p0, bias_pg, proxies, closed, width=opt.beam_width, keep=opt.hypotheses)
-    else:
-        found = search.rank(p0, bias_pg, proxies, sorted(set(hyps) | set(closed)), opt.hypotheses)
-    if g.k == 1:  # one step: the residual is near exact (UpdateAttackOptions.one_step_ratio)
-        found = [(h, r) for h, r in found if r <= opt.one_step_ratio * found[0][1] + 1e-12]
-    return [h for h, _ in found]

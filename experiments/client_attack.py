@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from attacks.scoring import Scores, score
+from attacks.settings import resolve_device
 from attacks.threat import ThreatModel, attack_config
 from attacks.updates import UpdateAttackResult, invert_updates, update_options
 from fl_defense.config import ExperimentConfig
@@ -70,7 +71,7 @@ def client_uploads(cfg: ExperimentConfig, model: torch.nn.Module, global_w: Sequ
 def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray, num_classes: int,
                    groups: Sequence[np.ndarray] | None = None,
                    defense: DefenseSpec | Sequence[DefenseSpec] | None = None,
-                   global_weights: Sequence[np.ndarray] | None = None, *, device: str = "cpu",
+                   global_weights: Sequence[np.ndarray] | None = None, *, device: str = "auto",
                    labels_given: bool = False, client_ids: Sequence[int] | None = None,
                    server_round: int = 0, chunk: int = 64, tv_weight: float = 0.0) -> tuple[Scores, list[dict], UpdateAttackResult]:
     """Attack the uploads of clients that train on ``groups`` of ``images``; score; rows.
@@ -112,7 +113,8 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
         raise ValueError(f"give one defense, or one per client group of a single kind; got {len(defenses)} "
                          f"for {len(groups)} groups")
     ids = list(range(len(groups))) if client_ids is None else [int(c) for c in client_ids]
-    dev = torch.device(device)
+    dev = resolve_device(device)
+    device = str(dev)
     _, c, h, _ = images.shape
     model = experiment_model(cfg, c, h, num_classes)
     global_w = get_weights(model) if global_weights is None else [np.asarray(w) for w in global_weights]

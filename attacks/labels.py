@@ -1,4 +1,22 @@
-"""Label recovery from the last linear layer's observed gradient (iDLG, Zhao et al. 2020)."""
+"""Label recovery from the last linear layer's observed gradient or update.
+
+* one image, one step: iDLG (Zhao, Mopuri & Bilen 2020, arXiv:2001.02610),
+  :func:`infer_label_idlg` / :func:`idlg_labels`;
+* a batch, several steps: the label *counts* from the last layer's bias update
+  (:func:`bias_label_counts`), the bias-corrected estimator of Geng et al. 2021 and
+  Dimitrov et al. 2022 with the expected softmax of the batch estimated by simulating
+  the client's steps on dummy data (the "impact" of Wainakh et al. 2022's LLG+ is the same
+  idea for the weight rows); :func:`round_counts` turns real-valued counts into integers.
+
+References
+----------
+Geng, Mou, Li, Lu, Li & Chen (2021). Towards General Deep Leakage in Federated Learning.
+arXiv:2110.09074.
+Wainakh, Ventola, Muessig, Keim, Gomez Cordero, Zimmer, Grube, Kersting & Muehlhaeuser
+(2022). User-Level Label Leakage from Gradients in Federated Learning. PoPETs 2022(2).
+Dimitrov, Balunovic, Konstantinov & Vechev (2022). Data Leakage in Federated Averaging.
+TMLR.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +56,49 @@ def idlg_labels(last_layer_weight_grads: Tensor) -> Tensor:
                          f"got shape {tuple(w.shape)}")
     rows = torch.nan_to_num(w.double(), nan=0.0, posinf=0.0, neginf=0.0).sum(2)
     return rows.argmin(1)
+
+
+def round_counts(values: np.ndarray, total: int) -> np.ndarray:
+    """Non-negative integers summing to ``total`` closest to ``values`` (negative values
+    count as 0): the largest-remainder (Hamilton) rounding of ``values`` rescaled to sum
+    to ``total``; ties go to the lower index."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)
+    if total < 0:
+        raise ValueError(f"total must be >= 0; got {total}")
+    if v.sum() <= 0:
+        v = np.ones_like(v)
+    v = v * (total / v.sum())
+    out = np.floor(v).astype(np.int64)
+    rest = total - int(out.sum())
+    if rest > 0:
+        order = np.lexsort((np.arange(len(v)), -(v - out)))
+        out[order[:rest]] += 1
+    return out
+
+
+def bias_label_counts(bias_pseudo_grad: np.ndarray, prob_sum: np.ndarray, batch_size: int,
+                      appearances: int, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label counts of a client's N images from its last-layer bias update.
+
+    A client trains K steps on batches of ``B`` (all the same size); with ``p_ik`` the
+    softmax of image i at step k and ``y_i`` its one-hot label, the pseudo-gradient of the
+    last layer's bias is ``d = (b_0 - b_K) / lr = sum_k (1/B) sum_{i in b_k} (p_ik - y_i)``,
+    so the number of appearances of each class over the K steps is
+
+        c = P - B d,      P = sum_k sum_{i in b_k} p_ik,
+
+    with ``P`` (``prob_sum``) estimated by the caller (here: by simulating the steps on
+    dummy images).  With each image trained on ``appearances / N`` times on average the
+    counts of images are ``c * N / appearances``, rounded by :func:`round_counts`.
+
+    Returns ``(integer counts [classes] summing to n_images, real-valued counts)``.
+    """
+    d = np.asarray(bias_pseudo_grad, dtype=np.float64)
+    p = np.asarray(prob_sum, dtype=np.float64)
+    if d.shape != p.shape or d.ndim != 1:
+        raise ValueError(f"bias_pseudo_grad and prob_sum must both be [classes]; got {d.shape}, {p.shape}")
+    if min(batch_size, appearances, n_images) < 1:
+        raise ValueError(f"batch_size, appearances and n_images must be >= 1; got "
+                         f"{batch_size}, {appearances}, {n_images}")
+    real = (p - batch_size * d) * (n_images / appearances)
+    return round_counts(real, n_images), real

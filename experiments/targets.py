@@ -10,14 +10,21 @@ from fl_defense.config import ConfigError
 from fl_defense.protocol import SeedStream
 
 
-def dataset_targets(name: str, n: int, seed: int, data_dir: str = ""):
-    """``n`` images of a data set's test split, chosen with ``seed``: (images, labels, names, num_classes)."""
+def dataset_targets(name: str, n: int, seed: int, data_dir: str = "", shuffle: bool = False):
+    """``n`` images of a data set's test split, chosen with ``seed``: (images, labels, names, num_classes).
+
+    In index order by default; ``shuffle`` puts them in a seeded random order instead (the
+    embedded splits are stored class by class, so consecutive images playing one client
+    would otherwise mostly share a label)."""
     from fl_defense.datasets import load_dataset
 
     _, test = load_dataset(name, data_dir=data_dir or None, seed=seed)
     if not 1 <= n <= len(test.labels):
         raise ConfigError(f"--n must be in [1, {len(test.labels)}] for {name}, got {n}")
-    idx = np.sort(np.random.default_rng([seed, SeedStream.TARGETS]).choice(len(test.labels), size=n, replace=False))
+    rng = np.random.default_rng([seed, SeedStream.TARGETS])
+    idx = np.sort(rng.choice(len(test.labels), size=n, replace=False))
+    if shuffle:
+        idx = idx[rng.permutation(n)]
     return test.images[idx], test.labels[idx], [f"{name}[{i}]" for i in idx], test.num_classes
 
 

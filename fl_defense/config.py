@@ -289,9 +289,11 @@ def _check_formal_privacy(cfg: ExperimentConfig) -> None:
     if cfg.dp_strategy == "server-side-fixed-clipping":
         raise ConfigError(f"secure-aggregation with dp-strategy {cfg.dp_strategy!r}: {why}, but server-side "
                           "clipping clips each upload; use dp-strategy client-side-fixed-clipping")
-    if cfg.attack_every > 0:
-        raise ConfigError(f"secure-aggregation with attack-every={cfg.attack_every}: {why}; the attack hook "
-                          "attacks individual uploads and cannot yet attack the aggregate")
+    if cfg.attack_every > 0 and (cfg.local_steps > 1 or cfg.model in BATCHNORM_MODELS):
+        raise ConfigError(f"secure-aggregation with attack-every={cfg.attack_every}, local-steps={cfg.local_steps} "
+                          f"and model {cfg.model!r}: {why}; the attack hook attacks the aggregate as one step of "
+                          "one batch of all the round's images, which it is only for local-steps = 1 and a model "
+                          "without BatchNorm (use local-steps 1 and model lenet)")
     sampled = max(int(cfg.num_clients * cfg.fraction_fit), 1)
     _check(sampled >= 2, "num-clients", cfg.num_clients,
            f"such that at least 2 clients are sampled per round for secure-aggregation (now {sampled})")

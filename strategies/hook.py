@@ -5,25 +5,38 @@ Every ``attack-every`` rounds, before the inner strategy aggregates, :class:`Att
 takes the uploads of ``attack-clients`` clients (the lowest client ids that uploaded),
 passes every upload on unchanged, and attacks the chosen ones:
 
-* **attack side** (:mod:`attacks.threat`, :mod:`attacks.inversion`): it knows only what
-  the server has -- the global weights it sent, the upload, the architecture, the public
-  training facts (lr, local steps, batch size) and the defense's name (for the ``aware``
-  attacker).  It recovers ``(global - upload) / lr`` and inverts it.
+* **attack side** (:class:`attacks.threat.ThreatModel`, :func:`attacks.updates.invert_updates`):
+  it knows only what the server has -- the global weights it sent, the upload, the
+  architecture, the public training facts of the run's config (lr, local steps, batch
+  size), the number of examples each client reports with its upload
+  (``FitRes.num_examples``) and the defense's name (for the ``aware`` attacker).  It
+  simulates each client's K local steps on N dummy images (labels inferred from the
+  upload) and matches the upload, all chosen clients in one vectorised call.
 * **scoring side** (:class:`TrainingImageOracle`, :mod:`attacks.scoring`): only to
   *measure* the leak, the simulation re-derives the images the client trained on this
-  round (its partition and seeded batches) and scores each reconstruction against them.
-  The oracle's images never reach the attack.
+  round (its partition, :func:`fl_defense.task.round_batches` and
+  :func:`fl_defense.task.examples_used`) and matches each client's N reconstructions
+  one-to-one to its N images.  The oracle's images never reach the attack.
 
 It adds to the round's row in ``metrics.jsonl``: ``attack_ssim_mean``, ``attack_ssim_max``,
-``attack_ssim_adjusted_mean``, ``attack_label_acc``, ``attack_leaked`` (count),
-``attack_targets``, ``attack_failed``, ``attack_seconds``, ``attack_threat_model``,
-``attacker`` and ``attack_objective``, and saves ``attack/round-NNN.png``
-(truth | reconstruction | brightness-adjusted).  When ``attack-every = 0`` the wrapper
+``attack_ssim_adjusted_mean``, ``attack_psnr_mean``, ``attack_label_acc`` (per image, after
+the matching), ``attack_leaked`` (images leaked), ``attack_images`` (private images
+scored), ``attack_targets`` (clients attacked), ``attack_failed``, ``attack_seconds``,
+``attack_threat_model`` (``exact``: one step of one image; ``simulated``), ``attacker``,
+``attack_objective`` and ``attack_label_source``, and saves ``attack/round-NNN.png`` (truth
+| reconstruction | brightness-adjusted).  A client whose upload stands for more than
+:data:`MAX_IMAGE_STEPS` image-steps (``N * K``) is not attacked (the simulation's cost
+grows with it) and is counted in ``attack_skipped``.  Under SecAgg+ (``secure-aggregation``)
+every upload is the same aggregate: the hook attacks it once per round, as one target of N
+= the sum of the participants' ``num_examples`` images in one step (exact for one local
+step without BatchNorm, the only setting the config allows), scored against all their
+images (``attack_threat_model = secagg-aggregate``, ``attack_targets = 1``).  When ``attack-every = 0`` the wrapper
 is not installed at all, so it costs nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from logging import WARNING
 from pathlib import Path
@@ -33,14 +46,16 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server.strategy import Strategy
 from flwr.supercore import log
 
-from attacks.inversion import invert_gradients
 from attacks.scoring import score
-from attacks.threat import attack_config, observed_gradient, parameters_from_state, threat_model
+from attacks.threat import ThreatModel, attack_config
+from attacks.updates import invert_updates, update_options
 from fl_defense.config import ExperimentConfig
 from fl_defense.plots import reconstruction_grid
-from fl_defense.protocol import client_id_of, client_order
+from fl_defense.protocol import client_id_of, client_order, was_dropped
 from fl_defense.task import client_indices, examples_used, load_data, new_model, round_batches, select_device
 from strategies.wrapper import StrategyWrapper
+
+MAX_IMAGE_STEPS = 256  # the hook attacks uploads of at most this many images x local steps
 
 
 class TrainingImageOracle:
@@ -65,8 +80,8 @@ class AttackHook(StrategyWrapper):
         train, _ = load_data(cfg)
         self.input_shape = tuple(train.images.shape[1:])
         self.num_classes = train.num_classes
-        self.threat = threat_model(cfg.local_steps, cfg.batch_size)
         self.attack_config = attack_config(cfg, device=str(select_device()))
+        self.options = update_options(cfg, self.model)
         self.oracle = TrainingImageOracle(cfg)
         self._global: list[np.ndarray] | None = None
 
@@ -86,28 +101,63 @@ class AttackHook(StrategyWrapper):
 
     # ------------------------------------------------------------------ attack side
     def _targets(self, results):
-        chosen = sorted(results, key=lambda r: client_order(r[1].metrics, r[0].cid))
+        """The ``attack-clients`` uploads of the lowest client ids (clients that dropped out
+        of the round, or trained on nothing, uploaded no update and are left out)."""
+        live = [r for r in results if r[1].num_examples > 0 and not was_dropped(r[1].metrics)]
+        chosen = sorted(live, key=lambda r: client_order(r[1].metrics, r[0].cid))
         return chosen[: self.cfg.attack_clients]
+
+    def _aggregate_target(self, results):
+        """Under SecAgg+: every live ``FitRes`` carries the same aggregate, the
+        ``num_examples``-weighted mean of the uploads.  With one local step each client's
+        update is ``-lr`` times the mean gradient of its batch at the global weights, so the
+        aggregate is one step of one batch of all the participants' images (N = the sum of
+        their ``num_examples``); the config refuses the hook under SecAgg+ otherwise.
+        Returns ``([(None, FitRes of the aggregate)], [ThreatModel])``."""
+        live = sorted((r for r in results if r[1].num_examples > 0 and not was_dropped(r[1].metrics)),
+                      key=lambda r: client_order(r[1].metrics, r[0].cid))
+        if not live:
+            return [], []
+        n = int(sum(res.num_examples for _, res in live))
+        base = ThreatModel.from_config(self.cfg, self._global, parameters_to_ndarrays(live[0][1].parameters), n)
+        return live, [dataclasses.replace(base, local_steps=1, batch_size=n)]
 
     def attack(self, server_round, results) -> dict:
         start = time.perf_counter()
-        chosen = self._targets(results)
-        client_ids = [client_id_of(res.metrics) for _, res in chosen]
-        observed = [observed_gradient(self.model, self._global, parameters_to_ndarrays(res.parameters),
-                                      self.cfg.lr) for _, res in chosen]
-        params = parameters_from_state(self.model, self._global)
-        result = invert_gradients(self.model, observed, self.input_shape, self.num_classes,
-                                  self.attack_config, params=params)
+        if self.cfg.secure_aggregation:
+            chosen, threats = self._aggregate_target(results)
+        else:
+            chosen = self._targets(results)
+            threats = [ThreatModel.from_config(self.cfg, self._global, parameters_to_ndarrays(res.parameters),
+                                               res.num_examples) for _, res in chosen]
+        if not chosen:
+            return {"attack_targets": 0, "attack_skipped": 0}
+        kept = [i for i, t in enumerate(threats) if t.num_examples * t.local_steps <= MAX_IMAGE_STEPS]
+        skipped = len(threats) - len(kept)
+        row = {"attack_targets": len(kept), "attack_skipped": skipped, "attacker": self.cfg.attacker,
+               "attack_objective": self.attack_config.objective, "attack_label_source": self.options.labels}
+        if not kept:
+            log(WARNING, "round %s: no upload small enough to attack (N x K > %s)", server_round, MAX_IMAGE_STEPS)
+            return row
+        client_ids = [client_id_of(chosen[i][1].metrics) for i in kept]
+        result = invert_updates(self.model, [threats[i] for i in kept], self.input_shape, self.num_classes,
+                                self.attack_config, self.options)
         attack_seconds = time.perf_counter() - start
         # ------------------------------------------------------------ scoring side
-        truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
-        scores = score(list(truth_sets), list(truth_labels), [im[None] for im in result.images],
-                       [lab[None] for lab in result.labels], self.cfg.leak_threshold)
-        row = scores.summary(prefix="attack_")
-        row.update({"attack_targets": len(client_ids), "attack_failed": int(result.failed.sum()),
-                    "attack_seconds": round(attack_seconds, 3), "attack_threat_model": self.threat,
-                    "attacker": self.cfg.attacker, "attack_objective": self.attack_config.objective})
-        captions = [f"client {client_ids[c]}: ssim {s:.2f} / adj {a:.2f}"
+        if self.cfg.secure_aggregation:  # one target: every participant's images
+            client_ids = [client_id_of(res.metrics) for _, res in chosen]
+            parts = [self.oracle.images(c, server_round) for c in client_ids]
+            truth_sets, truth_labels = [np.concatenate([p[0] for p in parts])], [np.concatenate([p[1] for p in parts])]
+            client_ids = [-1]  # the aggregate
+        else:
+            truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
+        scores = score(list(truth_sets), list(truth_labels), result.images, result.labels, self.cfg.leak_threshold)
+        row.update(scores.summary(prefix="attack_"))
+        kinds = sorted(set(result.threat))
+        row.update({"attack_images": int(len(scores.ssim)), "attack_failed": int(result.failed.sum()),
+                    "attack_seconds": round(attack_seconds, 3),
+                    "attack_threat_model": "secagg-aggregate" if self.cfg.secure_aggregation else "+".join(kinds)})
+        captions = [(f"client {client_ids[c]}" if client_ids[c] >= 0 else "aggregate") + f": ssim {s:.2f} / adj {a:.2f}"
                     for c, s, a in zip(scores.client, scores.ssim, scores.ssim_adjusted)]
         reconstruction_grid(self.out_dir / "attack" / f"round-{server_round:03d}.png", scores.truths,
                             scores.recons, scores.adjusted, captions,

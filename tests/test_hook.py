@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from strategies.hook import AttackHook, TrainingImageOracle
 from attacks.threat import objective_for, observed_gradient, threat_model
@@ -49,7 +49,8 @@ def test_aware_objectives_and_threat_model():
     assert objective_for("aware", "noising") == "l2"
     with pytest.raises(ValueError, match="smart"):
         objective_for("smart", "none")
-    assert threat_model(1, 1) == "exact" and threat_model(1, 4) == "approximate"
+    assert threat_model(1, 1) == "exact" and threat_model(1, 4) == "simulated"
+    assert threat_model(1, 4, num_examples=1) == "exact" and threat_model(2, 1) == "simulated"
 
 
 def test_observed_gradient_is_exact_for_one_step(tmp_path):
@@ -84,7 +85,7 @@ def test_hook_attacks_scores_and_passes_uploads_unchanged(tmp_path, base):
     for key in ("attack_ssim_mean", "attack_ssim_max", "attack_ssim_adjusted_mean", "attack_label_acc",
                 "attack_leaked", "attack_seconds"):
         assert key in m, m
-    assert m["attack_targets"] == 2 and m["attack_threat_model"] == "exact"
+    assert m["attack_targets"] == 2 and m["attack_threat_model"] == "exact" and m["attack_images"] == 2
     # no defense, one image per client: the attack recovers the digits
     assert m["attack_ssim_mean"] > 0.8 and m["attack_label_acc"] == 1.0 and m["attack_leaked"] == 2
     assert (tmp_path / "attack" / "round-001.png").stat().st_size > 1000
@@ -107,3 +108,52 @@ def test_hook_is_idle_between_attack_rounds_and_survives_errors(tmp_path):
     params, figures = hook.aggregate_fit(2, bad + results[1:], [])
     assert "attack_error" in figures
     assert params is not None and figures["clients_rejected"] == 1
+
+
+@pytest.mark.slow
+def test_hook_inverts_batches_and_counts_the_leak_per_image(tmp_path):
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 2, "images-per-client": 2,
+                            "attack-every": 1, "attack-clients": 2, "attack-max-iter": 400,
+                            "attack-restarts": 0, "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    assert all(r.num_examples == 2 for _, r in results)  # what the server reads as N
+    hook = AttackHook(Spy(base_strategy(cfg, global_w, None)), cfg, tmp_path)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    _, m = hook.aggregate_fit(1, results, [])
+    assert m["attack_targets"] == 2 and m["attack_images"] == 4 and m["attack_skipped"] == 0
+    assert m["attack_threat_model"] == "simulated" and m["attack_label_source"] == "infer"
+    assert 0 <= m["attack_leaked"] <= 4 and m["attack_label_acc"] >= 0.75
+    assert m["attack_leaked"] >= 2, m
+
+
+def test_hook_skips_uploads_too_large_to_simulate(tmp_path, monkeypatch):
+    import strategies.hook as hook_mod
+
+    monkeypatch.setattr(hook_mod, "MAX_IMAGE_STEPS", 1)
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 2, "images-per-client": 2,
+                            "attack-every": 1, "attack-clients": 2, "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    hook = AttackHook(Spy(base_strategy(cfg, global_w, None)), cfg, tmp_path)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    _, m = hook.aggregate_fit(1, results, [])
+    assert m["attack_skipped"] == 2 and m["attack_targets"] == 0 and "attack_ssim_mean" not in m
+
+
+@pytest.mark.slow
+def test_hook_attacks_the_secagg_aggregate_once_as_one_batch(tmp_path):
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 2, "images-per-client": 2,
+                            "attack-every": 1, "attack-max-iter": 400, "attack-restarts": 0,
+                            "secure-aggregation": True, "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    # what SecAgg+ hands every FitRes (after SecAggDecoder): global + the num_examples-weighted mean update
+    n = np.array([r.num_examples for _, r in results], dtype=np.float64)
+    ups = [parameters_to_ndarrays(r.parameters) for _, r in results]
+    agg = [g + sum(w * (u[i] - g) for w, u in zip(n, ups)) / n.sum() for i, g in enumerate(global_w)]
+    same = ndarrays_to_parameters([a.astype(g.dtype) for a, g in zip(agg, global_w)])
+    results = [(p, FitRes(r.status, same, r.num_examples, r.metrics)) for p, r in results]
+    hook = AttackHook(Spy(base_strategy(cfg, global_w, None)), cfg, tmp_path)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    _, m = hook.aggregate_fit(1, results, [])
+    assert m["attack_threat_model"] == "secagg-aggregate" and m["attack_targets"] == 1
+    assert m["attack_images"] == 4  # the two clients' images, scored one-to-one
+    assert m["attack_label_acc"] >= 0.75 and m["attack_leaked"] >= 2, m

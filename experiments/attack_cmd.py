@@ -49,8 +49,8 @@ def cmd_attack(args) -> int:
         raise ConfigError("give exactly one of --dataset NAME or --images DIR")
     overrides = {"defense": args.defense, "local-steps": args.local_steps, "batch-size": args.batch_size,
                  "model": args.model}
-    if args.images_per_client is not None:
-        overrides["images-per-client"] = args.images_per_client
+    # N defaults to B here (each client trains on one batch), not to the run's images-per-client
+    overrides["images-per-client"] = args.batch_size if args.images_per_client is None else args.images_per_client
     cfg = attack_experiment_config(args, **overrides)
     per_client = cfg.images_per_client or cfg.batch_size
     if args.tv < 0:
@@ -106,7 +106,9 @@ def register(sub) -> None:
     src = p.add_argument_group("targets (one of)")
     src.add_argument("--dataset", help="mnist-embedded | lfw-embedded | mnist | cifar10 | lfw")
     src.add_argument("--images", help="a folder of PNG/JPEG files (label from names ending in _<label>)")
-    p.add_argument("--image-size", dest="image_size", type=int, default=32, help="for --images")
+    p.add_argument("--image-size", dest="image_size", type=int, default=None,
+                   help="for --images: resize every file to SxS (default: the files' own size, which must be "
+                        "square and shared)")
     p.add_argument("--defense", default="none", help="NAME[:VALUE], as in run")
     p.add_argument("--n", type=int, default=None, help="number of images (default 8; all for --images)")
     p.add_argument("--out", required=True, help="output folder")

@@ -58,7 +58,9 @@ def client_uploads(cfg: ExperimentConfig, model: torch.nn.Module, global_w: Sequ
     kinds = state_kinds(model)
     threats, used = [], []
     for grp, spec, cid in zip(groups, defenses, client_ids):
-        ccfg = dataclasses.replace(cfg, defense=spec, images_per_client=len(grp))
+        # a group is the images the client holds; with images-per-client N < len(group) it
+        # draws N of them this round, as in fit (a group of at most N: all of them)
+        ccfg = dataclasses.replace(cfg, defense=spec)
         payload, _, n_used = defended_payload(ccfg, model, kinds, global_w, images[grp], labels[grp], int(cid),
                                               server_round, device)
         upload = payload_to_weights(global_w, payload, kinds)

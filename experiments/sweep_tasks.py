@@ -84,12 +84,19 @@ def load_targets(cfg: ExperimentConfig, n: int, folder: str | None, image_size: 
 
 def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: int, image_size: int | None,
                  chunk: int, device: str, threads: int | None = None) -> int:
-    """Attack every strength of one group and write its cells; returns the cells written."""
+    """Attack every strength of one group and write its cells; returns the cells written.
+
+    Every client of the targets plays once per strength: its upload is made by
+    :func:`experiments.client_attack.attack_clients` through the client's own code path
+    (round 1 of the run, from the run's initial global model, its batches and its defense
+    seeded by seed, client and round as in ``fit``), and all strengths' uploads are
+    inverted in one vectorised call."""
     import torch
 
+    from experiments.client_attack import attack_clients
     from experiments.setting import defense_as_applied, setting_of
     from fl_defense.defenses import parse_defense
-    from fl_defense.task import new_model
+    from fl_defense.task import get_weights, new_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -97,15 +104,24 @@ def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: i
     targets = load_targets(cfg, n, folder, image_size)
     name = defense_as_applied(group["defense"], cfg.model)
     specs = [parse_defense("none" if name == "none" else f"{name}:{s}") for s in group["strengths"]]
-    clients = [c for _ in specs for c in targets.clients]
-    per_client = [sp for sp in specs for _ in targets.clients]
-    model = new_model(cfg, targets.shape)
-    scores, rows = _attack_clients(cfg, model, clients, per_client, device=device, chunk=chunk)
-    m = len(targets.clients)
+    clients = targets.clients
+    images = np.concatenate([c.images for c in clients])
+    labels = np.concatenate([c.labels for c in clients])
+    names = [nm for c in clients for nm in c.names]
+    starts = np.cumsum([0] + [len(c.labels) for c in clients])
+    own = [np.arange(starts[i], starts[i + 1]) for i in range(len(clients))]
+    global_w = get_weights(new_model(cfg, targets.shape))
+    scores, rows, _ = attack_clients(cfg, images, labels, int(targets.shape.num_classes),
+                                     groups=[g for _ in specs for g in own],
+                                     defense=[sp for sp in specs for _ in clients],
+                                     global_weights=global_w, device=device,
+                                     client_ids=[c.client_id for _ in specs for c in clients],
+                                     server_round=1, chunk=chunk)
+    m = len(clients)
     setting = setting_of(cfg)
     for j, (strength, spec) in enumerate(zip(group["strengths"], specs)):
-        keep = [i for i, r in enumerate(rows) if j * m <= r["client"] < (j + 1) * m]
-        part = [dict(rows[i], client=rows[i]["client"] - j * m) for i in keep]
+        keep = np.flatnonzero(scores.client // m == j)
+        part = [dict(rows[i], image=names[rows[i]["image"]]) for i in keep]
         save_sweep_cell(Path(out), group["kind"], group["attacker"], group["defense"], strength, part,
                         scores.truths[keep], scores.recons[keep], scores.adjusted[keep], setting, str(spec))
     return len(specs)
@@ -151,18 +167,3 @@ def run_groups(groups: list[dict], cfgs: dict[str, dict], folders: dict[str, str
                     bar.update(ray.get(ref))
         finally:
             ray.shutdown()
-
-
-def _attack_clients(cfg, model, clients, defenses, device, chunk):
-    """PROVISIONAL (single image, single step only) until the multi-step engine lands."""
-    from experiments.single_image import attack_images
-
-    if not (cfg.local_steps == cfg.batch_size == cfg.images_per_client == 1):
-        raise ConfigError("provisional: only local-steps = batch-size = images-per-client = 1")
-    images = np.concatenate([c.images[:1] for c in clients])
-    labels = np.concatenate([c.labels[:1] for c in clients])
-    scores, rows = attack_images(images, labels, model.fc.out_features, defenses, cfg, device=device, chunk=chunk,
-                                 client_ids=[c.client_id for c in clients])
-    for i, (r, c) in enumerate(zip(rows, clients)):
-        r.update(client=i, image=c.names[0])
-    return scores, rows

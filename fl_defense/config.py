@@ -50,11 +50,11 @@ class ExperimentConfig:
     dataset: str = "mnist-embedded"
     data_dir: str = ""
     partition: PartitionSpec = PartitionSpec()
-    model: str = "lenet"
-    local_steps: int = 20
-    batch_size: int = 32
-    images_per_client: int = 0
-    lr: float = 0.1
+    model: str = "tanhcnn"
+    local_steps: int = 1
+    batch_size: int = 4
+    images_per_client: int = 4
+    lr: float = 0.3
     defense: DefenseSpec = DefenseSpec("none")
     strategy: str = "fl-defense"
     aggregation: str = "mean"
@@ -69,7 +69,7 @@ class ExperimentConfig:
     fail_clients: str = ""
     slow_clients: str = ""
     slow_seconds: float = 0.0
-    attack_every: int = 0
+    attack_every: int = 1
     attack_clients: int = 1
     attacker: str = "naive"
     attack_method: str = "idlg"

@@ -6,6 +6,7 @@ nothing written, no traceback.  Image folders (through ``attack --images`` and
 from __future__ import annotations
 
 import gzip
+import json
 import io
 import os
 import subprocess
@@ -367,8 +368,8 @@ RESUMES = [
      ["checkpoint.npz", "unreadable"]),
     ("truncated-checkpoint", lambda f: (f / "checkpoint.npz").write_bytes((f / "checkpoint.npz").read_bytes()[:300])
      and f, [], ["checkpoint.npz", "unreadable"]),
-    ("checkpoint-of-another-config", lambda f: (f / "config.json").write_text(
-        (f / "config.json").read_text().replace('"lr": 0.1', '"lr": 0.2')) and f, [], ["checkpoint.npz", "lr"]),
+    ("checkpoint-of-another-config", lambda f: (f / "config.json").write_text(json.dumps(
+        {**json.loads((f / "config.json").read_text()), "lr": 0.05})) and f, [], ["checkpoint.npz", "lr"]),
     ("flag-changes-config", lambda f: f, ["--defense", "masking:0.2", "--lr", "0.5"], ["refused", "defense", "lr"]),
     ("other-out", lambda f: f, ["--out", "/tmp/elsewhere"], ["refused", "out-dir"]),
     ("set-resume", lambda f: f, ["--set", "resume=true"], ["--resume DIR"]),

@@ -43,7 +43,8 @@ def test_attack_command_on_an_image_folder(tmp_path, capsys):
     Image.fromarray((train.images[0, 0] * 255).astype(np.uint8)).resize((40, 40)).save(folder / f"digit_{train.labels[0]}.png")
     Image.fromarray((rng.random((20, 30, 3)) * 255).astype(np.uint8)).save(folder / "noise.jpg")
     out = tmp_path / "out"
-    rc = main(["attack", "--images", str(folder), "--out", str(out), "--max-iter", "40", "--restarts", "0"])
+    rc = main(["attack", "--images", str(folder), "--image-size", "32", "--out", str(out), "--max-iter", "40",
+               "--restarts", "0"])
     assert rc == 0
     rows = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
     assert [r["image"] for r in rows] == [f"digit_{train.labels[0]}.png", "noise.jpg"]

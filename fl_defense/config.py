@@ -43,7 +43,7 @@ _SPECS = {"defense": parse_defense, "partition": PartitionSpec.parse}
 class ExperimentConfig:
     """Every knob of one federated experiment (kebab-case in TOML, snake_case here)."""
 
-    num_server_rounds: int = 20
+    num_server_rounds: int = 10
     num_clients: int = 10
     fraction_fit: float = 1.0
     fraction_evaluate: float = 0.0

@@ -186,7 +186,7 @@ def test_deployment_two_rounds_with_tls_and_supernode_auth(tmp_path):
         startup = time.perf_counter() - t0
 
         rows_seen = []
-        result = dep.run_app({"num-server-rounds": 2, "num-clients": 2, "local-steps": 2,
+        result = dep.run_app({"num-server-rounds": 2, "num-clients": 2, "local-steps": 2, "attack-every": 0,
                               "out-dir": str(out)}, timeout=240, on_row=rows_seen.append)
         assert [r["round"] for r in result.rows] == [1, 2] == [r["round"] for r in rows_seen]
         assert all(r["clients_ok"] == 2 and r["clients_failed"] == 0 for r in result.rows)

@@ -149,7 +149,7 @@ def test_secagg_stack_decodes_outermost(tmp_path):
     # the resume wrapper only keeps state; the decoder is the first to touch what arrives
     assert _chain(build_strategy(cfg, tmp_path)) == [
         "ResumableStrategy", "SecAggDecoder", "RecordingStrategy", "PrivacyAccountingStrategy", "SeededSampling",
-        "DropoutStrategy", "ValidatingStrategy", "RobustAggregation"]
+        "DropoutStrategy", "AttackHook", "ValidatingStrategy", "RobustAggregation"]
 
 
 def test_server_side_wrapper_clips_what_the_inner_strategy_gets_not_what_arrives():
@@ -229,19 +229,21 @@ def test_update_mod_switch_passes_through_when_off():
 
 
 def test_quantisation_range_and_max_weight():
-    assert clipping_range(parse_run_config({})) == pytest.approx(10 * 0.1)
-    assert clipping_range(parse_run_config({"model": "bncnn", "lr": 0.05})) == pytest.approx(20.0)  # the counter
+    assert clipping_range(parse_run_config({})) == pytest.approx(10 * 0.3)  # 10 lr
+    assert clipping_range(parse_run_config({"lr": 0.1})) == pytest.approx(10 * 0.1)
+    assert clipping_range(parse_run_config({"model": "bncnn", "lr": 0.05, "local-steps": 20})) == pytest.approx(20.0)  # the counter
     assert clipping_range(parse_run_config({"defense": "clipping:0.3"})) == 0.3
-    assert clipping_range(parse_run_config({"defense": "clipping:0.3", "model": "bncnn"})) == pytest.approx(20.0)
+    assert clipping_range(parse_run_config({"defense": "clipping:0.3", "model": "bncnn", "local-steps": 20})) == pytest.approx(20.0)
     assert clipping_range(parse_run_config({"dp-strategy": "client-side-fixed-clipping", "dp-clip": 0.2})) == 0.2
     assert clipping_range(parse_run_config({"defense": "dp-gaussian:0.5", "dp-clip": 0.2})) == pytest.approx(0.8)
     assert clipping_range(parse_run_config({"secagg-clipping-range": 0.05})) == 0.05
-    assert max_weight(parse_run_config({})) == 640
-    assert max_weight(parse_run_config({"images-per-client": 16})) == 16
+    assert max_weight(parse_run_config({})) == 4  # one step of 4 images
+    assert max_weight(parse_run_config({"local-steps": 20, "batch-size": 32, "images-per-client": 0})) == 640
+    assert max_weight(parse_run_config({"local-steps": 20, "batch-size": 32, "images-per-client": 16})) == 16
     wf = secagg_workflow(parse_run_config({"local-steps": 1, "batch-size": 1, "secagg-num-shares": 5,
                                            "secagg-reconstruction-threshold": 3}))
     assert (wf.max_weight, wf.num_shares, wf.reconstruction_threshold) == (1.0, 5, 3)
-    assert wf.clipping_range == pytest.approx(1.0)
+    assert wf.clipping_range == pytest.approx(3.0)  # 10 lr at the default lr 0.3
     assert secagg_workflow(parse_run_config({"model": "bncnn", "lr": 0.05, "local-steps": 1})).clipping_range == 1.0
 
 

@@ -19,7 +19,8 @@ TIMING_KEYS = {"seconds", "attack_seconds"}
 def in_process_accuracy(aggregation: str, byzantine: int, rounds: int = 5) -> float:
     """A small federation driven in-process: real clients, our aggregation, no engine."""
     cfg = parse_run_config({"num-clients": 10, "byzantine-clients": byzantine, "byzantine-mode": "scaled",
-                            "aggregation": aggregation, "local-steps": 10})
+                            "aggregation": aggregation, "local-steps": 10, "model": "lenet", "lr": 0.1,
+                            "batch-size": 32, "images-per-client": 0})
     model = new_model(cfg)
     weights = get_weights(model)
     _, test = load_data(cfg)
@@ -65,7 +66,7 @@ def test_same_config_same_metrics_and_faults_survived(tmp_path):
     for k in range(2):
         res = run_simulation({"out-dir": str(tmp_path / f"run{k}"), "num-server-rounds": 2, "num-clients": 4,
                               "local-steps": 3, "partition": "dirichlet:0.5", "defense": "masking:0.4",
-                              "fail-clients": "3", "dropout-rate": 0.3, "seed": 7}, timeout=600)
+                              "fail-clients": "3", "dropout-rate": 0.3, "seed": 7, "attack-every": 0}, timeout=600)
         rows.append([{k2: v for k2, v in r.items() if k2 not in TIMING_KEYS} for r in res.rows])
     assert rows[0] == rows[1]
     for r in rows[0]:
@@ -99,7 +100,7 @@ def test_client_process_killed_mid_round(tmp_path, monkeypatch):
     with open(tmp_path / "run.log", "w") as log:
         launcher = subprocess.Popen([sys.executable, str(root / "run_sim.py"), "--out", str(out), "--rounds", "2",
                                      "--clients", "3", "--set", "local-steps=2", "--set", "slow-clients=1",
-                                     "--set", "slow-seconds=15"], stdout=log, stderr=subprocess.STDOUT, cwd=root)
+                                     "--set", "slow-seconds=15", "--attack-every", "0"], stdout=log, stderr=subprocess.STDOUT, cwd=root)
     busy_since: dict[str, float] = {}
     killed = None
     deadline = time.monotonic() + 600

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMING_KEYS = {"seconds", "attack_seconds"}
 # 4 rounds of 3 clients; 2 sampled per round (seeded sampling across the resume too);
 # client 0 sleeps 1.5 s in fit so that a round lasts long enough to be killed in
-RUN = ["--rounds", "4", "--clients", "3", "--defense", "masking:0.3", "--set", "local-steps=3",
+RUN = ["--rounds", "4", "--clients", "3", "--defense", "masking:0.3", "--set", "local-steps=3", "--attack-every", "0",
        "--set", "fraction-fit=0.7", "--set", "slow-clients=0", "--set", "slow-seconds=1.5"]
 
 

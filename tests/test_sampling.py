@@ -77,7 +77,7 @@ def test_fraction_fit_0_3_gives_identical_metrics_twice(tmp_path):
     rows = []
     for k in range(2):
         res = run_simulation({"out-dir": str(tmp_path / f"run{k}"), "num-server-rounds": 3, "num-clients": 7,
-                              "fraction-fit": 0.3, "local-steps": 2, "seed": 3}, timeout=600)
+                              "fraction-fit": 0.3, "local-steps": 2, "seed": 3, "attack-every": 0}, timeout=600)
         rows.append([{key: v for key, v in r.items() if key not in TIMING_KEYS} for r in res.rows])
     assert rows[0] == rows[1]
     assert all(r["clients_ok"] == 2 and len(r[SAMPLED].split(",")) == 2 for r in rows[0])

@@ -68,7 +68,7 @@ def exact_round_one(overrides: dict, clients) -> tuple[float, float]:
 def test_secagg_two_rounds_three_clients(tmp_path):
     """Client 2 fails in fit every round: SecAgg+ removes its masks with the others' shares."""
     out = tmp_path / "secagg"
-    rows = run_sim(out, "--secagg", "--rounds", "2", "--clients", "3", "--set", "local-steps=2",
+    rows = run_sim(out, "--secagg", "--rounds", "2", "--clients", "3", "--set", "local-steps=2", "--attack-every", "0",
                    "--set", "fail-clients=\"2\"")
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
@@ -86,7 +86,8 @@ def test_secagg_two_rounds_three_clients(tmp_path):
 def test_dp_gaussian_run_writes_epsilon_every_round(tmp_path):
     out = tmp_path / "dp"
     rows = run_sim(out, "--defense", "dp-gaussian:1.5", "--set", "dp-clip=0.5", "--set", "dp-delta=1e-6",
-                   "--rounds", "2", "--clients", "2", "--set", "local-steps=2", "--set", "dropout-rate=0.5")
+                   "--rounds", "2", "--clients", "2", "--set", "local-steps=2", "--set", "dropout-rate=0.5",
+                   "--attack-every", "0")
     for row in rows:
         # the worst client's releases: the clients that uploaded in this and earlier rounds
         assert row["epsilon"] == pytest.approx(gaussian_epsilon(1.5, row["dp_releases"], 1e-6))

@@ -117,7 +117,7 @@ def register(sub) -> None:
     client.add_argument("--local-steps", dest="local_steps", type=int, default=1, help="K (default 1)")
     client.add_argument("--images-per-client", dest="images_per_client", type=int, default=None,
                         help="N, the images each client trains on (default: B)")
-    client.add_argument("--model", default="lenet", help="lenet (DLG LeNet, DLG init) | bncnn")
+    client.add_argument("--model", default="lenet", help="lenet (DLG LeNet, DLG init; default) | tanhcnn | bncnn")
     p.add_argument("--labels-given", dest="labels_given", action="store_true",
                    help="hand the true labels to the attacker (an upper bound; flagged in the outputs)")
     p.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation prior (0: off)")

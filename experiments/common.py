@@ -26,12 +26,17 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
+PAPERS_LR = 0.1  # DLG / iDLG's client learning rate
+
+
 def add_attack_flags(p: argparse.ArgumentParser) -> None:
     d = ExperimentConfig()
     p.add_argument("--attacker", default=d.attacker, choices=ATTACKERS,
                    help="naive: the papers' L2 matching; aware: picks the objective that fits the defense")
     p.add_argument("--method", default=d.attack_method, choices=ATTACK_METHODS)
-    p.add_argument("--lr", type=float, default=d.lr, help="the client's learning rate (its update is -lr*g)")
+    # the attack command's clients default to the papers' setting (one step of one image, DLG LeNet, lr 0.1)
+    p.add_argument("--lr", type=float, default=PAPERS_LR,
+                   help=f"the client's learning rate (its update is -lr*g; default {PAPERS_LR}, the papers')")
     p.add_argument("--max-iter", dest="max_iter", type=int, default=d.attack_max_iter)
     p.add_argument("--restarts", type=int, default=d.attack_restarts)
     p.add_argument("--leak-threshold", dest="leak_threshold", type=float, default=d.leak_threshold)

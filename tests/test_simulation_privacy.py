@@ -68,17 +68,20 @@ def exact_round_one(overrides: dict, clients) -> tuple[float, float]:
 def test_secagg_two_rounds_three_clients(tmp_path):
     """Client 2 fails in fit every round: SecAgg+ removes its masks with the others' shares."""
     out = tmp_path / "secagg"
-    rows = run_sim(out, "--secagg", "--rounds", "2", "--clients", "3", "--set", "local-steps=2", "--attack-every", "0",
-                   "--set", "fail-clients=\"2\"")
+    rows = run_sim(out, "--secagg", "--rounds", "2", "--clients", "3", "--set", "local-steps=1",
+                   "--set", "attack-max-iter=200", "--set", "fail-clients=\"2\"")
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
         assert row["clients_ok"] == 2 and row["clients_failed"] == 1 and row["clients_rejected"] == 0
         assert 0.0 <= row["accuracy"] <= 1.0
+        # the hook attacked the one aggregate the server received: both live clients' 4 images
+        assert row["attack_threat_model"] == "secagg-aggregate" and row["attack_targets"] == 1
+        assert row["attack_images"] == 8 and 0 <= row["attack_leaked"] <= 8 and "attack_ssim_mean" in row
     log = (out / "flower.log").read_text()
     assert log.count("Secure aggregation completed") == 2
     assert json.loads((out / "config.json").read_text())["secure-aggregation"] is True
     # what SecAgg+ aggregated is the mean of the uploads, up to its quantisation
-    loss, acc = exact_round_one({"num-clients": 3, "local-steps": 2}, clients=[0, 1])
+    loss, acc = exact_round_one({"num-clients": 3, "local-steps": 1}, clients=[0, 1])
     assert rows[0]["loss"] == pytest.approx(loss, rel=1e-4)
     assert abs(rows[0]["accuracy"] - acc) <= 0.002
 

@@ -50,7 +50,8 @@ def test_run_sim_two_rounds_median_noniid(tmp_path):
     assert "attack_ssim_mean" not in rows[0]
     assert {"attack_ssim_mean", "attack_ssim_max", "attack_ssim_adjusted_mean", "attack_label_acc",
             "attack_leaked", "attack_seconds"} <= set(rows[1])
-    assert rows[1]["attack_threat_model"] == "approximate" and rows[1]["attacker"] == "naive"
+    assert rows[1]["attack_threat_model"] == "simulated" and rows[1]["attacker"] == "naive"
+    assert rows[1]["attack_images"] == 4  # one client, its 4 images of the round, each scored once
     assert (out / "attack" / "round-002.png").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["aggregation"] == "median" and config["defense"] == "masking:0.3"

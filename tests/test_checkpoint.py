@@ -63,7 +63,7 @@ def drive(strategy, proxies, num_rounds: int) -> None:
 
 
 CONFIG = {"num-server-rounds": 3, "num-clients": 4, "local-steps": 2, "fraction-fit": 0.5, "dropout-rate": 0.2,
-          "fail-clients": "3", "defense": "masking:0.3", "seed": 1}
+          "fail-clients": "3", "defense": "masking:0.3", "seed": 1, "attack-every": 0}
 
 
 def rows(folder: Path) -> list[dict]:

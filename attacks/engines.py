@@ -36,6 +36,18 @@ def init_point(seed: int, target: int, attempt: int, n_img: int, n_lab: int, ini
     return torch.cat([img, lab])
 
 
+
+def closure_step(loss: Tensor, z: Tensor, last: dict[str, Tensor]) -> Tensor:
+    """The end of a ``torch.optim.LBFGS`` closure of the loop runner: the gradient of
+    ``loss`` at ``z`` set as ``z.grad``, the point, loss and gradient finiteness recorded in
+    ``last`` (what the runner's stopping rules read); returns the detached loss."""
+    (gz,) = torch.autograd.grad(loss, z)
+    z.grad = gz
+    last["z"] = z.detach().clone()
+    last["loss"] = loss.detach().double()
+    last["finite_grad"] = torch.isfinite(gz).all()
+    return loss.detach()
+
 class Problem:
     """Matching loss and its gradient for any subset of targets, over flat variables z."""
 
@@ -104,12 +116,7 @@ class Problem:
                 ce = F.cross_entropy(out, target)
             dummy = torch.autograd.grad(ce, leaves, create_graph=True)
             loss = matching_loss([d.unsqueeze(0) for d in dummy], obs, self.cfg.objective)[0]
-            (gz,) = torch.autograd.grad(loss, z)
-            z.grad = gz
-            last["z"] = z.detach().clone()
-            last["loss"] = loss.detach().double()
-            last["finite_grad"] = torch.isfinite(gz).all()
-            return loss.detach()
+            return closure_step(loss, z, last)
 
         return closure
 

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from attacks.engines import init_point
+from attacks.engines import closure_step, init_point
 from attacks.objectives import EPS, matching_loss
 from attacks.settings import AttackConfig
 
@@ -337,11 +337,6 @@ class MultiStepProblem:
             x, y = self.split(self.variables(z.unsqueeze(0), tid))
             loss = self._target_loss(x[0], y[0] if self.soft else labels, p0, obs, stats_obs, support, scale,
                                      stats_scale, functional=False)
-            (gz,) = torch.autograd.grad(loss, z)
-            z.grad = gz
-            last["z"] = z.detach().clone()
-            last["loss"] = loss.detach().double()
-            last["finite_grad"] = torch.isfinite(gz).all()
-            return loss.detach()
+            return closure_step(loss, z, last)
 
         return closure

@@ -182,14 +182,16 @@ def _adjoint_l2(g: Tensor, o: Tensor, mask: Tensor | None) -> tuple[Tensor, Tens
 
 def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Tensor],
                        soft: bool, objective: str = "l2"
-                       ) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]] | None:
+                       ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
     """Matching loss of a plain chain and its gradient with respect to the dummy inputs;
     ``None`` when the model is not a plain chain (see the module docstring).
 
-    Returns ``f(x [U,C,H,W], y, observed [U, P]) -> (loss [U], dloss/dx [U,C,H,W], dloss/dy)``
-    where ``observed`` holds the observed gradients flattened and concatenated in ``names``
+    Returns ``f(x [U,C,H,W], y, observed [T, P], group=1) -> (loss [T], dloss/dx [U,C,H,W], dloss/dy)``
+    with ``U = T * group``: each run of ``group`` consecutive inputs is one target whose
+    gradient is the mean of their per-example gradients (one SGD step on a batch of
+    ``group`` images with a mean-reduced cross-entropy); ``group=1`` is the single-image case.  ``observed`` holds the observed gradients flattened and concatenated in ``names``
     order (:func:`flatten_observed`), ``loss = matching_loss([G], [observed], objective)``
-    (:func:`attacks.objectives.matching_loss` on the concatenated per-example gradients ``G``;
+    (:func:`attacks.objectives.matching_loss` on the concatenated per-target gradients ``G``;
     the same value as on the per-parameter lists), ``y`` the hard labels ``[U]`` or, when
     ``soft``, the label logits ``[U, K]``; ``dloss/dy`` ``[U, K]`` is returned only then (else
     ``None``).  ``"l2"`` and ``"l2-support"`` have their adjoint in closed form; any other
@@ -207,8 +209,10 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
     sizes = [params[n].numel() for n in names]
     n_layers = len(chain)
 
-    def f(x: Tensor, y: Tensor, observed: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def f(x: Tensor, y: Tensor, observed: Tensor, group: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
         u = x.shape[0]
+        if group < 1 or u % group:
+            raise ValueError(f"{u} dummy inputs do not split into targets of {group}")
         # sweep 1: forward
         ins: list = []            # per layer: what the later sweeps need from the forward
         shapes: list[torch.Size] = []
@@ -271,6 +275,8 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
                                                padding=layer.padding, output_padding=pad)
 
         g_flat = torch.cat([grads[n].reshape(u, -1) for n in names], 1)
+        if group > 1:  # a target's gradient is the mean over its batch of ``group`` examples
+            g_flat = g_flat.view(u // group, group, -1).mean(1)
         if objective in ("l2", "l2-support"):
             loss, gbar_flat = _adjoint_l2(g_flat, observed,
                                           observed != 0 if objective == "l2-support" else None)
@@ -280,6 +286,8 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
                 loss = matching_loss([leaf], [observed], objective)
                 (gbar_flat,) = torch.autograd.grad(loss.sum(), leaf)
             loss = loss.detach()
+        if group > 1:  # d loss / d g_example = (d loss / d g_target) / group, for each example
+            gbar_flat = (gbar_flat / group).repeat_interleave(group, 0)
         gbar = dict(zip(names, gbar_flat.split(sizes, 1)))
 
         # sweep 3a: adjoint of sweep 2, from the first layer to the output

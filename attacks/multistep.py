@@ -73,6 +73,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from attacks.engines import closure_step, init_point
+from attacks.layerwise import flatten_observed, fused_loss_grad_fn
 from attacks.objectives import EPS, matching_loss
 from attacks.settings import AttackConfig
 
@@ -264,8 +265,23 @@ class MultiStepProblem:
         self.stats_scale = (sum(((o * m).double() ** 2).flatten(1).sum(1) for o, m in zip(stats_observed, stats_support))
                             if self.bn_weight > 0 else scale)
         self.offset = None if start is None else self._offsets(start.to(device))
+        self.fused = self._one_batch_fused(model, batches)
+        self.observed_flat = flatten_observed(observed) if self.fused is not None else None
         self._vloss = vmap(self._target_loss, in_dims=(0, 0, None if shared else 0, 0, 0, 0, 0, 0),
                            randomness="different")
+
+    def _one_batch_fused(self, model: nn.Module, batches: Sequence[np.ndarray]):
+        """The closed-form double back-propagation of :mod:`attacks.layerwise` when the
+        simulated update is one SGD step on one batch of all N images of a plain layer
+        chain at shared weights, with no statistics or TV term: the pseudo-gradient is then
+        the mean of the N per-example gradients (``group=N``), the same value the
+        simulation computes through ``torch.func``, at a fraction of its cost.  ``None``
+        otherwise (the vmap path)."""
+        one_batch = len(batches) == 1 and np.array_equal(np.sort(np.asarray(batches[0])), np.arange(self.n_images))
+        if not (one_batch and self.shared and self.bn_weight == 0 and self.tv_weight == 0
+                and self.cfg.grad_impl != "vmap"):
+            return None
+        return fused_loss_grad_fn(model, self.names, self.params, self.soft, self.cfg.objective)
 
     def _offsets(self, start: Tensor) -> Tensor:
         """Warm start: the runners start target t's first try at ``init_point(seed, t, 0)``;
@@ -301,6 +317,12 @@ class MultiStepProblem:
             loss = loss + self.tv_weight * scale.to(loss.dtype) * total_variation(x)
         return loss
 
+    def _flat_subset(self, idx: Tensor) -> Tensor:
+        cached = getattr(self, "_flat_cache", None)
+        if cached is None or cached[0] is not idx:
+            self._flat_cache = (idx, self.observed_flat[idx])
+        return self._flat_cache[1]
+
     def _subset(self, idx: Tensor):
         cached = getattr(self, "_cache", None)
         if cached is None or cached[0] is not idx:
@@ -312,6 +334,15 @@ class MultiStepProblem:
 
     def batched(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Loss ``[U]`` (float64) and its gradient ``[U, n_vars]`` for targets ``idx`` at ``z``."""
+        if self.fused is not None:
+            u, n = z.shape[0], self.n_images
+            x, y = self.split(self.variables(z.detach(), idx))
+            _, _, _, _, labels, _, _ = self._subset(idx)
+            obs = self._flat_subset(idx)
+            loss, gx, gy = self.fused(x.reshape(u * n, *self.input_shape),
+                                      y.reshape(u * n, -1) if self.soft else labels.reshape(-1), obs, group=n)
+            gz = gx.reshape(u, -1) if gy is None else torch.cat([gx.reshape(u, -1), gy.reshape(u, -1)], 1)
+            return loss.double(), gz
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             x, y = self.split(self.variables(z, idx))

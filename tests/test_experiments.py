@@ -96,3 +96,24 @@ def test_sweep_writes_tables_and_resumes(tmp_path):
     assert "5 cells (5 already done)" in again.stdout
     assert cell.stat().st_mtime_ns == stamp  # a finished cell is never recomputed
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_train_grid_side_by_side_writes_tables_and_resumes(tmp_path):
+    """Two cells of the grid as two Flower simulations at once (--workers 2): both finish,
+    the tables and figures are written, and a second call finds both done."""
+    out = tmp_path / "grid"
+    argv = [sys.executable, str(ROOT / "run_sim.py"), "train", "--out", str(out), "--defenses", "masking:0.5",
+            "--partitions", "iid", "--aggregations", "mean", "--rounds", "2", "--clients", "3",
+            "--attack-every", "0", "--workers", "2", "--quiet"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = list(csv.DictReader((out / "final_accuracy.csv").read_text().splitlines()))
+    assert sorted(r["defense"] for r in rows) == ["masking", "none"]
+    for name in ("curves.png", "frontier.png", "config.json"):
+        assert (out / name).exists(), name
+    for cell in ("iid-mean-none", "iid-mean-masking=0.5"):
+        assert len((out / "cells" / cell / "metrics.jsonl").read_text().splitlines()) == 2
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "2 cells (2 already done)" in again.stdout

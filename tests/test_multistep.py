@@ -157,6 +157,30 @@ def test_problem_vectorised_and_single_agree_and_vanish_at_the_truth(digits):
     assert (at_truth / prob.scale).max() < 1e-8 < (loss / prob.scale).min()
 
 
+@pytest.mark.parametrize("objective,method", [("l2", "idlg"), ("l2-support", "idlg"), ("cosine", "idlg"),
+                                              ("l2", "dlg")])
+def test_one_batch_closed_form_equals_the_simulation(digits, objective, method):
+    """One step on one batch of N images of a plain chain: the closed-form path (layerwise,
+    group=N) gives the loss and input gradient of the torch.func simulation."""
+    x, y = digits
+    model = _lenet()
+    fast = _problem(model, x, y, n=4, k=1, b=4, cfg=AttackConfig(objective=objective, method=method))
+    slow = _problem(model, x, y, n=4, k=1, b=4, cfg=AttackConfig(objective=objective, method=method,
+                                                                   grad_impl="vmap"))
+    assert fast.fused is not None and slow.fused is None
+    assert _problem(model, x, y, n=4, k=2, b=2).fused is None  # several steps: the simulation
+    n_vars = fast.n_img + fast.n_lab
+    z = torch.rand(2, n_vars, generator=torch.Generator().manual_seed(1))
+    for idx in (torch.arange(2), torch.tensor([1])):
+        lf, gf = fast.batched(z[idx], idx)
+        ls, gs = slow.batched(z[idx], idx)
+        torch.testing.assert_close(lf, ls, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(gf, gs, rtol=1e-3, atol=1e-6 * float(gs.abs().max()))
+    at_truth, _ = fast.batched(x.reshape(2, -1), torch.arange(2)) if method == "idlg" else (None, None)
+    if at_truth is not None and objective != "cosine":
+        assert (at_truth / fast.scale).max() < 1e-8
+
+
 def test_warm_start_puts_the_first_evaluation_at_the_start(digits):
     x, y = digits
     model = _lenet()

@@ -96,6 +96,12 @@ def assumed_batches(n_images: int, local_steps: int, batch_size: int) -> list[np
     return out
 
 
+def one_batch(batches: Sequence[np.ndarray], n_images: int) -> bool:
+    """Whether the schedule is one SGD step on one batch holding each of the N images once
+    (then the pseudo-gradient is the mean of N per-example gradients, whatever the order)."""
+    return len(batches) == 1 and np.array_equal(np.sort(np.asarray(batches[0])), np.arange(n_images))
+
+
 def appearances(batches: Sequence[np.ndarray], n_images: int) -> np.ndarray:
     """How many times each of the N positions is trained on in ``batches``."""
     return np.bincount(np.concatenate(batches), minlength=n_images)
@@ -277,8 +283,7 @@ class MultiStepProblem:
         the mean of the N per-example gradients (``group=N``), the same value the
         simulation computes through ``torch.func``, at a fraction of its cost.  ``None``
         otherwise (the vmap path)."""
-        one_batch = len(batches) == 1 and np.array_equal(np.sort(np.asarray(batches[0])), np.arange(self.n_images))
-        if not (one_batch and self.shared and self.bn_weight == 0 and self.tv_weight == 0
+        if not (one_batch(batches, self.n_images) and self.shared and self.bn_weight == 0 and self.tv_weight == 0
                 and self.cfg.grad_impl != "vmap"):
             return None
         return fused_loss_grad_fn(model, self.names, self.params, self.soft, self.cfg.objective)

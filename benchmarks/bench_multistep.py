@@ -2,7 +2,8 @@
 
 Builds, once, the uploads of ``--clients`` clients that each train ``--local-steps`` K SGD
 steps of ``--batch-size`` B over ``--images-per-client`` N real digits the way ``fit`` does
-(:func:`experiments.client_attack.client_uploads`, no defense, the DLG LeNet), then inverts
+(:func:`experiments.client_attack.client_uploads`, no defense, the config's model and lr unless
+``--model`` / ``--lr`` say otherwise), then inverts
 the same uploads twice in one process with the same settings and seeds:
 
 * **vectorised**: one :func:`attacks.updates.invert_updates` call over all clients (the
@@ -14,6 +15,7 @@ Both are scored one-to-one (:func:`attacks.scoring.score`).  Prints images per m
 accuracy of each, and the ratio vectorised / one at a time.  Labels are inferred.
 
     python benchmarks/bench_multistep.py --clients 16 --batch-size 4 --local-steps 1
+    python benchmarks/bench_multistep.py --clients 8 --batch-size 2 --local-steps 2 --images-per-client 4
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from attacks.layerwise import layer_chain  # noqa: E402
+from attacks.multistep import assumed_batches, one_batch  # noqa: E402
 from attacks.scoring import score  # noqa: E402
 from attacks.threat import attack_config  # noqa: E402
 from attacks.updates import invert_updates, update_options  # noqa: E402
@@ -64,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--local-steps", type=int, default=1)
     p.add_argument("--images-per-client", type=int, default=None, help="N (default B)")
     p.add_argument("--dataset", default="mnist-embedded")
+    p.add_argument("--model", default=None, help="lenet | tanhcnn | bncnn (default: the config's)")
+    p.add_argument("--lr", type=float, default=None, help="the clients' learning rate (default: the config's)")
     p.add_argument("--max-iter", type=int, default=None, help="attack-max-iter (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: a fair ratio on a shared machine)")
@@ -72,8 +78,9 @@ def main(argv=None) -> int:
     n_per = args.images_per_client or args.batch_size
     values = {"local-steps": args.local_steps, "batch-size": args.batch_size, "images-per-client": n_per,
               "seed": args.seed}
-    if args.max_iter is not None:
-        values["attack-max-iter"] = args.max_iter
+    for key, value in (("attack-max-iter", args.max_iter), ("model", args.model), ("lr", args.lr)):
+        if value is not None:
+            values[key] = value
     cfg = parse_run_config(values)
     n = args.clients * n_per
     images, labels, _, nc = dataset_targets(args.dataset, n, cfg.seed, cfg.data_dir, shuffle=True)
@@ -88,6 +95,10 @@ def main(argv=None) -> int:
     print(f"{args.clients} clients of {n_per} images, {cfg.local_steps} step(s) of {cfg.batch_size}, "
           f"lr {cfg.lr:g}, {cfg.model}, labels inferred, attack-max-iter {cfg.attack_max_iter}, "
           f"{args.threads} thread(s)", flush=True)
+    closed = one_batch(assumed_batches(n_per, cfg.local_steps, cfg.batch_size), n_per) and \
+        layer_chain(model) is not None
+    print("evaluation: " + ("the closed-form double back-propagation (attacks.layerwise, one batch)" if closed
+                            else "the torch.func simulation of the local steps"), flush=True)
     vec = measure("vectorised", [lambda: invert_updates(model, threats, shape, nc, acfg, opts)],
                   images, labels, used, cfg.leak_threshold)
     one = measure("one at a time", [lambda t=t: invert_updates(model, [t], shape, nc, acfg, opts) for t in threats],

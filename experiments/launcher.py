@@ -90,10 +90,13 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str | None = None) -> dict[str, str]:
+def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str | None = None,
+               threads: int | None = None) -> dict[str, str]:
     env = os.environ.copy()
     if marker:
         env[RUN_MARK] = marker
+    if threads:  # the CPU threads of every process of the run (torch reads them at import)
+        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     env.update({
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -182,7 +185,8 @@ def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
 
 
 @contextlib.contextmanager
-def private_superlink(flwr_home: Path, log, marker: str | None = None) -> Iterator[dict[str, str]]:
+def private_superlink(flwr_home: Path, log, marker: str | None = None,
+                      threads: int | None = None) -> Iterator[dict[str, str]]:
     """Start a simulation SuperLink on free loopback ports; yield the environment under
     which ``flwr run`` talks to it (with ``FL_DEFENSE_RUN_MARK=<marker>``, a fresh one
     unless given); on exit stop its whole process group, sweep every process that
@@ -190,7 +194,7 @@ def private_superlink(flwr_home: Path, log, marker: str | None = None) -> Iterat
     process is killed."""
     marker = marker or uuid.uuid4().hex
     http_port, control_port = free_port(), free_port()
-    env = flower_env(flwr_home, http_port, control_port, marker)
+    env = flower_env(flwr_home, http_port, control_port, marker, threads)
     cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--simulation",
            "--isolation", "subprocess",
            "--control-api-address", f"127.0.0.1:{control_port}",
@@ -300,8 +304,12 @@ def run_simulation(run_config: Mapping[str, Any], *,
                    on_row: Callable[[dict[str, Any]], None] | None = None,
                    log_path: Path | None = None,
                    timeout: float | None = None,
-                   project_dir: Path = PROJECT_DIR) -> RunResult:
+                   project_dir: Path = PROJECT_DIR, threads: int | None = None) -> RunResult:
     """Run one experiment through ``flwr run`` and return its per-round rows.
+
+    ``threads`` caps the CPU threads of every process of the run (``OMP_NUM_THREADS``;
+    default: torch's own choice); runs side by side set it so that their attacks do not
+    oversubscribe the cores.
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
     and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
@@ -315,12 +323,13 @@ def run_simulation(run_config: Mapping[str, Any], *,
     marker = uuid.uuid4().hex
     claim_out_dir(out_dir, marker)
     try:
-        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir)
+        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads)
     finally:
         release_out_dir(out_dir)
 
 
-def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir) -> RunResult:
+def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir,
+         threads: int | None = None) -> RunResult:
     prepare_out_dir(cfg)
     seen = len(read_jsonl(out_dir / "metrics.jsonl")) if cfg.resume else 0
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
@@ -334,7 +343,7 @@ def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, ti
 
     run_cmd = flwr_run_command(project_dir, cfg.num_clients, ["--run-config", str(config_file)])
     start = time.perf_counter()
-    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker) as env:
+    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker, threads) as env:
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:

@@ -14,6 +14,7 @@ grid resumes.  The tables and figures are rebuilt by :mod:`experiments.train_rep
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -145,10 +146,13 @@ def cmd_train(args) -> int:
           f"{cfg.num_clients} clients each; output {out}", flush=True)
     start = time.perf_counter()
     failed: list[str] = []
+    # side by side, each run gets its share of the cores, so that the hooks' attacks of two runs
+    # do not put four OpenMP threads on two cores
+    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None
     with tqdm(total=len(todo) * cfg.num_server_rounds, unit="round", file=sys.stderr, disable=args.quiet) as bar:
         def one(cell: dict) -> None:
             try:
-                res = run_simulation(cell["config"], on_row=lambda row: bar.update(1))
+                res = run_simulation(cell["config"], on_row=lambda row: bar.update(1), threads=threads)
             except SimulationFailed as exc:
                 failed.append(cell["dir"].name)
                 bar.write(f"{cell['dir'].name}: FAILED: {exc}")

@@ -123,3 +123,13 @@ def test_client_process_killed_mid_round(tmp_path, monkeypatch):
     assert not processes_with_marker(marker)
     print(f"killed actor {killed} in round 1; rows: "
           + "; ".join(f"round {r['round']}: {r['clients_ok']} ok, {r['clients_failed']} failed" for r in rows))
+
+
+def test_flower_env_caps_threads_only_when_asked(tmp_path, monkeypatch):
+    from experiments.launcher import flower_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = flower_env(tmp_path, 1, 2, "m", threads=1)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert env["FLWR_HOME"] == str(tmp_path) and env["FL_DEFENSE_RUN_MARK"] == "m"
+    assert "OMP_NUM_THREADS" not in flower_env(tmp_path, 1, 2, "m")

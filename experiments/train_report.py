@@ -128,35 +128,59 @@ def _curves(out: Path, cells: list[dict]) -> None:
     plt.close(fig)
 
 
+def _frontier_ylim(rows: list[dict]) -> tuple[float, float]:
+    """The accuracy range of the frontier: the points a defense keeps within half of the
+    best accuracy, with a margin; points below it (a strength that stopped training) are
+    drawn on the lower edge and labelled with their value."""
+    accs = [r["final_accuracy"] for r in rows if r["final_accuracy"] is not None]
+    if not accs:
+        return 0.0, 1.0
+    kept = [a for a in accs if a >= 0.5 * max(accs)]
+    span = max(max(kept) - min(kept), 0.02)
+    return max(0.0, min(kept) - 0.25 * span), min(1.0, max(kept) + 0.15 * span)
+
+
 def _frontier(out: Path, rows: list[dict]) -> None:
     plt = _plt()
     panels = _panels(rows)
     defenses = [d for d in dict.fromkeys(r["defense"] for r in rows)]
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.6), squeeze=False, sharey=True)
+    lo, hi = _frontier_ylim(rows)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.0), squeeze=False, sharey=True)
     for col, (p, a) in enumerate(panels):
         for k, defense in enumerate(defenses):
             pts = sorted((r for r in rows if r["defense"] == defense and r["partition"] == p
                           and r["aggregation"] == a and r["final_accuracy"] is not None),
                          key=lambda r: r["strength"])
+            colour = "black" if defense == "none" else f"C{k}"
             for attacker, (ls, marker) in ATTACKER_STYLE.items():
                 for row_i, key in enumerate((f"leak_rate_{attacker}", f"ssim_adjusted_{attacker}")):
-                    xy = [(r[key], r["final_accuracy"]) for r in pts if r[key] is not None]
+                    xy = [(r[key], max(r["final_accuracy"], lo), r) for r in pts if r[key] is not None]
                     if not xy:
                         continue
                     ax = axes[row_i][col]
-                    ax.plot(*zip(*xy), ls=ls, marker=marker, ms=4, color=f"C{k}", lw=1,
-                            label=f"{defense} ({attacker})" if col == 0 and row_i == 0 else None)
+                    if defense == "none":
+                        ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], ls="none", marker="*", ms=9,
+                                color=colour, label=f"no defense ({attacker})" if col == 0 and row_i == 0 else None,
+                                fillstyle="full" if attacker == "naive" else "none")
+                        continue
+                    ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], ls=ls, marker=marker, ms=4, color=colour,
+                            lw=1, label=f"{defense} ({attacker})" if col == 0 and row_i == 0 else None)
+                    for x, y, r in xy:
+                        if r["final_accuracy"] < lo:  # off the scale: on the edge, with its value
+                            ax.annotate(f"{r['spec']}: {r['final_accuracy']:.3f}", (x, y), fontsize=5,
+                                        xytext=(3, 3), textcoords="offset points", color=colour)
         axes[0][col].set_title(f"{p} / {a}", fontsize=9)
-        axes[0][col].set_xlabel("leak rate (sweep, same setting)", fontsize=7)
-        axes[1][col].set_xlabel("mean adjusted SSIM (sweep, same setting)", fontsize=7)
+        axes[0][col].set_xlabel("leak rate (sweep, same setting, round 1)", fontsize=7)
+        axes[1][col].set_xlabel("mean adjusted SSIM (sweep, same setting, round 1)", fontsize=7)
         for row_i in range(2):
             axes[row_i][col].set_xlim(-0.05, 1.05)
+            axes[row_i][col].set_ylim(lo, hi)
             axes[row_i][col].grid(alpha=0.3)
     for row_i in range(2):
         axes[row_i][0].set_ylabel("final test accuracy", fontsize=8)
-    axes[0][0].legend(fontsize=5, loc="lower right")
-    fig.suptitle("privacy-utility frontier: a curve per defense over its trained strengths "
-                 "(solid o naive, dashed ^ aware attacker)", fontsize=8)
+    axes[0][0].legend(fontsize=5, loc="upper left")
+    fig.suptitle("privacy-utility frontier, a curve per defense over its trained strengths\n"
+                 "(solid o: naive attacker, dashed ^: aware; points below the axis sit on its edge)", fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "frontier.png", dpi=110)
     plt.close(fig)

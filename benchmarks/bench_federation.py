@@ -147,8 +147,9 @@ class MemorySampler(threading.Thread):
 
 
 def run_config(num_clients: int, fraction: float, rounds: int, seed: int, out_dir: Path) -> dict:
+    # the hook off: the benchmark measures the federation, which the plain reference mirrors
     return {"num-clients": num_clients, "fraction-fit": fraction, "num-server-rounds": rounds,
-            "seed": seed, "out-dir": str(out_dir)}
+            "seed": seed, "out-dir": str(out_dir), "attack-every": 0}
 
 
 def steady(seconds: list[float]) -> float:

@@ -31,7 +31,7 @@ def processes_with_marker(marker: str) -> list[str]:
 # ---------------------------------------------------------------- sampling the slow tests
 #
 # The slow tests (real Flower simulations, deployments, full attacks) take most of the
-# suite's time.  By default a seeded half of them runs: the seed is the day's ordinal, so
+# suite's time.  By default a seeded third of them runs: the seed is the day's ordinal, so
 # successive runs on successive days cover all of them, and it is printed in the header so
 # that any run can be repeated.  ``--slow=all`` runs every one, ``--slow=none`` none;
 # ``--slow-seed=S`` repeats a sample.  The environment variable FL_DEFENSE_SLOW sets the
@@ -40,12 +40,12 @@ import datetime  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
 
-SLOW_SHARE = 0.5
+SLOW_SHARE = 1 / 3
 
 
 def pytest_addoption(parser):
     parser.addoption("--slow", choices=("sample", "all", "none"), default=os.environ.get("FL_DEFENSE_SLOW", "sample"),
-                     help="which tests marked slow run: a seeded half (default), all, or none")
+                     help="which tests marked slow run: a seeded third (default), all, or none")
     parser.addoption("--slow-seed", type=int, default=None,
                      help="the seed of the slow-test sample (default: today's date ordinal)")
 

@@ -81,7 +81,10 @@ def thresholds_from_cells(cells: list[dict], grids: dict[str, list[float]], max_
                      "undefended_leak_rate": base["leak_rate"] if base else None,
                      "strongest_tested": grids.get(defense, [None])[-1],
                      "tested": ";".join(fmt_strength(v) for v in grids.get(defense, [])),
-                     **{key: value for key, value in (base or found or {}).get("setting", {}).items()}})
+                     # the setting's other keys; the kind of data is the cell's own (a folder's
+                     # cells carry the run's dataset in their setting, but did not use it)
+                     **{key: value for key, value in (base or found or {}).get("setting", {}).items()
+                        if key != "dataset"}})
     return rows
 
 

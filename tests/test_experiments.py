@@ -31,6 +31,11 @@ def test_thresholds_pick_the_weakest_strength_that_stops_the_leak():
     assert rows["clipping"]["threshold"] is None and rows["clipping"]["strongest_tested"] == 0.1
     rows = {r["defense"]: r for r in thresholds_from_cells(cells, grids, 0.25)}
     assert rows["masking"]["threshold"] == 0.5
+    # a folder's cells carry the run's setting (its dataset among the keys): the row keeps the folder
+    setting = {"dataset": "mnist-embedded", "lr": 0.3, "model": "tanhcnn"}
+    folder = [{**c, "dataset": "folder-colour", "setting": setting} for c in cells]
+    rows = thresholds_from_cells(folder, grids, 0.0)
+    assert {r["dataset"] for r in rows} == {"folder-colour"} and all(r["lr"] == 0.3 for r in rows)
 
 
 def test_attack_command_on_an_image_folder(tmp_path, capsys):

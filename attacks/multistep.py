@@ -322,11 +322,13 @@ class MultiStepProblem:
             loss = loss + self.tv_weight * scale.to(loss.dtype) * total_variation(x)
         return loss
 
-    def _flat_subset(self, idx: Tensor) -> Tensor:
+    def _flat_subset(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Flattened observed updates ``[U, P]`` and labels of targets ``idx`` (the closed
+        form's inputs), cached while ``idx`` is the same tensor."""
         cached = getattr(self, "_flat_cache", None)
         if cached is None or cached[0] is not idx:
-            self._flat_cache = (idx, self.observed_flat[idx])
-        return self._flat_cache[1]
+            self._flat_cache = (idx, self.observed_flat[idx], self.labels[idx])
+        return self._flat_cache[1:]
 
     def _subset(self, idx: Tensor):
         cached = getattr(self, "_cache", None)
@@ -342,8 +344,7 @@ class MultiStepProblem:
         if self.fused is not None:
             u, n = z.shape[0], self.n_images
             x, y = self.split(self.variables(z.detach(), idx))
-            _, _, _, _, labels, _, _ = self._subset(idx)
-            obs = self._flat_subset(idx)
+            obs, labels = self._flat_subset(idx)
             loss, gx, gy = self.fused(x.reshape(u * n, *self.input_shape),
                                       y.reshape(u * n, -1) if self.soft else labels.reshape(-1), obs, group=n)
             gz = gx.reshape(u, -1) if gy is None else torch.cat([gx.reshape(u, -1), gy.reshape(u, -1)], 1)

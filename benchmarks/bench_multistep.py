@@ -16,6 +16,7 @@ accuracy of each, and the ratio vectorised / one at a time.  Labels are inferred
 
     python benchmarks/bench_multistep.py --clients 16 --batch-size 4 --local-steps 1
     python benchmarks/bench_multistep.py --clients 8 --batch-size 2 --local-steps 2 --images-per-client 4
+    python benchmarks/bench_multistep.py --clients 8 --eval-cost     # ms per evaluation, per path
 """
 
 from __future__ import annotations
@@ -61,6 +62,39 @@ def measure(label: str, calls, images, labels, used, threshold: float) -> dict:
     return out
 
 
+def eval_cost(model, threats, shape, num_classes: int, acfg, repeats: int = 50) -> None:
+    """Milliseconds per evaluation of the matching loss and its input gradient, for one
+    client alone and for all of them in one call, through each path the problem has: the
+    closed form (when it applies) and the ``torch.func`` simulation (``grad_impl="vmap"``)."""
+    from dataclasses import replace
+
+    from attacks.multistep import MultiStepProblem
+    from attacks.objectives import loss_scale
+
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: v.float() for n, v in threats[0].parameters(model).items()}
+    obs = [torch.stack(o) for o in zip(*(t.pseudo_gradient(model) for t in threats))]
+    n, k, b = threats[0].shape
+    labels = torch.zeros(len(threats), n, dtype=torch.long)
+    batches = assumed_batches(n, k, b)
+    for impl in ("auto", "vmap"):
+        cfg = replace(acfg, grad_impl=impl)
+        prob = MultiStepProblem(model, names, params, True, obs, [], labels, batches, threats[0].lr, shape,
+                                num_classes, cfg, torch.device("cpu"), loss_scale(obs, cfg.objective))
+        path = "closed form" if prob.fused is not None else "torch.func"
+        if impl == "vmap" or prob.fused is not None:
+            cost = []
+            for u in (1, len(threats)):
+                z, idx = torch.rand(u, prob.n_img + prob.n_lab), torch.arange(u)
+                prob.batched(z, idx)  # warm-up
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    prob.batched(z, idx)
+                cost.append(1000 * (time.perf_counter() - t0) / repeats)
+            print(f"evaluation, {path:>11}: {cost[0]:6.1f} ms for one client, {cost[1]:6.1f} ms for "
+                  f"{len(threats)} together ({cost[1] / len(threats):.1f} ms each)", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=16)
@@ -73,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-iter", type=int, default=None, help="attack-max-iter (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: a fair ratio on a shared machine)")
+    p.add_argument("--eval-cost", dest="eval_cost", action="store_true",
+                   help="only time one evaluation of the loss and its gradient per path (closed form, torch.func)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     n_per = args.images_per_client or args.batch_size
@@ -99,6 +135,9 @@ def main(argv=None) -> int:
         layer_chain(model) is not None
     print("evaluation: " + ("the closed-form double back-propagation (attacks.layerwise, one batch)" if closed
                             else "the torch.func simulation of the local steps"), flush=True)
+    if args.eval_cost:
+        eval_cost(model, threats, shape, nc, acfg)
+        return 0
     vec = measure("vectorised", [lambda: invert_updates(model, threats, shape, nc, acfg, opts)],
                   images, labels, used, cfg.leak_threshold)
     one = measure("one at a time", [lambda t=t: invert_updates(model, [t], shape, nc, acfg, opts) for t in threats],

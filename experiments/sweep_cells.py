@@ -81,8 +81,8 @@ def thresholds_from_cells(cells: list[dict], grids: dict[str, list[float]], max_
                      "undefended_leak_rate": base["leak_rate"] if base else None,
                      "strongest_tested": grids.get(defense, [None])[-1],
                      "tested": ";".join(fmt_strength(v) for v in grids.get(defense, [])),
-                     # the setting's other keys; the kind of data is the cell's own (a folder's
-                     # cells carry the run's dataset in their setting, but did not use it)
+                     # the setting's other keys: the kind of data is the row's key (cells written
+                     # before the sweep recorded a folder's kind carry the run's data set there)
                      **{key: value for key, value in (base or found or {}).get("setting", {}).items()
                         if key != "dataset"}})
     return rows

@@ -118,7 +118,7 @@ def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: i
                                      client_ids=[c.client_id for _ in specs for c in clients],
                                      server_round=1, chunk=chunk)
     m = len(clients)
-    setting = setting_of(cfg)
+    setting = {**setting_of(cfg), "dataset": group["kind"]}  # a folder's kind, not the run's data set
     for j, (strength, spec) in enumerate(zip(group["strengths"], specs)):
         keep = np.flatnonzero(scores.client // m == j)
         part = [dict(rows[i], image=names[rows[i]["image"]]) for i in keep]

@@ -151,6 +151,8 @@ def cmd_train(args) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None
     with tqdm(total=len(todo) * cfg.num_server_rounds, unit="round", file=sys.stderr, disable=args.quiet) as bar:
         def one(cell: dict) -> None:
+            if args.workers == 1:
+                bar.set_description(f"{cell['partition']} {cell['aggregation']} {cell['spec']}")
             try:
                 res = run_simulation(cell["config"], on_row=lambda row: bar.update(1), threads=threads)
             except SimulationFailed as exc:
@@ -160,15 +162,9 @@ def cmd_train(args) -> int:
             bar.write(f"{cell['dir'].name}: accuracy {res.rows[-1].get('accuracy', float('nan')):.4f} "
                       f"({res.seconds:.0f}s)")
 
-        if args.workers <= 1:
-            for cell in todo:
-                bar.set_description(f"{cell['partition']} {cell['aggregation']} {cell['spec']}")
-                one(cell)
-                if failed:
-                    break
-        else:  # independent simulations side by side (each its own SuperLink, Ray and ports)
-            with ThreadPoolExecutor(max_workers=args.workers) as pool:
-                list(pool.map(one, todo))
+        # each cell its own simulation (SuperLink, Ray, ports); a failed cell does not stop the others
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            list(pool.map(one, todo))
     if failed:
         print(f"train: {len(failed)} cell(s) failed: {', '.join(failed)}; the finished cells are kept, run the "
               f"same command again to resume", flush=True)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from attacks.objectives import matching_loss
 
 __all__ = ["Conv", "Activation", "Flatten", "Dense", "layer_chain", "fused_loss_grad_fn",
-           "flatten_observed"]
+           "flatten_observed", "chain_forward"]
 
 ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu",
                torch.sigmoid: "sigmoid", torch.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
@@ -173,6 +173,46 @@ def _unfold(a: Tensor, layer: Conv) -> Tensor:
     return v.permute(0, 1, 4, 5, 2, 3).reshape(u, c * kh * kw, ho * wo)
 
 
+def _activate(kind: str, a: Tensor) -> Tensor:
+    return torch.sigmoid(a) if kind == "sigmoid" else torch.tanh(a) if kind == "tanh" else torch.relu(a)
+
+
+def chain_forward(chain: list[Layer], params: dict[str, Tensor], x: Tensor, targets: int) -> Tensor:
+    """The chain's output for ``targets`` T models at once, each with its own weights.
+
+    ``params[name]`` is ``[T, ...]`` (one set of weights per target; an ``expand`` of shared
+    weights is fine), ``x`` is ``[T * M, C, H, W]``: M inputs per target, target-major.
+    Returns the logits ``[T * M, classes]``.  A convolution is written as a matrix product
+    over the unfolded input (``F.unfold``, im2col), ``z_t = W_t cols(a_t) + b_t``, so that the
+    per-target weights are a batched matrix product rather than the grouped convolutions
+    ``torch.func.vmap`` makes; differentiable (twice) by plain autograd.  For a few small
+    targets this costs less than the vmap of ``functional_call`` (measured in
+    :mod:`attacks.multistep`, where it simulates local steps)."""
+    a = x
+    for layer in chain:
+        if isinstance(layer, Conv):
+            cols = F.unfold(a, layer.kernel, padding=layer.padding, stride=layer.stride)  # [T M, C k k, L]
+            tm, ck, length = cols.shape
+            w = params[layer.weight]
+            z = torch.matmul(w.reshape(targets, 1, w.shape[1], -1), cols.view(targets, tm // targets, ck, length))
+            if layer.bias is not None:
+                z = z + params[layer.bias][:, None, :, None]
+            h, wd = a.shape[-2:]
+            ho = (h + 2 * layer.padding[0] - layer.kernel[0]) // layer.stride[0] + 1
+            wo = (wd + 2 * layer.padding[1] - layer.kernel[1]) // layer.stride[1] + 1
+            a = z.reshape(tm, -1, ho, wo)
+        elif isinstance(layer, Activation):
+            a = _activate(layer.kind, a)
+        elif isinstance(layer, Flatten):
+            a = a.flatten(1)
+        else:
+            out = torch.matmul(a.view(targets, -1, a.shape[-1]), params[layer.weight].mT)
+            if layer.bias is not None:
+                out = out + params[layer.bias][:, None, :]
+            a = out.reshape(-1, out.shape[-1])
+    return a
+
+
 def _adjoint_l2(g: Tensor, o: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     diff = g - o
     if mask is not None:
@@ -230,8 +270,7 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
                 ins.append(cols)
                 a = z.view(u, -1, ho, wo)
             elif isinstance(layer, Activation):
-                a = torch.sigmoid(a) if layer.kind == "sigmoid" else \
-                    torch.tanh(a) if layer.kind == "tanh" else torch.relu(a)
+                a = _activate(layer.kind, a)
                 ins.append(a)   # the output: s' and s'' are written with it
             elif isinstance(layer, Flatten):
                 ins.append(None)

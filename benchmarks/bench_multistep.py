@@ -65,7 +65,9 @@ def measure(label: str, calls, images, labels, used, threshold: float) -> dict:
 def eval_cost(model, threats, shape, num_classes: int, acfg, repeats: int = 50) -> None:
     """Milliseconds per evaluation of the matching loss and its input gradient, for one
     client alone and for all of them in one call, through each path the problem has: the
-    closed form (when it applies) and the ``torch.func`` simulation (``grad_impl="vmap"``)."""
+    closed form (one batch of a plain chain), the im2col simulation (a plain chain; the
+    problem takes it for at most ``chain_targets`` targets per call) and the ``torch.func``
+    simulation (``grad_impl="vmap"``).  A path is forced here for all sizes to compare."""
     from dataclasses import replace
 
     from attacks.multistep import MultiStepProblem
@@ -77,22 +79,28 @@ def eval_cost(model, threats, shape, num_classes: int, acfg, repeats: int = 50) 
     n, k, b = threats[0].shape
     labels = torch.zeros(len(threats), n, dtype=torch.long)
     batches = assumed_batches(n, k, b)
-    for impl in ("auto", "vmap"):
-        cfg = replace(acfg, grad_impl=impl)
+    for path in ("closed form", "im2col", "torch.func"):
+        cfg = replace(acfg, grad_impl="vmap" if path == "torch.func" else "auto")
         prob = MultiStepProblem(model, names, params, True, obs, [], labels, batches, threats[0].lr, shape,
                                 num_classes, cfg, torch.device("cpu"), loss_scale(obs, cfg.objective))
-        path = "closed form" if prob.fused is not None else "torch.func"
-        if impl == "vmap" or prob.fused is not None:
-            cost = []
-            for u in (1, len(threats)):
-                z, idx = torch.rand(u, prob.n_img + prob.n_lab), torch.arange(u)
-                prob.batched(z, idx)  # warm-up
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    prob.batched(z, idx)
-                cost.append(1000 * (time.perf_counter() - t0) / repeats)
-            print(f"evaluation, {path:>11}: {cost[0]:6.1f} ms for one client, {cost[1]:6.1f} ms for "
-                  f"{len(threats)} together ({cost[1] / len(threats):.1f} ms each)", flush=True)
+        if path == "closed form" and prob.fused is None:
+            continue
+        if path == "im2col":
+            if prob.chain_targets == 0:
+                continue
+            prob.fused, chosen = None, prob.chain_targets
+            prob.chain_targets = len(threats)
+        cost = []
+        for u in (1, len(threats)):
+            z, idx = torch.rand(u, prob.n_img + prob.n_lab), torch.arange(u)
+            prob.batched(z, idx)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                prob.batched(z, idx)
+            cost.append(1000 * (time.perf_counter() - t0) / repeats)
+        note = f" (the problem takes it up to {chosen} client(s) per call)" if path == "im2col" else ""
+        print(f"evaluation, {path:>11}: {cost[0]:6.1f} ms for one client, {cost[1]:6.1f} ms for "
+              f"{len(threats)} together ({cost[1] / len(threats):.1f} ms each){note}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -106,11 +114,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None, help="the clients' learning rate (default: the config's)")
     p.add_argument("--max-iter", type=int, default=None, help="attack-max-iter (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: a fair ratio on a shared machine)")
+    p.add_argument("--threads", default="1",
+                   help="comma-separated torch thread counts; each runs both ways (e.g. 1,2)")
     p.add_argument("--eval-cost", dest="eval_cost", action="store_true",
                    help="only time one evaluation of the loss and its gradient per path (closed form, torch.func)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    try:
+        threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        p.error(f"--threads must list positive ints; got {args.threads!r}")
+    torch.set_num_threads(threads[0])
     n_per = args.images_per_client or args.batch_size
     values = {"local-steps": args.local_steps, "batch-size": args.batch_size, "images-per-client": n_per,
               "seed": args.seed}
@@ -129,21 +144,31 @@ def main(argv=None) -> int:
     acfg, opts = attack_config(cfg, device="cpu"), update_options(cfg, model)
     shape = tuple(images.shape[1:])
     print(f"{args.clients} clients of {n_per} images, {cfg.local_steps} step(s) of {cfg.batch_size}, "
-          f"lr {cfg.lr:g}, {cfg.model}, labels inferred, attack-max-iter {cfg.attack_max_iter}, "
-          f"{args.threads} thread(s)", flush=True)
+          f"lr {cfg.lr:g}, {cfg.model}, labels inferred, attack-max-iter {cfg.attack_max_iter}", flush=True)
     closed = one_batch(assumed_batches(n_per, cfg.local_steps, cfg.batch_size), n_per) and \
         layer_chain(model) is not None
+    chain = layer_chain(model) is not None
     print("evaluation: " + ("the closed-form double back-propagation (attacks.layerwise, one batch)" if closed
+                            else "the im2col simulation of the local steps for a few clients per call, "
+                                 "torch.func for more" if chain
                             else "the torch.func simulation of the local steps"), flush=True)
     if args.eval_cost:
         eval_cost(model, threats, shape, nc, acfg)
         return 0
-    vec = measure("vectorised", [lambda: invert_updates(model, threats, shape, nc, acfg, opts)],
-                  images, labels, used, cfg.leak_threshold)
-    one = measure("one at a time", [lambda t=t: invert_updates(model, [t], shape, nc, acfg, opts) for t in threats],
-                  images, labels, used, cfg.leak_threshold)
-    print(f"vectorised / one at a time: {vec['per_min'] / one['per_min']:.1f}x images per minute "
-          f"(leaked {vec['leaked']} vs {one['leaked']} of {vec['images']})")
+    summary = []
+    for t in threads:
+        torch.set_num_threads(t)
+        print(f"\n## {t} thread(s)", flush=True)
+        vec = measure("vectorised", [lambda: invert_updates(model, threats, shape, nc, acfg, opts)],
+                      images, labels, used, cfg.leak_threshold)
+        one = measure("one at a time",
+                      [lambda th=th: invert_updates(model, [th], shape, nc, acfg, opts) for th in threats],
+                      images, labels, used, cfg.leak_threshold)
+        ratio = vec["per_min"] / one["per_min"]
+        summary.append(f"{t} thread(s): vectorised / one at a time: {ratio:.1f}x images per minute "
+                       f"(leaked {vec['leaked']} vs {one['leaked']} of {vec['images']})")
+        print(summary[-1], flush=True)
+    print("\n" + "\n".join(summary))
     return 0
 
 

@@ -94,3 +94,25 @@ def test_colour_folder_is_read_back_as_the_crops_it_wrote(tmp_path):
     assert folder.images.shape == (3, 3, 16, 16)
     assert np.array_equal(folder.labels, y.numpy())
     assert np.abs(folder.images / 255.0 - x.numpy()).max() <= 0.5 / 255 + 1e-6  # 8-bit PNG rounding only
+
+
+def test_bench_multistep_tiny_run_prints_a_ratio_per_thread_count(capsys):
+    from benchmarks import bench_multistep
+
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            bench_multistep.main(["--threads", "0"])
+        assert exc.value.code == 2
+        assert bench_multistep.main(["--clients", "2", "--batch-size", "2", "--local-steps", "2",
+                                     "--images-per-client", "2", "--model", "lenet", "--lr", "0.1",
+                                     "--max-iter", "5", "--threads", "1,2"]) == 0
+        out = capsys.readouterr().out
+        assert "im2col simulation" in out
+        assert [line.split(":")[0] for line in out.splitlines()[-2:]] == ["1 thread(s)", "2 thread(s)"]
+        assert bench_multistep.main(["--clients", "2", "--batch-size", "2", "--local-steps", "2",
+                                     "--images-per-client", "2", "--model", "lenet", "--eval-cost"]) == 0
+        costs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("evaluation, ")]
+        assert [c.split(":")[0].split()[-1] for c in costs] == ["im2col", "torch.func"]
+    finally:
+        torch.set_num_threads(before)

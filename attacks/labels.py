@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attacks.layerwise import Activation, Dense, layer_chain
+
 
 def infer_label_idlg(last_layer_weight_grad: Tensor | np.ndarray) -> int:
     """iDLG label inference (Zhao et al., 2020) from the last linear layer's weight gradient.
@@ -44,8 +46,16 @@ def infer_label_idlg(last_layer_weight_grad: Tensor | np.ndarray) -> int:
     return int(w.double().sum(1).argmin())
 
 
-def idlg_labels(last_layer_weight_grads: Tensor) -> Tensor:
+def idlg_labels(last_layer_weight_grads: Tensor, nonnegative: bool = True) -> Tensor:
     """:func:`infer_label_idlg` for T targets at once: ``[T, K, F]`` -> ``[T]`` labels.
+
+    ``nonnegative``: the last layer's input features are known non-negative (sigmoid, ReLU;
+    :func:`features_nonnegative`), so the true-label row is the one of smallest sum (iDLG).
+    Otherwise (tanh) the sign of the features is unknown: every row is ``c_i h`` with ``c_y < 0``
+    the only negative coefficient, so the true row is the odd one out by the sign of its
+    projection ``<row_i, row_r>`` on the largest row ``r``: the minimum when fewer projections
+    are negative than positive, else the maximum (for non-negative features and no defense
+    this is the same label as the smallest sum).
 
     Non-finite entries count as 0 (a target whose gradient is unusable gets some label; the
     attack marks it failed anyway).
@@ -54,8 +64,26 @@ def idlg_labels(last_layer_weight_grads: Tensor) -> Tensor:
     if w.ndim != 3 or w.shape[1] < 2:
         raise ValueError(f"last_layer_weight_grads must be [T, num_classes >= 2, features]; "
                          f"got shape {tuple(w.shape)}")
-    rows = torch.nan_to_num(w.double(), nan=0.0, posinf=0.0, neginf=0.0).sum(2)
-    return rows.argmin(1)
+    w = torch.nan_to_num(w.double(), nan=0.0, posinf=0.0, neginf=0.0)
+    if nonnegative:
+        return w.sum(2).argmin(1)
+    ref = w[torch.arange(w.shape[0]), w.norm(dim=2).argmax(1)]          # [T, F]
+    proj = torch.einsum("tkf,tf->tk", w, ref)
+    fewer_negative = (proj < 0).sum(1) <= (proj > 0).sum(1)
+    return torch.where(fewer_negative, proj.argmin(1), proj.argmax(1))
+
+
+def features_nonnegative(model: torch.nn.Module) -> bool:
+    """Whether the input of the model's last linear layer is known to be non-negative: the
+    activation before it (in a plain chain, :func:`attacks.layerwise.layer_chain`) is a
+    sigmoid or a ReLU.  ``True`` for models that are not a plain chain (BatchNorm CNNs end
+    in ReLU here), as iDLG assumes."""
+    chain = layer_chain(model)
+    if chain is None:
+        return True
+    last = max(i for i, layer in enumerate(chain) if isinstance(layer, Dense))
+    acts = [layer for layer in chain[:last] if isinstance(layer, (Activation, Dense))]
+    return bool(acts) and isinstance(acts[-1], Activation) and acts[-1].kind in ("sigmoid", "relu")
 
 
 def round_counts(values: np.ndarray, total: int) -> np.ndarray:

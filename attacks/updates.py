@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from attacks.engines import RUNNERS, Problem
 from attacks.gradients import last_linear_weight_index, params_and_buffers
 from attacks.label_search import hypotheses_for, searcher_for
-from attacks.labels import idlg_labels
+from attacks.labels import features_nonnegative, idlg_labels
 from attacks.multistep import MultiStepProblem, Simulator, assumed_batches
 from attacks.objectives import loss_scale
 from attacks.settings import AttackConfig, resolve_device
@@ -292,7 +292,7 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
         # one image, one step: iDLG with the runner's own restarts, as invert_gradients
         w = g.obs[last_linear_weight_index(g.model)][usable]
         lab = (torch.stack([torch.as_tensor(given[int(t)][:1]) for t in usable]) if given is not None
-               else idlg_labels(w.flatten(2)).reshape(-1, 1).cpu())
+               else idlg_labels(w.flatten(2), features_nonnegative(g.model)).reshape(-1, 1).cpu())
         x, lo, it, tr = g.run(usable, lab, cfg.max_iter, cfg.restarts, cfg.seed, simulated=False)
         keep(usable, x, lo, lab)
         iters[usable.cpu()] += it

@@ -295,6 +295,28 @@ def test_idlg_labels_agrees_with_the_single_target_rule():
     assert idlg_labels(w).tolist() == [infer_label_idlg(w[t]) for t in range(6)]
 
 
+def test_idlg_labels_for_features_of_either_sign():
+    """Real single-image gradients: on the sigmoid LeNet (non-negative features) both rules
+    find every label; on tanhcnn (tanh features) the smallest-sum rule fails on some colour
+    images and the sign-aware one, which the attack picks from the architecture, finds all."""
+    from attacks.labels import features_nonnegative
+    from fl_defense.models import TanhCNN
+
+    x, y = colour_targets(8, size=32, seed=0)
+    torch.manual_seed(0)
+    lenet, tanh = LeNet(3, 32, 10, dlg_init=True), TanhCNN(3, 32, 10)
+    assert features_nonnegative(lenet) and not features_nonnegative(tanh)
+    assert features_nonnegative(BNCNN(3, 32, 10))
+    for model in (lenet, tanh):
+        w = single_image_gradients(model, x, y)[last_linear_weight_index(model)].flatten(2)
+        assert idlg_labels(w, nonnegative=False).tolist() == y.tolist()
+        smallest_sum = idlg_labels(w).tolist()
+        if model is lenet:
+            assert smallest_sum == y.tolist()
+        else:
+            assert smallest_sum != y.tolist()
+
+
 # ---------------------------------------------------------------- fused double back-propagation
 
 class _MLP(torch.nn.Module):

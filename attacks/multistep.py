@@ -223,7 +223,6 @@ class Simulator:
         pseudo = [(p0[n] - p[n]) / self.lr for n in self.names]
         return pseudo, stat_sum, prob_sum
 
-
     def run_targets(self, p0: dict[str, Tensor], shared: bool, x: Tensor, y: Tensor) -> list[Tensor]:
         """The pseudo-gradients ``[T, ...]`` per parameter of T targets at once, for a plain
         layer chain (``self.chain``), by plain autograd over
@@ -402,9 +401,10 @@ class MultiStepProblem:
         """``[U]`` losses through :meth:`Simulator.run_targets` (a plain chain: no BatchNorm
         statistics): for a few targets, cheaper than the vmap of :meth:`_target_loss`, with
         the same values (``tests/test_multistep.py``).  Measured, one thread, DLG LeNet, 4
-        images: per evaluation 15 ms against 26 ms (vmap) for one client of 2 steps of 2, and
-        39 against 56-61 ms for 4 full-batch steps; vmap is faster from about ``CHAIN_MAX``
-        image-steps per call on (4 full-batch steps: 4 clients; 2 steps of 2: 16 clients)."""
+        images: per evaluation 15.6 ms against 27.2 ms (vmap) for one client of 2 steps of 2,
+        and 40.7 against 71.5 ms for 4 full-batch steps (``benchmarks/bench_multistep.py
+        --eval-cost``); from about ``CHAIN_MAX`` image-steps per call on (4 full-batch steps:
+        4 clients; 2 steps of 2: 16 clients) vmap is as fast or faster."""
         pseudo = self.sim.run_targets(p0, self.shared, x, y)
         loss = matching_loss(pseudo, obs, self.cfg.objective)
         if self.tv_weight > 0:

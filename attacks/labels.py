@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attacks.layerwise import Activation, Dense, layer_chain
+from attacks.layerwise import Activation, Dense, Flatten, layer_chain
 
 
 def infer_label_idlg(last_layer_weight_grad: Tensor | np.ndarray) -> int:
@@ -74,16 +74,16 @@ def idlg_labels(last_layer_weight_grads: Tensor, nonnegative: bool = True) -> Te
 
 
 def features_nonnegative(model: torch.nn.Module) -> bool:
-    """Whether the input of the model's last linear layer is known to be non-negative: the
-    activation before it (in a plain chain, :func:`attacks.layerwise.layer_chain`) is a
-    sigmoid or a ReLU.  ``True`` for models that are not a plain chain (BatchNorm CNNs end
-    in ReLU here), as iDLG assumes."""
+    """Whether the input of the model's last linear layer is known to be non-negative: in a
+    plain chain (:func:`attacks.layerwise.layer_chain`) the last layer before it, flattening
+    aside, is a sigmoid or a ReLU.  ``True`` for models that are not a plain chain (BatchNorm
+    CNNs end in ReLU here), as iDLG assumes."""
     chain = layer_chain(model)
     if chain is None:
         return True
     last = max(i for i, layer in enumerate(chain) if isinstance(layer, Dense))
-    acts = [layer for layer in chain[:last] if isinstance(layer, (Activation, Dense))]
-    return bool(acts) and isinstance(acts[-1], Activation) and acts[-1].kind in ("sigmoid", "relu")
+    before = [layer for layer in chain[:last] if not isinstance(layer, Flatten)]
+    return bool(before) and isinstance(before[-1], Activation) and before[-1].kind in ("sigmoid", "relu")
 
 
 def round_counts(values: np.ndarray, total: int) -> np.ndarray:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from attacks.objectives import matching_loss
 
 __all__ = ["Conv", "Activation", "Flatten", "Dense", "layer_chain", "fused_loss_grad_fn",
-           "flatten_observed", "chain_forward"]
+           "flatten_observed", "chain_forward", "trainable_chain"]
 
 ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu",
                torch.sigmoid: "sigmoid", torch.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
@@ -142,6 +142,17 @@ def layer_chain(model: nn.Module) -> list[Layer] | None:
     return chain
 
 
+def trainable_chain(model: nn.Module, names: list[str]) -> list[Layer] | None:
+    """:func:`layer_chain`, when its weights and biases are exactly the parameters ``names``
+    (the ones the attack differentiates), else ``None``."""
+    chain = layer_chain(model)
+    if chain is None:
+        return None
+    used = {n for layer in chain if isinstance(layer, (Conv, Dense))
+            for n in (layer.weight, layer.bias) if n is not None}
+    return chain if used == set(names) else None
+
+
 def _act_slope(kind: str, out: Tensor) -> Tensor:
     """``s'(z)`` written with the activation's output ``a = s(z)``."""
     if kind == "sigmoid":
@@ -237,12 +248,8 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
     ``None``).  ``"l2"`` and ``"l2-support"`` have their adjoint in closed form; any other
     objective is differentiated by autograd on ``G`` alone (cheap: element-wise).
     """
-    chain = layer_chain(model)
+    chain = trainable_chain(model, names)
     if chain is None:
-        return None
-    used = {n for layer in chain if isinstance(layer, (Conv, Dense))
-            for n in (layer.weight, layer.bias) if n is not None}
-    if used != set(names):
         return None
     flat = {n: params[n].reshape(params[n].shape[0], -1) for n in names}
     flat_t = {n: v.T.contiguous() for n, v in flat.items()}

@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from attacks.engines import closure_step, init_point
-from attacks.layerwise import Conv, Dense, chain_forward, flatten_observed, fused_loss_grad_fn, layer_chain
+from attacks.layerwise import chain_forward, flatten_observed, fused_loss_grad_fn, trainable_chain
 from attacks.objectives import EPS, matching_loss
 from attacks.settings import AttackConfig
 
@@ -151,10 +151,7 @@ class Simulator:
         self.lr = float(lr)
         self.soft = soft
         self.bn = bn_layers(model)
-        chain = layer_chain(model)
-        used = {n for layer in chain or () if isinstance(layer, (Conv, Dense))
-                for n in (layer.weight, layer.bias) if n is not None}
-        self.chain = chain if chain is not None and used == set(self.names) else None
+        self.chain = trainable_chain(model, self.names)
         self.image_steps = int(sum(len(b) for b in batches))
         self._record: list[Tensor] | None = None
         modules = dict(self.model.named_modules())

@@ -58,7 +58,8 @@ class UpdateAttackOptions:
             the attack: an upper bound, flagged as ``label_source = "given"`` in outputs).
         hypotheses: label hypotheses screened per target when the labels are not read in
             closed form (several steps, or labels given but batch order unknown).
-        screen_iter: L-BFGS iterations per hypothesis in the screening.
+        screen_iter: L-BFGS iterations per hypothesis in the screening (at most the try's
+            ``max_iter``, which the screening and the continuation share).
         screen_seeds: starts per hypothesis in the screening (a try with the right labels
             can still land in a bad basin: measured about half of them with 4 images in 4
             full-batch steps; the best of two is good three times in four).
@@ -300,6 +301,7 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
         n_hyps[usable.cpu()] = 1
     elif usable.numel():
         search = searcher_for(g, given)
+        screen_iter = min(opt.screen_iter, cfg.max_iter)  # the screening is part of the try's budget
         pending = usable
         tried: dict[int, set] = {}
         for rnd in range(cfg.restarts + 1):
@@ -320,7 +322,7 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
             budget, start = cfg.max_iter, None
             if len(rows) > len(pending):
                 # screening: every hypothesis briefly, in one call; each target continues its best
-                x, lo, it, _ = g.run(rows, lab, opt.screen_iter, 0, seed)
+                x, lo, it, _ = g.run(rows, lab, screen_iter, 0, seed)
                 iters.index_add_(0, rows.cpu(), it)
                 rel = (lo / g.scale[rows]).cpu()
                 rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, float("inf")))
@@ -328,7 +330,7 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
                     torch.argmin(rel[rows.cpu() == t])]) for t in pending.tolist()])
                 keep(rows[pick], x[pick], lo[pick], lab[pick])
                 rows, lab, start = rows[pick], lab[pick], x[pick]
-                budget = max(cfg.max_iter - opt.screen_iter, 1)
+                budget = max(cfg.max_iter - screen_iter, 1)
             x, lo, it, _ = g.run(rows, lab, budget, 0, seed, start=start)
             keep(rows, x, lo, lab)
             for t, h in zip(rows.tolist(), lab.tolist()):

@@ -17,6 +17,8 @@ accuracy of each, and the ratio vectorised / one at a time.  Labels are inferred
     python benchmarks/bench_multistep.py --clients 16 --batch-size 4 --local-steps 1
     python benchmarks/bench_multistep.py --clients 8 --batch-size 2 --local-steps 2 --images-per-client 4
     python benchmarks/bench_multistep.py --clients 8 --eval-cost     # ms per evaluation, per path
+    python benchmarks/bench_multistep.py --clients 4 --batch-size 4 --local-steps 4 --images-per-client 4 \
+        --model lenet --lr 0.1 --phases                               # where the vectorised call's time goes
 """
 
 from __future__ import annotations
@@ -103,6 +105,44 @@ def eval_cost(model, threats, shape, num_classes: int, acfg, repeats: int = 50) 
               f"{len(threats)} together ({cost[1] / len(threats):.1f} ms each){note}", flush=True)
 
 
+def phases(model, threats, shape, num_classes: int, acfg, opts) -> None:
+    """The vectorised call alone, timed per runner call of :mod:`attacks.updates` (the
+    screenings, continuations and tries: rows, iteration budget, wall seconds, evaluations,
+    each row's labels and the relative loss it reached), then how many rows the evaluations
+    held.  Evaluations are counted by :class:`benchmarks.profile_attack.SectionTimer`."""
+    import attacks.updates as updates
+    from attacks.multistep import MultiStepProblem
+    from benchmarks.profile_attack import SectionTimer
+
+    timer = SectionTimer()
+    timer.wrap(MultiStepProblem, "batched", "evaluation", sizes=True)
+    calls = []
+    run = updates._Group.run
+
+    def timed(group, rows, labels, max_iter, *args, **kwargs):
+        before, start = timer.calls["evaluation"], time.perf_counter()
+        out = run(group, rows, labels, max_iter, *args, **kwargs)
+        rel = (out[1] / group.scale[rows]).tolist()
+        calls.append((rows.tolist(), labels.tolist(), max_iter, time.perf_counter() - start,
+                      timer.calls["evaluation"] - before, rel, out[2].tolist()))
+        return out
+
+    updates._Group.run = timed
+    start = time.perf_counter()
+    try:
+        invert_updates(model, threats, shape, num_classes, acfg, opts)
+    finally:
+        updates._Group.run = run
+        timer.restore()
+    print(f"vectorised call: {time.perf_counter() - start:.1f} s wall, {len(calls)} runner call(s)", flush=True)
+    for rows, labels, budget, sec, evals, rel, iters in calls:
+        print(f"  {len(rows):3d} rows, budget {budget:5d}: {sec:7.1f} s, {evals} evaluations")
+        for r, lab, v, it in zip(rows, labels, rel, iters):
+            print(f"      client {r}: labels {tuple(lab)} -> relative loss {v:.2g} after {it} iterations")
+    hist = sorted(timer.batch_sizes.items())
+    print("rows per evaluation: " + ", ".join(f"{u}: {k}" for u, k in hist), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=16)
@@ -118,6 +158,8 @@ def main(argv=None) -> int:
                    help="comma-separated torch thread counts; each runs both ways (e.g. 1,2)")
     p.add_argument("--eval-cost", dest="eval_cost", action="store_true",
                    help="only time one evaluation of the loss and its gradient per path (closed form, torch.func)")
+    p.add_argument("--phases", action="store_true",
+                   help="only the vectorised call, timed per screening, continuation and try")
     args = p.parse_args(argv)
     try:
         threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
@@ -145,15 +187,17 @@ def main(argv=None) -> int:
     shape = tuple(images.shape[1:])
     print(f"{args.clients} clients of {n_per} images, {cfg.local_steps} step(s) of {cfg.batch_size}, "
           f"lr {cfg.lr:g}, {cfg.model}, labels inferred, attack-max-iter {cfg.attack_max_iter}", flush=True)
-    closed = one_batch(assumed_batches(n_per, cfg.local_steps, cfg.batch_size), n_per) and \
-        layer_chain(model) is not None
     chain = layer_chain(model) is not None
+    closed = chain and one_batch(assumed_batches(n_per, cfg.local_steps, cfg.batch_size), n_per)
     print("evaluation: " + ("the closed-form double back-propagation (attacks.layerwise, one batch)" if closed
                             else "the im2col simulation of the local steps for a few clients per call, "
                                  "torch.func for more" if chain
                             else "the torch.func simulation of the local steps"), flush=True)
     if args.eval_cost:
         eval_cost(model, threats, shape, nc, acfg)
+        return 0
+    if args.phases:
+        phases(model, threats, shape, nc, acfg, opts)
         return 0
     summary = []
     for t in threads:

@@ -1,4 +1,7 @@
+import datetime
+import math
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -36,10 +39,6 @@ def processes_with_marker(marker: str) -> list[str]:
 # that any run can be repeated.  ``--slow=all`` runs every one, ``--slow=none`` none;
 # ``--slow-seed=S`` repeats a sample.  The environment variable FL_DEFENSE_SLOW sets the
 # default of ``--slow``.
-import datetime  # noqa: E402
-import math  # noqa: E402
-import random  # noqa: E402
-
 SLOW_SHARE = 1 / 3
 
 

@@ -307,6 +307,9 @@ def test_idlg_labels_for_features_of_either_sign():
     lenet, tanh = LeNet(3, 32, 10, dlg_init=True), TanhCNN(3, 32, 10)
     assert features_nonnegative(lenet) and not features_nonnegative(tanh)
     assert features_nonnegative(BNCNN(3, 32, 10))
+    conv_last = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                                    torch.nn.Flatten(), torch.nn.Linear(4 * 28 * 28, 10))
+    assert not features_nonnegative(conv_last)  # a convolution after the last ReLU: any sign
     for model in (lenet, tanh):
         w = single_image_gradients(model, x, y)[last_linear_weight_index(model)].flatten(2)
         assert idlg_labels(w, nonnegative=False).tolist() == y.tolist()

@@ -114,5 +114,10 @@ def test_bench_multistep_tiny_run_prints_a_ratio_per_thread_count(capsys):
                                      "--images-per-client", "2", "--model", "lenet", "--eval-cost"]) == 0
         costs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("evaluation, ")]
         assert [c.split(":")[0].split()[-1] for c in costs] == ["im2col", "torch.func"]
+        assert bench_multistep.main(["--clients", "1", "--batch-size", "2", "--local-steps", "2",
+                                     "--images-per-client", "2", "--model", "lenet", "--max-iter", "5",
+                                     "--phases"]) == 0
+        out = capsys.readouterr().out
+        assert "runner call(s)" in out and "budget     5" in out and "rows per evaluation:" in out
     finally:
         torch.set_num_threads(before)

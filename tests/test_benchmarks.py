@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -112,8 +113,14 @@ def test_bench_multistep_tiny_run_prints_a_ratio_per_thread_count(capsys):
         assert [line.split(":")[0] for line in out.splitlines()[-2:]] == ["1 thread(s)", "2 thread(s)"]
         assert bench_multistep.main(["--clients", "2", "--batch-size", "2", "--local-steps", "2",
                                      "--images-per-client", "2", "--model", "lenet", "--eval-cost"]) == 0
-        costs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("evaluation, ")]
+        out = capsys.readouterr().out
+        costs = [line for line in out.splitlines() if line.startswith("evaluation, ")]
         assert [c.split(":")[0].split()[-1] for c in costs] == ["im2col", "torch.func"]
+        # the gain line: the cheapest one-client cost over the cheapest per-client cost together
+        one = [float(re.search(r"([\d.]+) ms for one client", c).group(1)) for c in costs]
+        each = [float(re.search(r"\(([\d.]+) ms each\)", c).group(1)) for c in costs]
+        gain = re.search(r"batching gain per evaluation: ([\d.]+)x", out)
+        assert gain and float(gain.group(1)) == pytest.approx(min(one) / min(each), rel=0.1, abs=0.06)
         assert bench_multistep.main(["--clients", "1", "--batch-size", "2", "--local-steps", "2",
                                      "--images-per-client", "2", "--model", "lenet", "--max-iter", "5",
                                      "--phases"]) == 0

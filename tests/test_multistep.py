@@ -343,3 +343,36 @@ def test_invert_updates_flags_unusable_uploads_and_checks_arguments(digits):
     with pytest.raises(ValueError, match="at least one"):
         invert_updates(model, [], (1, 28, 28), 10)
 
+
+
+def test_retries_screen_the_best_tries_labels_again(digits, monkeypatch):
+    """A try that stalls above ``retry_above`` is retried with the hypotheses not yet
+    continued and, from new starts, the labels of the best try so far (a right label in a bad
+    basin stalls as a wrong one does)."""
+    import attacks.updates as updates
+
+    x, y = digits[0][:4], digits[1][:4]
+    model = _lenet()
+    batches = local_batches(4, 2, 2, seed=0, client_id=0, server_round=0)
+    gw, up = _upload(model, x, y, batches, 0.1)
+    threat = ThreatModel(tuple(gw), tuple(up), 0.1, 2, 2, 4)
+    calls = []
+
+    def fake_run(self, rows, labels, max_iter, restarts, seed, start=None, simulated=True):
+        calls.append(([tuple(h) for h in labels.tolist()], start is None))
+        # every try stalls far above retry_above; the first call's first row is the best
+        lo = self.scale[rows].double() * torch.linspace(0.1, 0.5, len(rows), dtype=torch.float64) * len(calls)
+        return torch.zeros(len(rows), self.n_vars), lo, torch.ones(len(rows), dtype=torch.long), \
+            torch.ones(len(rows), dtype=torch.long)
+
+    monkeypatch.setattr(updates._Group, "run", fake_run)
+    res = invert_updates(model, [threat], (1, 28, 28), 10, AttackConfig(max_iter=100, restarts=2),
+                         UpdateAttackOptions(hypotheses=3))
+    screenings = [labs for labs, fresh in calls if fresh]
+    continued = [labs for labs, fresh in calls if not fresh]
+    assert len(screenings) == 3 and all(len(c) == 1 for c in continued)
+    best = continued[0][0]  # the first try's pick (its first row) stays the best try
+    assert tuple(res.labels[0].tolist()) == best
+    for later in screenings[1:]:
+        assert best in later  # screened again ...
+    assert set(screenings[1]) - {best}  # ... beside hypotheses not yet continued

@@ -267,7 +267,8 @@ def searcher_for(g, given: list[np.ndarray] | None) -> LabelSearch | None:
 
 def hypotheses_for(g, search: LabelSearch | None, t: int, given: list[np.ndarray] | None,
                 recon: Tensor | None) -> list[tuple[int, ...]]:
-    """At most ``hypotheses`` label hypotheses (slot order) for target ``t``, best first.
+    """At most ``hypotheses`` (one step: ``one_step_hypotheses``) label hypotheses (slot
+    order) for target ``t``, best first.
 
     Inferred: the closed-form counts on every proxy and the presence-constrained
     hypotheses (:meth:`LabelSearch.presence_hypotheses`, or a beam search from the closed
@@ -276,6 +277,7 @@ def hypotheses_for(g, search: LabelSearch | None, t: int, given: list[np.ndarray
     image and uniform noise, and from the second round on the target's best reconstruction.
     """
     opt = g.options
+    keep = opt.hypotheses if g.k > 1 else opt.one_step_hypotheses
     if search is None:
         return [tuple(int(v) for v in np.sort(given[t]))]
     p0 = g.params if g.shared else {n_: v[t] for n_, v in g.params.items()}
@@ -290,17 +292,17 @@ def hypotheses_for(g, search: LabelSearch | None, t: int, given: list[np.ndarray
         hyps = search.presence_hypotheses(labels, [])
         if hyps is None:
             found = search.search(p0, bias_pg, proxies, [labels], width=opt.beam_width,
-                                  keep=opt.hypotheses, swaps_only=True)
+                                  keep=keep, swaps_only=True)
             return [h for h, _ in found]
         hyps = [h for h in hyps if sorted(h) == list(labels)]
-        return [h for h, _ in search.rank(p0, bias_pg, proxies, hyps, opt.hypotheses)]
+        return [h for h, _ in search.rank(p0, bias_pg, proxies, hyps, keep)]
     closed = list(dict.fromkeys(canonical(search.closed_form(p0, bias_pg, p), search.groups) for p in proxies))
     present, undecided = search.presence(p0, g.obs[search.weight_index][t], proxies[0])
     hyps = search.presence_hypotheses(present, undecided)
     if hyps is None:
-        found = search.search(p0, bias_pg, proxies, closed, width=opt.beam_width, keep=opt.hypotheses)
+        found = search.search(p0, bias_pg, proxies, closed, width=opt.beam_width, keep=keep)
     else:
-        found = search.rank(p0, bias_pg, proxies, sorted(set(hyps) | set(closed)), opt.hypotheses)
+        found = search.rank(p0, bias_pg, proxies, sorted(set(hyps) | set(closed)), keep)
     if g.k == 1:  # one step: the residual is near exact (UpdateAttackOptions.one_step_ratio)
         found = [(h, r) for h, r in found if r <= opt.one_step_ratio * found[0][1] + 1e-12]
     return [h for h, _ in found]

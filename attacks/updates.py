@@ -20,9 +20,9 @@ check).  Per target:
    with its best reconstruction as the proxy (near the private images, the residual of the
    true labels is near zero), hypotheses already continued to a full try left out except, for
    several steps, the best try's labels, which are screened again from new starts (right
-   labels can stall in a bad basin: on 64 digits in 4 full-batch steps, leaving them out as well left 4 clients with
-   the right labels and a blurred reconstruction; screening them again, 48 instead of 44 of
-   the 64 leaked with 4 hypotheses, 59 instead of 58 with 6).  For the
+   labels can stall in a bad basin: on 64 digits in 4 full-batch steps, leaving them out too
+   left 4 clients with the right labels and a blurred reconstruction; screening them again,
+   48 instead of 44 of the 64 leaked with 4 hypotheses, 59 instead of 58 with 6).  For the
    simulated threat model the level is the lower ``retry_above`` (a wrong label makes the
    loss stall far above ``tol``).  The best try by matching loss is kept.
 
@@ -62,11 +62,11 @@ class UpdateAttackOptions:
             the attack: an upper bound, flagged as ``label_source = "given"`` in outputs).
         hypotheses: label hypotheses screened per target of several local steps (K > 1:
             the labels are not read in closed form, or are given but the batch order is
-            unknown).  Measured
-            with 4 digits in 4 full-batch steps of the DLG LeNet at lr 0.1 (16 clients, one
-            command each): 6 leaked 59/64 images (label accuracy 0.984) against 48/64 (0.922)
-            for 4, and with ``--seed 1`` (other digits, other weights) 48/64 (0.906) against
-            40/64 (0.828), at 45.5-47.7 s per client against 39.1-41.1 s.
+            unknown).  Measured on 16 clients of 4 digits in 4 full-batch steps of the DLG
+            LeNet at lr 0.1 (one call), both with the retry rule below: 6 leaked 59/64
+            images (label accuracy 0.984) against 48/64 (0.922) for 4, and with ``--seed 1``
+            (other digits, other weights) 48/64 (0.906) against 40/64 (0.828), at 45.5-47.7 s
+            per client against 39.1-41.1 s.
         one_step_hypotheses: the same for one local step, before ``one_step_ratio`` drops
             the far ones (4, unchanged: the residual is near exact there; with the retry rule
             of several steps applied to one step too, 63/64 leaked instead of 64/64 on 64

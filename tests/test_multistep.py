@@ -324,6 +324,8 @@ def test_options_are_validated():
         UpdateAttackOptions(labels="oracle")
     with pytest.raises(ValueError, match="hypotheses"):
         UpdateAttackOptions(hypotheses=0)
+    with pytest.raises(ValueError, match="one_step_hypotheses"):
+        UpdateAttackOptions(one_step_hypotheses=0)
     with pytest.raises(ValueError, match="tv_weight"):
         UpdateAttackOptions(tv_weight=-1.0)
 
@@ -376,3 +378,12 @@ def test_retries_screen_the_best_tries_labels_again(digits, monkeypatch):
     for later in screenings[1:]:
         assert best in later  # screened again ...
     assert set(screenings[1]) - {best}  # ... beside hypotheses not yet continued
+    assert len(set(screenings[0])) <= 3  # `hypotheses` for several steps
+
+    # one step reads `one_step_hypotheses` (the ratio filter off): with 1, one hypothesis per call
+    gw, up = _upload(model, x, y, [np.arange(4)], 0.1)
+    calls.clear()
+    invert_updates(model, [ThreatModel(tuple(gw), tuple(up), 0.1, 1, 4, 4)], (1, 28, 28), 10,
+                   AttackConfig(max_iter=100, restarts=2),
+                   UpdateAttackOptions(hypotheses=3, one_step_hypotheses=1, one_step_ratio=1e9))
+    assert calls and all(len(set(labs)) == 1 for labs, _ in calls)

@@ -68,9 +68,9 @@ class UpdateAttackOptions:
             (other digits, other weights) 48/64 (0.906) against 40/64 (0.828), at 45.5-47.7 s
             per client against 39.1-41.1 s.
         one_step_hypotheses: the same for one local step, before ``one_step_ratio`` drops
-            the far ones (4, unchanged: the residual is near exact there; with the retry rule
-            of several steps applied to one step too, 63/64 leaked instead of 64/64 on 64
-            digits at B = 4).
+            the far ones (4, unchanged: the residual is near exact there; with 6 and the retry
+            rule of several steps applied to one step too, 63/64 leaked instead of 64/64 on
+            64 digits at B = 4, and with the rule alone 15/16 instead of 16/16 on 16).
         screen_iter: L-BFGS iterations per hypothesis in the screening (at most the try's
             ``max_iter``, which the screening and the continuation share).
         screen_seeds: starts per hypothesis in the screening (a try with the right labels

@@ -286,6 +286,18 @@ def invert_updates(model: nn.Module, threats: Sequence[ThreatModel], input_shape
                               threat=[th.kind for th in threats], seconds=time.perf_counter() - start)
 
 
+def _retry_candidates(cands: list[tuple[int, ...]], tried: set, best: tuple[int, ...] | None
+                      ) -> list[tuple[int, ...]]:
+    """The hypotheses a try screens: those not yet continued to a full try (one that was
+    stalled; all of them when none is left) and, when given, the best try's labels again
+    from new starts (a bad basin, not a wrong label, may have stopped it; ``-1`` labels: no
+    try has a finite loss yet)."""
+    fresh = [h for h in cands if h not in tried] or cands
+    if best is not None and min(best) >= 0 and best not in fresh:
+        fresh = [best] + fresh
+    return fresh
+
+
 def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
     """Labels, screening rounds and tries for the targets of one shape."""
     cfg, opt, dev = g.config, g.options, g.device
@@ -324,13 +336,9 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
             recon = None if rnd == 0 else g.images_of(best_x[pending]).clamp(0, 1)
             cands = [hypotheses_for(g, search, t, given, None if recon is None else recon[j])
                      for j, t in enumerate(pending.tolist())]
-            # a hypothesis already continued to the full budget stalled: try the others first
-            cands = [[h for h in c if h not in tried.get(t, ())] or c for t, c in zip(pending.tolist(), cands)]
-            if rnd > 0 and g.k > 1:
-                # ... but (several steps) the best try's labels again, from new starts: a bad
-                # basin, not a wrong label, may have stopped it
-                cands = [c if h in c or min(h) < 0 else [h] + c
-                         for c, h in ((c, tuple(best_lab[t].tolist())) for t, c in zip(pending.tolist(), cands))]
+            cands = [_retry_candidates(c, tried.get(t, set()),
+                                       tuple(best_lab[t].tolist()) if rnd > 0 and g.k > 1 else None)
+                     for t, c in zip(pending.tolist(), cands)]
             if rnd == 0:
                 n_hyps[pending.cpu()] = torch.tensor([len(c) for c in cands])
             cands = [c * opt.screen_seeds for c in cands]

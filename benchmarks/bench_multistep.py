@@ -109,8 +109,8 @@ def eval_cost(model, threats, shape, num_classes: int, acfg, repeats: int = 50) 
         print(f"evaluation, {path:>11}: {cost[0]:6.1f} ms for one client, {cost[1]:6.1f} ms for "
               f"{len(threats)} together ({cost[1] / len(threats):.1f} ms each){note}", flush=True)
         costs[path] = cost
-    alone = min(costs, key=lambda k: costs[k][0])
-    together = min(costs, key=lambda k: costs[k][1])
+    alone = min(costs, key=lambda path: costs[path][0])
+    together = min(costs, key=lambda path: costs[path][1])
     gain = costs[alone][0] / (costs[together][1] / len(threats))
     print(f"batching gain per evaluation: {gain:.1f}x ({costs[alone][0]:.1f} ms for one client ({alone}) against "
           f"{costs[together][1] / len(threats):.1f} ms each of {len(threats)} together ({together})): the most "

@@ -8,7 +8,9 @@ the same uploads twice in one process with the same settings and seeds:
 
 * **vectorised**: one :func:`attacks.updates.invert_updates` call over all clients (the
   batched L-BFGS advances every client's problem, label hypotheses included, together);
-* **one at a time**: one call per client.
+* **one at a time**: one call per client (with ``--baseline-clients M``, for the first M
+  clients only: a sample of the same updates, so that a large round's baseline does not take
+  hours; its leak is then compared with the vectorised call's on the same M clients).
 
 Both are scored one-to-one (:func:`attacks.scoring.score`).  Prints images per minute
 (wall clock), CPU seconds, leak rate (adjusted SSIM >= the leak threshold) and label
@@ -16,6 +18,8 @@ accuracy of each, and the ratio vectorised / one at a time.  Labels are inferred
 
     python benchmarks/bench_multistep.py --clients 16 --batch-size 4 --local-steps 1
     python benchmarks/bench_multistep.py --clients 8 --batch-size 2 --local-steps 2 --images-per-client 4
+    python benchmarks/bench_multistep.py --clients 64 --batch-size 2 --local-steps 2 --images-per-client 4 \
+        --baseline-clients 8                                          # a large round, the baseline sampled
     python benchmarks/bench_multistep.py --clients 8 --eval-cost     # ms per evaluation, per path
     python benchmarks/bench_multistep.py --clients 4 --batch-size 4 --local-steps 4 --images-per-client 4 \
         --model lenet --lr 0.1 --phases                               # where the vectorised call's time goes
@@ -58,7 +62,8 @@ def measure(label: str, calls, images, labels, used, threshold: float) -> dict:
     sc = score([images[u] for u in used], [labels[u] for u in used], recons, labs, threshold)
     n = len(sc.leaked)
     out = {"name": label, "images": n, "wall": wall, "cpu": cpu, "per_min": 60 * n / wall,
-           "leaked": int(sc.leaked.sum()), "label_acc": float(np.mean(sc.label_pred == sc.label_true))}
+           "leaked": int(sc.leaked.sum()), "label_acc": float(np.mean(sc.label_pred == sc.label_true)),
+           "leaked_per_image": sc.leaked}
     print(f"{label:>14}: {n} images in {wall:6.1f}s wall ({cpu:6.1f} CPU-s): {out['per_min']:6.1f} images/min; "
           f"leaked {out['leaked']}/{n}, label accuracy {out['label_acc']:.3f}", flush=True)
     return out
@@ -169,6 +174,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", default="1",
                    help="comma-separated torch thread counts; each runs both ways (e.g. 1,2)")
+    p.add_argument("--baseline-clients", dest="baseline_clients", type=int, default=None,
+                   help="attack only the first M clients one at a time (default: all): a sample of the same "
+                        "updates for the baseline's images per minute, with the vectorised leak on those M too")
     p.add_argument("--eval-cost", dest="eval_cost", action="store_true",
                    help="only time one evaluation of the loss and its gradient per path (closed form, torch.func)")
     p.add_argument("--phases", action="store_true",
@@ -187,6 +195,8 @@ def main(argv=None) -> int:
     for key, value in (("attack-max-iter", args.max_iter), ("model", args.model), ("lr", args.lr)):
         if value is not None:
             values[key] = value
+    if args.baseline_clients is not None and not 1 <= args.baseline_clients <= args.clients:
+        p.error(f"--baseline-clients must be between 1 and --clients ({args.clients}); got {args.baseline_clients}")
     cfg = parse_run_config(values)
     n = args.clients * n_per
     images, labels, _, nc = dataset_targets(args.dataset, n, cfg.seed, cfg.data_dir, shuffle=True)
@@ -218,12 +228,16 @@ def main(argv=None) -> int:
         print(f"\n## {t} thread(s)", flush=True)
         vec = measure("vectorised", [lambda: invert_updates(model, threats, shape, nc, acfg, opts)],
                       images, labels, used, cfg.leak_threshold)
+        m = args.baseline_clients or len(threats)
         one = measure("one at a time",
-                      [lambda th=th: invert_updates(model, [th], shape, nc, acfg, opts) for th in threats],
-                      images, labels, used, cfg.leak_threshold)
+                      [lambda th=th: invert_updates(model, [th], shape, nc, acfg, opts) for th in threats[:m]],
+                      images, labels, used[:m], cfg.leak_threshold)
         ratio = vec["per_min"] / one["per_min"]
+        # the same updates: the vectorised call's leak on the baseline's clients (images in client order)
+        same = int(vec["leaked_per_image"][:one["images"]].sum())
+        sample = "" if m == len(threats) else f"; the first {m} of {len(threats)} clients one at a time"
         summary.append(f"{t} thread(s): vectorised / one at a time: {ratio:.1f}x images per minute "
-                       f"(leaked {vec['leaked']} vs {one['leaked']} of {vec['images']})")
+                       f"(leaked {same} vs {one['leaked']} of the {one['images']} images both attacked{sample})")
         print(summary[-1], flush=True)
     print("\n" + "\n".join(summary))
     return 0

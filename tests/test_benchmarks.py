@@ -111,6 +111,17 @@ def test_bench_multistep_tiny_run_prints_a_ratio_per_thread_count(capsys):
         out = capsys.readouterr().out
         assert "im2col simulation" in out
         assert [line.split(":")[0] for line in out.splitlines()[-2:]] == ["1 thread(s)", "2 thread(s)"]
+        with pytest.raises(SystemExit) as exc:
+            bench_multistep.main(["--clients", "2", "--baseline-clients", "3"])
+        assert exc.value.code == 2
+        # a sampled baseline: one client of two one at a time, both compared on its images
+        assert bench_multistep.main(["--clients", "2", "--batch-size", "2", "--local-steps", "2",
+                                     "--images-per-client", "2", "--model", "lenet", "--lr", "0.1",
+                                     "--max-iter", "5", "--baseline-clients", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "one at a time: 2 images in" in out and "vectorised: 4 images in" in out
+        assert re.search(r"of the 2 images both attacked; the first 1 of 2 clients one at a time\)$",
+                         out.splitlines()[-1])
         assert bench_multistep.main(["--clients", "2", "--batch-size", "2", "--local-steps", "2",
                                      "--images-per-client", "2", "--model", "lenet", "--eval-cost"]) == 0
         out = capsys.readouterr().out

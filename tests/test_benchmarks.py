@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,8 +84,6 @@ def test_bench_federation_plain_reference_trains_like_flower_clients(tmp_path):
 
 
 def test_colour_folder_is_read_back_as_the_crops_it_wrote(tmp_path):
-    import numpy as np
-
     from attacks.targets import colour_targets
     from benchmarks.colour_folder import write_colour_folder
     from fl_defense.images import read_image_folder
@@ -139,3 +138,22 @@ def test_bench_multistep_tiny_run_prints_a_ratio_per_thread_count(capsys):
         assert "runner call(s)" in out and "budget     5" in out and "rows per evaluation:" in out
     finally:
         torch.set_num_threads(before)
+
+
+def test_vs_breaching_lays_out_what_breachings_user_can_express_and_refuses_the_rest(capsys):
+    from benchmarks import vs_breaching
+
+    one_epoch = [np.array([2, 0]), np.array([3, 1])]
+    assert vs_breaching.breaching_layout(one_epoch, 4).tolist() == [2, 0, 3, 1]
+    full = [np.array([1, 0, 2]), np.array([2, 1, 0])]
+    assert vs_breaching.breaching_layout(full, 3).tolist() == [1, 0, 2]
+    assert vs_breaching.breaching_layout([np.array([0, 1]), np.array([2, 3]), np.array([1, 0])], 4) is None
+    with pytest.raises(SystemExit) as exc:
+        vs_breaching.main(["--local-steps", "2"])  # the multi-step user needs every step's labels
+    assert exc.value.code == 2 and "--labels given" in capsys.readouterr().err
+    try:
+        import breaching  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as exc:
+            vs_breaching.main(["--clients", "1"])
+        assert exc.value.code == 2 and "breaching is not installed" in capsys.readouterr().err

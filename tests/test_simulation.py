@@ -13,8 +13,6 @@ from experiments.launcher import SimulationFailed, run_simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(autouse=True)
 def mark_processes(monkeypatch):
@@ -32,6 +30,7 @@ def leftover_processes() -> list[str]:
     return processes_with_marker(os.environ["FL_DEFENSE_TEST_MARK"])
 
 
+@pytest.mark.slow(seconds=70)
 def test_run_sim_two_rounds_median_noniid(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--out", str(out), "--rounds", "2",
@@ -61,6 +60,7 @@ def test_run_sim_two_rounds_median_noniid(tmp_path):
     assert not leftover_processes()
 
 
+@pytest.mark.slow(seconds=38)
 def test_failed_run_is_reported_and_cleaned_up(tmp_path):
     """`flwr run --stream` exits 0 even when the run fails; the launcher must not."""
     project = tmp_path / "broken"
@@ -77,6 +77,7 @@ def test_failed_run_is_reported_and_cleaned_up(tmp_path):
     assert not leftover_processes()
 
 
+@pytest.mark.slow(seconds=36)
 def test_flwr_run_directly_rejects_bad_config(tmp_path):
     """Through `flwr run . --run-config`: an unknown key is refused by Flower itself; a bad
     value stops our ServerApp before round 1 with our message, and nothing is recorded."""

@@ -161,13 +161,32 @@ def phases(model, threats, shape, num_classes: int, acfg, opts) -> None:
     print("rows per evaluation: " + ", ".join(f"{u}: {k}" for u, k in hist), flush=True)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clients", type=int, default=16)
+def add_client_arguments(p: argparse.ArgumentParser, clients: int) -> None:
+    """The round's clients: how many, what each trains (B, K, N) and on which data set."""
+    p.add_argument("--clients", type=int, default=clients)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--local-steps", type=int, default=1)
     p.add_argument("--images-per-client", type=int, default=None, help="N (default B)")
     p.add_argument("--dataset", default="mnist-embedded")
+
+
+def round_uploads(cfg, clients: int, n_per: int, dataset: str, shuffle: bool = True):
+    """``clients`` clients of ``n_per`` images of ``dataset`` (consecutive groups, in a seeded
+    order unless ``shuffle`` is false) train on the config's fresh model from its global
+    weights, round 0, client ids 0..; returns ``(images, labels, num_classes, model, groups,
+    threats, used)`` (:func:`experiments.client_attack.client_uploads`)."""
+    n = clients * n_per
+    images, labels, _, nc = dataset_targets(dataset, n, cfg.seed, cfg.data_dir, shuffle=shuffle)
+    model = experiment_model(cfg, images.shape[1], images.shape[2], nc)
+    groups = group_images(n, n_per)
+    threats, used = client_uploads(cfg, model, get_weights(model), images, labels, groups,
+                                   [cfg.defense] * len(groups), list(range(len(groups))), 0, torch.device("cpu"))
+    return images, labels, nc, model, groups, threats, used
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_client_arguments(p, clients=16)
     p.add_argument("--model", default=None, help="lenet | tanhcnn | bncnn (default: the config's)")
     p.add_argument("--lr", type=float, default=None, help="the clients' learning rate (default: the config's)")
     p.add_argument("--max-iter", type=int, default=None, help="attack-max-iter (default: the config's)")
@@ -198,14 +217,7 @@ def main(argv=None) -> int:
     if args.baseline_clients is not None and not 1 <= args.baseline_clients <= args.clients:
         p.error(f"--baseline-clients must be between 1 and --clients ({args.clients}); got {args.baseline_clients}")
     cfg = parse_run_config(values)
-    n = args.clients * n_per
-    images, labels, _, nc = dataset_targets(args.dataset, n, cfg.seed, cfg.data_dir, shuffle=True)
-    model = experiment_model(cfg, images.shape[1], images.shape[2], nc)
-    gw = get_weights(model)
-    groups = group_images(n, n_per)
-    dev = torch.device("cpu")
-    threats, used = client_uploads(cfg, model, gw, images, labels, groups, [cfg.defense] * len(groups),
-                                   list(range(len(groups))), 0, dev)
+    images, labels, nc, model, _, threats, used = round_uploads(cfg, args.clients, n_per, args.dataset)
     acfg, opts = attack_config(cfg, device="cpu"), update_options(cfg, model)
     shape = tuple(images.shape[1:])
     print(f"{args.clients} clients of {n_per} images, {cfg.local_steps} step(s) of {cfg.batch_size}, "

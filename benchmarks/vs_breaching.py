@@ -52,11 +52,10 @@ if str(ROOT) not in sys.path:
 from attacks.scoring import score  # noqa: E402
 from attacks.threat import attack_config  # noqa: E402
 from attacks.updates import invert_updates, update_options  # noqa: E402
-from experiments.client_attack import client_uploads, experiment_model, group_images  # noqa: E402
+from benchmarks.bench_multistep import add_client_arguments, round_uploads  # noqa: E402
 from experiments.common import PAPERS_LR  # noqa: E402
-from experiments.targets import dataset_targets  # noqa: E402
 from fl_defense.config import parse_run_config  # noqa: E402
-from fl_defense.task import get_weights, round_batches, set_weights  # noqa: E402
+from fl_defense.task import round_batches, set_weights  # noqa: E402
 
 
 def breaching_layout(batches: list[np.ndarray], n: int) -> np.ndarray | None:
@@ -73,17 +72,25 @@ def breaching_layout(batches: list[np.ndarray], n: int) -> np.ndarray | None:
     return None
 
 
-def run_breaching(model, threat, true_labels: np.ndarray | None, shape, num_classes: int,
-                  iterations: int, order: np.ndarray | None, k: int, b: int):
-    """One client's upload through breaching's optimization attacker; returns
-    ``(images [N, C, H, W] in [0, 1], labels [N], wall seconds, CPU seconds)``."""
+def breaching_config(iterations: int):
+    """breaching's ``deepleakage`` attack config as the plain optimization attacker: L-BFGS of
+    step 1 for ``iterations`` steps, one trial, ``bias-corrected`` labels when not given."""
     import breaching
 
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hydra's version_base notice
-        cfg = breaching.get_attack_config("deepleakage", overrides=[
+        return breaching.get_attack_config("deepleakage", overrides=[
             "attack_type=optimization", "label_strategy=bias-corrected", f"optim.max_iterations={iterations}",
             "restarts.num_trials=1", f"optim.callback={10 * iterations}"])
+
+
+def run_breaching(cfg, model, threat, true_labels: np.ndarray | None, shape, num_classes: int,
+                  order: np.ndarray | None, k: int, b: int):
+    """One client's upload through breaching's attacker of config ``cfg``
+    (:func:`breaching_config`); returns ``(images [N, C, H, W] in [0, 1], labels [N], wall
+    seconds, CPU seconds)``."""
+    import breaching
+
     setup = dict(dtype=torch.float, device=torch.device("cpu"))
     net = copy.deepcopy(model)
     set_weights(net, threat.global_weights)
@@ -91,14 +98,15 @@ def run_breaching(model, threat, true_labels: np.ndarray | None, shape, num_clas
     params = [p.detach().clone() for p in net.parameters()]
     g = threat.pseudo_gradient(model)
     n = int(threat.num_examples)
+    if true_labels is not None and order is not None:
+        true_labels = true_labels[order]  # as the images are laid out for the multi-step user
     if k == 1:
         grads, hyper = [x.float() for x in g], None
     else:
         grads = [(-threat.lr * x).float() for x in g]
-        steps = [torch.as_tensor(true_labels[order][(i * b) % n:(i * b) % n + min(b, n)]) for i in range(k)]
+        steps = [torch.as_tensor(true_labels[(i * b) % n:(i * b) % n + min(b, n)]) for i in range(k)]
         hyper = {"lr": float(threat.lr), "steps": k, "data_per_step": min(b, n), "labels": steps}
-    labels = None if true_labels is None else torch.as_tensor(true_labels[order] if order is not None
-                                                              else true_labels)
+    labels = None if true_labels is None else torch.as_tensor(true_labels)
     shared = {"gradients": grads, "buffers": None,
               "metadata": {"num_data_points": n, "labels": labels, "local_hyperparams": hyper}}
     payload = {"parameters": params, "buffers": None,
@@ -113,11 +121,7 @@ def run_breaching(model, threat, true_labels: np.ndarray | None, shape, num_clas
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--local-steps", type=int, default=1)
-    p.add_argument("--images-per-client", type=int, default=None, help="N (default B)")
-    p.add_argument("--dataset", default="mnist-embedded")
+    add_client_arguments(p, clients=4)
     p.add_argument("--model", default="lenet", help="lenet | tanhcnn | bncnn (default: lenet, as run_sim attack)")
     p.add_argument("--lr", type=float, default=PAPERS_LR,
                    help=f"the clients' learning rate (default {PAPERS_LR}, as run_sim attack)")
@@ -138,16 +142,11 @@ def main(argv=None) -> int:
     values = {"local-steps": args.local_steps, "batch-size": args.batch_size, "images-per-client": n_per,
               "seed": args.seed, "model": args.model, "lr": args.lr}
     cfg = parse_run_config(values)
-    n = args.clients * n_per
-    images, labels, _, nc = dataset_targets(args.dataset, n, cfg.seed, cfg.data_dir, shuffle=n_per > 1)
-    model = experiment_model(cfg, images.shape[1], images.shape[2], nc)
-    gw = get_weights(model)
-    groups = group_images(n, n_per)
-    ids = list(range(len(groups)))
-    threats, used = client_uploads(cfg, model, gw, images, labels, groups, [cfg.defense] * len(groups), ids, 0,
-                                   torch.device("cpu"))
+    # the data as run_sim attack draws it (in index order for one image per client)
+    images, labels, nc, model, groups, threats, used = round_uploads(cfg, args.clients, n_per, args.dataset,
+                                                                     shuffle=n_per > 1)
     orders = []
-    for grp, cid in zip(groups, ids):
+    for cid, grp in enumerate(groups):
         order = breaching_layout(round_batches(cfg, len(grp), cid, 0), len(grp)) if cfg.local_steps > 1 else None
         if cfg.local_steps > 1 and order is None:
             p.error("breaching's multi-step user cannot express several epochs of batches smaller than N")
@@ -165,12 +164,13 @@ def main(argv=None) -> int:
     res = invert_updates(model, threats, shape, nc, acfg, opts, labels=true_sets if given else None)
     ours = (res.images, res.labels, time.perf_counter() - wall, time.process_time() - cpu)
 
+    bcfg = breaching_config(args.iterations)
     recs, labs, b_wall, b_cpu = [], [], 0.0, 0.0
     for th, grp, order, u in zip(threats, groups, orders, used):
         # several steps: the group's labels, laid out by ``order`` (positions in the group);
         # one step: the labels of the images the client used (the scoring is one-to-one)
         truth = labels[grp] if cfg.local_steps > 1 else labels[u]
-        x, lab, w, c = run_breaching(model, th, truth if given else None, shape, nc, args.iterations, order,
+        x, lab, w, c = run_breaching(bcfg, model, th, truth if given else None, shape, nc, order,
                                      cfg.local_steps, cfg.batch_size)
         recs.append(x)
         labs.append(lab)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.objectives import matching_loss
+from attacks.objectives import OBJECTIVES, matching_loss
 
 __all__ = ["Conv", "Activation", "Flatten", "Dense", "layer_chain", "fused_loss_grad_fn",
            "flatten_observed", "chain_forward", "trainable_chain"]
@@ -245,7 +245,7 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
     (:func:`attacks.objectives.matching_loss` on the concatenated per-target gradients ``G``;
     the same value as on the per-parameter lists), ``y`` the hard labels ``[U]`` or, when
     ``soft``, the label logits ``[U, K]``; ``dloss/dy`` ``[U, K]`` is returned only then (else
-    ``None``).  ``"l2"`` and ``"l2-support"`` have their adjoint in closed form; any other
+    ``None``).  the squared distances (``l2``, ``l2-support``) have their adjoint in closed form; any other
     objective is differentiated by autograd on ``G`` alone (cheap: element-wise).
     """
     chain = trainable_chain(model, names)
@@ -323,9 +323,9 @@ def fused_loss_grad_fn(model: nn.Module, names: list[str], params: dict[str, Ten
         g_flat = torch.cat([grads[n].reshape(u, -1) for n in names], 1)
         if group > 1:  # a target's gradient is the mean over its batch of ``group`` examples
             g_flat = g_flat.view(u // group, group, -1).mean(1)
-        if objective in ("l2", "l2-support"):
-            loss, gbar_flat = _adjoint_l2(g_flat, observed,
-                                          observed != 0 if objective == "l2-support" else None)
+        entry = OBJECTIVES.get(objective)
+        if entry.squared_distance:
+            loss, gbar_flat = _adjoint_l2(g_flat, observed, observed != 0 if entry.support else None)
         else:
             leaf = g_flat.detach().requires_grad_(True)
             with torch.enable_grad():

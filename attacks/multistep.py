@@ -74,7 +74,7 @@ from torch.func import functional_call, grad, vmap
 
 from attacks.engines import closure_step, init_point
 from attacks.layerwise import chain_forward, flatten_observed, fused_loss_grad_fn, trainable_chain
-from attacks.objectives import EPS, matching_loss
+from attacks.objectives import EPS, OBJECTIVES, matching_loss
 from attacks.settings import AttackConfig
 
 
@@ -297,7 +297,7 @@ class MultiStepProblem:
         self.scale = scale
         self.bn_weight = float(bn_weight) if stats_observed else 0.0
         self.tv_weight = float(tv_weight)
-        if stats_support is None or cfg.objective != "l2-support":
+        if stats_support is None or not OBJECTIVES.get(cfg.objective).support:
             stats_support = [torch.ones_like(o, dtype=torch.bool) for o in stats_observed]
         self.stats_support = stats_support
         self.stats_scale = (sum(((o * m).double() ** 2).flatten(1).sum(1) for o, m in zip(stats_observed, stats_support))

@@ -93,7 +93,7 @@ class AttackConfig:
                                ("grad_impl", GRAD_IMPLS)):
             value = getattr(self, field)
             if value not in allowed:
-                raise ValueError(f"{field}={value!r} is not one of {allowed}")
+                raise ValueError(f"{field}={value!r} is not one of {', '.join(allowed)}")
         for field in ("max_iter", "history_size", "patience", "batch_size"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:

@@ -17,7 +17,8 @@ gradients, each taken at the weights the client had reached.  The multi-step att
 statistics, which an aware attacker matches.
 
 The attacker's objective: ``naive`` is the papers' L2 gradient matching; ``aware`` knows
-the defense and picks the objective that fits it (:data:`AWARE_OBJECTIVE`).
+the defense and picks the objective that fits it (the defense registry's
+``aware_objective``, :data:`fl_defense.defenses.DEFENSES`).
 """
 
 from __future__ import annotations
@@ -30,19 +31,9 @@ import torch
 from torch import nn
 
 from attacks.inversion import AttackConfig
+from attacks.objectives import OBJECTIVES
 from fl_defense.config import ExperimentConfig
-
-# defense name -> objective of an attacker who knows the defense
-AWARE_OBJECTIVE = {
-    "none": "l2",
-    "masking": "l2-support",       # masked coordinates arrive as exact zeros: leave them out
-    "masking-bn": "l2-support",
-    "pruning": "l2-support",       # pruned coordinates too
-    "clipping": "cosine",          # clipping rescales the gradient: match its direction
-    "noising": "l2",               # zero-mean noise: L2 matching is already the ML estimate
-    "noising-laplace": "l2",
-    "dp-gaussian": "cosine",       # clipped (unknown scale) plus isotropic noise: match the direction
-}
+from fl_defense.defenses import get_defense
 
 
 def defense_seen(cfg: ExperimentConfig) -> str:
@@ -59,10 +50,11 @@ def objective_for(attacker: str, defense_name: str) -> str:
     if attacker == "naive":
         return "l2"
     if attacker == "aware":
-        try:
-            return AWARE_OBJECTIVE[defense_name]
-        except KeyError:
-            raise ValueError(f"no aware objective for defense {defense_name!r}") from None
+        objective = get_defense(defense_name).aware_objective
+        if objective not in OBJECTIVES:
+            raise ValueError(f"defense {defense_name!r} names the aware objective {objective!r}, which is not "
+                             f"one of {', '.join(OBJECTIVES)}")
+        return objective
     raise ValueError(f"unknown attacker {attacker!r}; choose naive or aware")
 
 

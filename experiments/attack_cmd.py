@@ -21,6 +21,7 @@ import numpy as np
 from experiments.common import add_attack_flags, attack_experiment_config
 from experiments.targets import dataset_targets, folder_targets
 from fl_defense.config import ConfigError
+from fl_defense.models import MODELS
 
 
 def label_count_accuracy(true_sets, pred_sets, num_classes: int) -> float:
@@ -61,8 +62,10 @@ def cmd_attack(args) -> int:
                                                              shuffle=per_client > 1)
     else:
         images, labels, names, num_classes = folder_targets(Path(args.images), args.n, args.image_size, cfg.seed)
-    if cfg.model == "bncnn" and images.shape[-1] % 4:
-        raise ConfigError(f"--model bncnn needs an image size divisible by 4, got {images.shape[-1]}")
+    try:
+        MODELS.get(cfg.model).check_size(int(images.shape[-1]))
+    except ValueError as exc:
+        raise ConfigError(f"--model {cfg.model}: {exc}") from None
     groups = group_images(len(images), per_client)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,7 @@ def register(sub) -> None:
     client.add_argument("--local-steps", dest="local_steps", type=int, default=1, help="K (default 1)")
     client.add_argument("--images-per-client", dest="images_per_client", type=int, default=None,
                         help="N, the images each client trains on (default: B)")
-    client.add_argument("--model", default="lenet", help="lenet (DLG LeNet, DLG init; default) | tanhcnn | bncnn")
+    client.add_argument("--model", default="lenet", help=f"{MODELS.choices_text()} (default lenet)")
     p.add_argument("--labels-given", dest="labels_given", action="store_true",
                    help="hand the true labels to the attacker (an upper bound; flagged in the outputs)")
     p.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation prior (0: off)")

@@ -37,9 +37,9 @@ from fl_defense.task import (defended_payload, examples_used, get_weights, paylo
 
 def experiment_model(cfg: ExperimentConfig, in_channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
     """The global model of an attack experiment: ``cfg.model`` initialised from ``cfg.seed``
-    (the LeNet with the DLG init, as :func:`fl_defense.task.new_model`)."""
+    (its registry entry's initialisation, as :func:`fl_defense.task.new_model`)."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, in_channels, image_size, num_classes, dlg_init=cfg.model == "lenet")
+    return build_model(cfg.model, in_channels, image_size, num_classes)
 
 
 def group_images(n_images: int, per_client: int) -> list[np.ndarray]:

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fl_defense.config import ConfigError, is_text_key
+from fl_defense.datasets import DATASETS
+from fl_defense.defenses import DEFENSES
+from fl_defense.models import MODELS
+from fl_defense.strategy_catalogue import STRATEGIES
 
 # flag -> config key, for the `run` command
 RUN_FLAGS = {
@@ -33,6 +37,12 @@ RUN_FLAGS = {
 }
 
 
+def defense_choices_text() -> str:
+    """``none | masking:P | ...``: every registered defense with its strength's symbol."""
+    return " | ".join(d.name if d.value_name is None else f"{d.name}:{d.value_name.upper()}"
+                      for d in DEFENSES.entries())
+
+
 def parse_set_value(text: str) -> Any:
     """A ``--set KEY=VALUE`` value, read as TOML (``3``, ``0.5``, ``true``, ``"x"``) or
     else as a bare string."""
@@ -51,18 +61,17 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: ./runs/run-<time>)")
     p.add_argument("--rounds", type=int, help="number of server rounds")
     p.add_argument("--clients", type=int, help="number of clients (SuperNodes)")
-    p.add_argument("--dataset", help="mnist-embedded (default) | lfw-embedded | mnist | cifar10 | lfw")
+    p.add_argument("--dataset", help=f"{DATASETS.choices_text()} | folder:/ABS/DIR")
     p.add_argument("--data-dir", dest="data_dir", help="folder for torchvision data sets")
     p.add_argument("--partition", help="iid | dirichlet:ALPHA | pathological:K")
-    p.add_argument("--model", help="lenet | bncnn | tanhcnn")
+    p.add_argument("--model", help=MODELS.choices_text())
     p.add_argument("--local-steps", dest="local_steps", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--images-per-client", dest="images_per_client", type=int,
                    help="images a client draws from its partition each round (0: all of it)")
     p.add_argument("--lr", type=float)
-    p.add_argument("--defense", help="none | masking:P | masking-bn:P | clipping:C | pruning:P | "
-                                     "noising:SIGMA | noising-laplace:B")
-    p.add_argument("--strategy", help="fl-defense | FedAvg | FedMedian | FedTrimmedAvg | Krum")
+    p.add_argument("--defense", help=defense_choices_text())
+    p.add_argument("--strategy", help=STRATEGIES.choices_text())
     p.add_argument("--aggregation", help="mean | median (strategy fl-defense)")
     p.add_argument("--seed", type=int)
     p.add_argument("--attack-every", dest="attack_every", type=int,

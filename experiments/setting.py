@@ -31,6 +31,7 @@ import argparse
 from typing import Any, Mapping
 
 from fl_defense.config import ConfigError, ExperimentConfig
+from fl_defense.models import MODELS
 
 UPDATE_KEYS = ("dataset", "model", "lr", "local-steps", "batch-size", "images-per-client")
 CONTEXT_KEYS = ("partition", "num-clients", "seed")
@@ -50,7 +51,7 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the federation's setting (defaults as in a run)")
     g.add_argument("--dataset", help=f"data set (default {d.dataset})")
     g.add_argument("--data-dir", dest="data_dir", help="folder of the torchvision data sets")
-    g.add_argument("--model", help=f"lenet | bncnn | tanhcnn (default {d.model})")
+    g.add_argument("--model", help=f"{MODELS.choices_text()} (default {d.model})")
     g.add_argument("--lr", type=float, help=f"the clients' learning rate (default {d.lr})")
     g.add_argument("--local-steps", dest="local_steps", type=int, help=f"default {d.local_steps}")
     g.add_argument("--batch-size", dest="batch_size", type=int, help=f"default {d.batch_size}")
@@ -87,10 +88,15 @@ def setting_of(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def defense_as_applied(name: str, model: str) -> str:
-    """The defense a model trains with: on a model with BatchNorm, ``masking`` is the
-    BatchNorm-aware ``masking-bn`` (the naive variant corrupts the running statistics).
-    The sweep and the training grid both apply it, so that they measure the same defense."""
-    return "masking-bn" if name == "masking" and model == "bncnn" else name
+    """The defense a model trains with: on a model with BatchNorm, a defense's registered
+    ``batchnorm_variant`` (``masking`` -> the BatchNorm-aware ``masking-bn``: the naive variant
+    corrupts the running statistics).  The sweep and the training grid both apply it, so
+    that they measure the same defense."""
+    from fl_defense.defenses import get_defense
+    from fl_defense.models import has_batchnorm
+
+    variant = get_defense(name).batchnorm_variant
+    return variant if variant and has_batchnorm(model) else name
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -38,26 +38,28 @@ from experiments.setting import add_setting_flags, defense_as_applied, setting_o
 from experiments.sweep_cells import sweep_cell_path
 from experiments.sweep_report import summarise_sweep
 from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig, parse_run_config
+from fl_defense.errors import suggest
 from fl_defense.io import write_json
 
-# Strength grids, weakest first.  Masking and pruning: fraction of coordinates removed.
-# Clipping: the L2 bound C of the whole update (local - global; smaller is stronger).
-# Noising: the standard deviation (Gaussian) or scale (Laplace) of the noise added to each
-# update coordinate.  The update's own scale is printed by the sweep (``update L2``) so
-# that the grids can be read against it.
-DEFAULT_GRIDS = {
-    "masking": [0.1, 0.3, 0.5, 0.7, 0.9, 0.99],
-    "pruning": [0.1, 0.3, 0.5, 0.7, 0.9, 0.99],
-    "clipping": [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5],
-    "noising": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-    "noising-laplace": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-}
-SWEEP_DEFENSES = ("masking", "pruning", "clipping", "noising")
+def sweepable() -> tuple[str, ...]:
+    """The defenses the sweep can take: every registered one with a default grid."""
+    from fl_defense.defenses import DEFENSES
+
+    return DEFENSES.select(lambda d: bool(d.grid))
+
+
+def default_defenses() -> tuple[str, ...]:
+    """The defenses swept (and trained) by default: the registry's ``default_experiment`` ones."""
+    from fl_defense.defenses import DEFENSES
+
+    return DEFENSES.select(lambda d: d.default_experiment)
 
 
 def _parse_grid(text: str | None, defense: str) -> list[float]:
+    from fl_defense.defenses import get_defense
+
     if not text:
-        return list(DEFAULT_GRIDS[defense])
+        return list(get_defense(defense).grid)
     try:
         return [float(x) for x in parse_list(text, f"--grid-{defense}")]
     except ValueError:
@@ -68,12 +70,13 @@ def _sources(args, cfg: ExperimentConfig) -> dict[str, ExperimentConfig]:
     """Kind of data -> the setting to attack it in (one per data set, one per folder)."""
     from dataclasses import replace
 
-    from fl_defense.datasets import DATASET_NAMES, check_dataset_available
+    from fl_defense.datasets import DATASETS, check_dataset_available
 
     sources: dict[str, ExperimentConfig] = {}
     for name in parse_list(args.datasets, "--datasets") if args.datasets else [cfg.dataset]:
-        if name not in DATASET_NAMES:
-            raise ConfigError(f"unknown dataset {name!r} in --datasets; choose from {', '.join(DATASET_NAMES)}")
+        if name not in DATASETS:
+            raise ConfigError(f"unknown dataset {name!r} in --datasets{suggest(name, DATASETS.names())}; choose from "
+                              f"{', '.join(DATASETS.names())}")
         check_dataset_available(name, cfg.data_dir or None)
         sources[name] = replace(cfg, dataset=name)
     for folder in args.images or []:
@@ -82,6 +85,10 @@ def _sources(args, cfg: ExperimentConfig) -> dict[str, ExperimentConfig]:
             raise ConfigError(f"--images folder {path} does not exist")
         sources[f"folder-{path.name}"] = cfg
     return sources
+
+
+def _grid_dest(defense: str) -> str:
+    return "grid_" + defense.replace("-", "_")
 
 
 def sweep_config(args) -> ExperimentConfig:
@@ -123,9 +130,10 @@ def cmd_sweep(args) -> int:
             raise ConfigError(f"unknown attacker {a!r} in --attackers; choose {', '.join(ATTACKERS)}")
     grids = {}
     for d in defenses:
-        if d not in DEFAULT_GRIDS:
-            raise ConfigError(f"unknown defense {d!r} in --defenses; choose from {', '.join(DEFAULT_GRIDS)}")
-        grids[d] = _parse_grid(getattr(args, f"grid_{d.replace('-', '_')}", None), d)
+        if d not in sweepable():
+            raise ConfigError(f"unknown defense {d!r} in --defenses{suggest(d, sweepable())}; choose from "
+                              f"{', '.join(sweepable())}")
+        grids[d] = _parse_grid(getattr(args, _grid_dest(d), None), d)
         for v in grids[d]:
             parse_defense(f"{defense_as_applied(d, cfg.model)}:{v}")  # validates the range, naming the value
     if not 0 <= args.max_leak_rate < 1:
@@ -184,14 +192,17 @@ def register(sub) -> None:
                         "files play clients")
     p.add_argument("--image-size", dest="image_size", type=int, default=None,
                    help="resize --images files to this size (default: their own size, which must agree)")
-    p.add_argument("--defenses", default=",".join(SWEEP_DEFENSES), help="comma-separated defenses")
+    p.add_argument("--defenses", default=",".join(default_defenses()),
+                   help=f"comma-separated defenses, of {', '.join(sweepable())} (default: %(default)s)")
     p.add_argument("--attackers", default="naive,aware", help="comma-separated: naive, aware")
     p.add_argument("--n", type=int, default=16, help="private images attacked per cell")
     p.add_argument("--max-leak-rate", dest="max_leak_rate", type=float, default=0.0,
                    help="a defense's threshold is the weakest strength whose leak rate is at most this")
-    for name in DEFAULT_GRIDS:
-        p.add_argument(f"--grid-{name}", dest=f"grid_{name.replace('-', '_')}",
-                       help=f"comma-separated strengths, weakest first (default {DEFAULT_GRIDS[name]})")
+    from fl_defense.defenses import get_defense
+
+    for name in sweepable():
+        p.add_argument(f"--grid-{name}", dest=_grid_dest(name), metavar="S1,S2,...",
+                       help=f"strengths of {name}, weakest first (default {','.join(f'{v:g}' for v in get_defense(name).grid)})")
     a = p.add_argument_group("the attack")
     a.add_argument("--method", default=d.attack_method, choices=ATTACK_METHODS)
     a.add_argument("--max-iter", dest="max_iter", type=int, default=None,

@@ -12,6 +12,7 @@ import numpy as np
 from experiments.common import fmt_strength
 from experiments.setting import SETTING_KEYS
 from experiments.sweep_cells import load_sweep_cells, sweep_cell_path, thresholds_from_cells
+from fl_defense.defenses import get_defense
 from fl_defense.io import atomic_write_text, read_jsonl, save_figure
 
 # thresholds.csv: these columns, then the setting the cells were measured in (one per key)
@@ -79,14 +80,14 @@ def plot_ssim_vs_strength(out: Path, cells, datasets, defenses, attackers, grids
                 ax.plot(xs, [p[2] for p in pts], styles.get(attacker, "-"), marker="x", ms=3, alpha=0.5,
                         label=f"{attacker}: SSIM")
             ax.axhline(leak_threshold, color="red", lw=0.8, ls=":")
-            if defense in ("clipping", "noising", "noising-laplace"):
+            entry = get_defense(defense)
+            if entry.axis == "log":
                 ax.set_xscale("log")
-            if defense == "clipping":
+            if entry.stronger == "lower":
                 ax.invert_xaxis()
             ax.set_ylim(-0.05, 1.05)
             ax.set_title(f"{ds}: {defense}", fontsize=8)
-            ax.set_xlabel({"clipping": "C (stronger to the right)", "masking": "p", "pruning": "p"}.get(
-                defense, "sigma / b"), fontsize=7)
+            ax.set_xlabel(entry.axis_label, fontsize=7)
             ax.tick_params(labelsize=6)
             if j == 0:
                 ax.set_ylabel("mean SSIM", fontsize=7)

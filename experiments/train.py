@@ -29,9 +29,6 @@ from fl_defense.config import ATTACKERS, ConfigError, ExperimentConfig, parse_ru
 from fl_defense.io import write_json
 from fl_defense.partition import PartitionSpec
 
-GRID_DEFENSES = ("masking", "clipping", "pruning", "noising")
-
-
 def grid_strengths(tested: list[float], naive: float | None, aware: float | None) -> list[float]:
     """Three strengths of a defense to train at, from the strengths the sweep tested
     (weakest first): one weaker than the naive attacker's threshold, the naive threshold,
@@ -86,10 +83,13 @@ def plan_cells(args, cfg: ExperimentConfig, out: Path) -> list[dict]:
     """Every cell of the grid, each config validated, before anything runs."""
     from fl_defense.defenses import parse_defense
 
+    from experiments.sweep import default_defenses
+
+    grid_defenses = default_defenses()
     strengths: dict[str, list[float]] = {}
     if args.thresholds:
         found = read_thresholds(Path(args.thresholds), cfg, args.threshold_dataset or cfg.dataset)
-        for d in GRID_DEFENSES:
+        for d in [*grid_defenses, *(d for d in found if d not in grid_defenses)]:
             if d in found:
                 strengths[d] = grid_strengths(found[d]["tested"], found[d].get("naive"), found[d].get("aware"))
     for item in parse_list(args.defenses, "--defenses") if args.defenses else []:
@@ -99,7 +99,7 @@ def plan_cells(args, cfg: ExperimentConfig, out: Path) -> list[dict]:
         strengths.setdefault(spec.name, [])
         if spec.value not in strengths[spec.name]:
             strengths[spec.name].append(spec.value)
-    missing = [d for d in GRID_DEFENSES if d not in strengths]
+    missing = [d for d in grid_defenses if d not in strengths]
     if missing:
         print(f"note: no strengths for {', '.join(missing)} (not in --thresholds / --defenses); they are left out",
               file=sys.stderr)

@@ -16,24 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from fl_defense.datasets import DATASET_NAMES, FOLDER_PREFIX, folder_of
+from fl_defense.datasets import DATASETS, FOLDER_PREFIX, folder_of
 from fl_defense.defenses import DefenseSpec, parse_defense
 from fl_defense.errors import ConfigError, suggest
-from fl_defense.models import MODEL_NAMES
+from fl_defense.models import MODELS, has_batchnorm
 from fl_defense.partition import PartitionSpec
 from fl_defense.privacy import NEIGHBOURING
+from fl_defense.strategy_catalogue import STRATEGIES
 
 __all__ = ["ConfigError", "ExperimentConfig", "parse_run_config", "default_run_config",
-           "RUN_CONTROL_KEYS", "AGGREGATIONS", "STRATEGIES", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES",
-           "DP_STRATEGIES", "SECAGG_REFUSED", "BATCHNORM_MODELS"]
+           "RUN_CONTROL_KEYS", "AGGREGATIONS", "ATTACKERS", "ATTACK_METHODS", "BYZANTINE_MODES",
+           "DP_STRATEGIES"]
 
 AGGREGATIONS = ("mean", "median")
-STRATEGIES = ("fl-defense", "FedAvg", "FedMedian", "FedTrimmedAvg", "Krum")
 ATTACKERS = ("naive", "aware")
 ATTACK_METHODS = ("idlg", "dlg")
 BYZANTINE_MODES = ("sign-flip", "scaled", "random")
 DP_STRATEGIES = ("none", "client-side-fixed-clipping", "server-side-fixed-clipping")
-BATCHNORM_MODELS = ("bncnn",)  # models that upload BatchNorm buffers (values, and an int64 step counter)
 
 # config values held as typed specs: the text a user writes -> its parser
 _SPECS = {"defense": parse_defense, "partition": PartitionSpec.parse}
@@ -200,8 +199,8 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
         _check(bool(folder) and Path(folder).is_absolute(), "dataset", cfg.dataset,
                f"{FOLDER_PREFIX}<absolute folder> (the app runs from a copy of the project)")
     else:
-        _choice("dataset", cfg.dataset, (*DATASET_NAMES, f"{FOLDER_PREFIX}/ABS/DIR"))
-    _choice("model", cfg.model, MODEL_NAMES)
+        _choice("dataset", cfg.dataset, (*DATASETS.names(), f"{FOLDER_PREFIX}/ABS/DIR"))
+    _choice("model", cfg.model, MODELS.names())
     _check(cfg.local_steps >= 1, "local-steps", cfg.local_steps, ">= 1")
     _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, ">= 1")
     _check(cfg.images_per_client >= 0, "images-per-client", cfg.images_per_client,
@@ -210,7 +209,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     spec = cfg.partition
     if spec.scheme == "pathological" and spec.param > 10_000:
         raise ConfigError(f"partition: pathological K is too large, got {cfg.partition!r}")
-    _choice("strategy", cfg.strategy, STRATEGIES)
+    _choice("strategy", cfg.strategy, STRATEGIES.names())
     _choice("aggregation", cfg.aggregation, AGGREGATIONS)
     _check(0 <= cfg.trim_beta < 0.5, "trim-beta", cfg.trim_beta, "in [0, 0.5)")
     _check(cfg.krum_malicious >= 0, "krum-malicious", cfg.krum_malicious, ">= 0")
@@ -252,23 +251,18 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     return cfg
 
 
-# strategies that need the individual uploads, which SecAgg+ never hands the server
-SECAGG_REFUSED = {"FedMedian": "FedMedian takes the element-wise median of the uploads",
-                  "FedTrimmedAvg": "FedTrimmedAvg trims the largest and smallest uploads",
-                  "Krum": "Krum scores each upload by its distances to the others"}
-
-
 def _check_formal_privacy(cfg: ExperimentConfig) -> None:
     """The keys of the DP mechanism, Flower's DP wrappers and SecAgg+, and how they combine."""
     _check(0 < cfg.dp_delta < 1, "dp-delta", cfg.dp_delta, "in (0, 1)")
     _choice("dp-neighbouring", cfg.dp_neighbouring, NEIGHBOURING)
     _choice("dp-strategy", cfg.dp_strategy, DP_STRATEGIES)
     _check(cfg.dp_noise_multiplier >= 0, "dp-noise-multiplier", cfg.dp_noise_multiplier, ">= 0")
-    if cfg.defense.name == "dp-gaussian" and cfg.model in BATCHNORM_MODELS:
+    batchnorm = has_batchnorm(cfg.model)
+    if cfg.defense.name == "dp-gaussian" and batchnorm:
         raise ConfigError(f"defense {str(cfg.defense)!r} with model {cfg.model!r}: BatchNorm running statistics "
                           "are values computed from the private batches that no clipping bounds, so the "
                           "Gaussian mechanism cannot cover them; use model lenet")
-    if cfg.dp_strategy != "none" and cfg.model in BATCHNORM_MODELS:
+    if cfg.dp_strategy != "none" and batchnorm:
         raise ConfigError(f"dp-strategy {cfg.dp_strategy!r} with model {cfg.model!r}: Flower's fixed clipping "
                           "takes one norm over every array, BatchNorm's running statistics and its step counter "
                           "(which grows by local-steps) included, and leaves the counter unclipped; use model lenet")
@@ -280,16 +274,17 @@ def _check_formal_privacy(cfg: ExperimentConfig) -> None:
     if not cfg.secure_aggregation:
         return
     why = "SecAgg+ hands the strategy only the sum of the uploads (every FitRes carries the same aggregate)"
-    if cfg.strategy in SECAGG_REFUSED:
+    needs = STRATEGIES.get(cfg.strategy).individual_uploads
+    if needs:
         raise ConfigError(f"secure-aggregation with strategy {cfg.strategy!r}: {why}, but "
-                          f"{SECAGG_REFUSED[cfg.strategy]}; use strategy fl-defense (mean) or FedAvg")
+                          f"{needs}; use strategy fl-defense (mean) or FedAvg")
     if cfg.strategy == "fl-defense" and cfg.aggregation != "mean":
         raise ConfigError(f"secure-aggregation with aggregation {cfg.aggregation!r}: {why}, so the median would "
                           "silently become the mean; use aggregation mean")
     if cfg.dp_strategy == "server-side-fixed-clipping":
         raise ConfigError(f"secure-aggregation with dp-strategy {cfg.dp_strategy!r}: {why}, but server-side "
                           "clipping clips each upload; use dp-strategy client-side-fixed-clipping")
-    if cfg.attack_every > 0 and (cfg.local_steps > 1 or cfg.model in BATCHNORM_MODELS):
+    if cfg.attack_every > 0 and (cfg.local_steps > 1 or batchnorm):
         raise ConfigError(f"secure-aggregation with attack-every={cfg.attack_every}, local-steps={cfg.local_steps} "
                           f"and model {cfg.model!r}: {why}; the attack hook attacks the aggregate as one step of "
                           "one batch of all the round's images, which it is only for local-steps = 1 and a model "

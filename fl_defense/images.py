@@ -42,7 +42,7 @@ class ImageDataset:
     images : float32 ndarray ``[N, C, H, W]``, values in ``[0, 1]``, square (``H == W``).
     labels : int64 ndarray ``[N]``, each in ``0..num_classes-1`` or ``-1`` (unknown).
     num_classes : number of classes (0 when every label is unknown).
-    name : a short name (a :data:`DATASET_NAMES` entry, or ``folder:<dir>``).
+    name : a short name (a registered data set, or ``folder:<dir>``).
     class_names : one name per class, or empty.
     """
 

@@ -15,14 +15,26 @@
   and does not train at lr 1).
 
 Models take images in [0, 1] (no normalisation layer), shaped ``[N, C, H, W]``.
+
+The registry
+------------
+:data:`MODELS` maps a name to a :class:`ModelEntry`: its builder (which applies the
+model's initialisation), whether it has BatchNorm (its uploads then carry running
+statistics, which some defenses and the DP mechanisms treat apart), its initialisation in
+words, and which image sizes it accepts.  Config checks, help texts and the attack read it;
+a third-party package adds models through the entry-point group ``fl_defense.models``
+(:mod:`fl_defense.registry`).
 """
 
 from __future__ import annotations
 
 import torch
+from dataclasses import dataclass
+from typing import Callable
+
 from torch import nn
 
-MODEL_NAMES = ("lenet", "bncnn", "tanhcnn")
+from fl_defense.registry import Registry
 
 KINDS = ("weight", "bn_affine", "bn_stat")
 """The kind of every ``state_dict`` entry (:func:`state_kinds`): what the defenses and the
@@ -99,16 +111,65 @@ class TanhCNN(nn.Module):
         return self.fc(self.body(x).flatten(1))
 
 
-def build_model(name: str, in_channels: int, image_size: int, num_classes: int,
-                dlg_init: bool = False) -> nn.Module:
-    """Build a model by name (:data:`MODEL_NAMES`); raises ``ValueError`` on an unknown name."""
-    if name == "lenet":
-        return LeNet(in_channels, image_size, num_classes, dlg_init=dlg_init)
-    if name in ("bncnn", "tanhcnn"):
-        if dlg_init:
-            raise ValueError("dlg_init applies to the 'lenet' model only")
-        return (BNCNN if name == "bncnn" else TanhCNN)(in_channels, image_size, num_classes)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+def _dlg_lenet(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    return LeNet(in_channels, image_size, num_classes, dlg_init=True)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registry entry: everything the code asks about one model.
+
+    Attributes
+    ----------
+    name : the name users write.
+    builder : ``builder(in_channels, image_size, num_classes) -> nn.Module``, initialised
+        (the caller seeds torch first).
+    summary : one line for help texts and ``run_sim.py models``.
+    batchnorm : the model has BatchNorm layers (its uploads carry running statistics).
+    init : the initialisation, in words.
+    min_size : the smallest image side it accepts.
+    size_multiple : the image side must be a multiple of this.
+    """
+
+    name: str
+    builder: Callable[[int, int, int], nn.Module]
+    summary: str
+    batchnorm: bool = False
+    init: str = "PyTorch's default"
+    min_size: int = 8
+    size_multiple: int = 1
+
+    def check_size(self, image_size: int) -> None:
+        """``ValueError`` naming the model and the size when it cannot take ``image_size``."""
+        if image_size < self.min_size or image_size % self.size_multiple:
+            rule = f">= {self.min_size}" + (f" and a multiple of {self.size_multiple}" if self.size_multiple > 1
+                                            else "")
+            raise ValueError(f"model {self.name!r} needs an image side {rule}, got {image_size}")
+
+    def build(self, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+        self.check_size(image_size)
+        return self.builder(in_channels, image_size, num_classes)
+
+
+MODELS: Registry[ModelEntry] = Registry("model", ModelEntry, (
+    ModelEntry("tanhcnn", TanhCNN, "two 5x5 stride-2 convolutions (16, 32 channels) with tanh, one linear layer"),
+    ModelEntry("lenet", _dlg_lenet, "the DLG paper's LeNet: three 5x5 convolutions (12 channels), sigmoid, "
+               "one linear layer", init="uniform(-0.5, 0.5) for every weight and bias (the DLG init)"),
+    ModelEntry("bncnn", BNCNN, "two 3x3 convolutions with BatchNorm, ReLU and max-pooling, one linear layer",
+               batchnorm=True, size_multiple=4),
+), entry_point_group="fl_defense.models")
+"""name -> :class:`ModelEntry` (built-ins, then plug-ins)."""
+
+
+def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Build a registered model by name, initialised (seed torch first); ``ValueError`` naming
+    an unknown name (with the nearest) or a size the model cannot take."""
+    return MODELS.get(name).build(in_channels, image_size, num_classes)
+
+
+def has_batchnorm(name: str) -> bool:
+    """Whether the registered model ``name`` has BatchNorm layers."""
+    return MODELS.get(name).batchnorm
 
 
 def state_kinds(model: nn.Module) -> list[str]:

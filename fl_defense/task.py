@@ -19,6 +19,7 @@ number is measured on updates made by the code that trains.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from fl_defense.config import ExperimentConfig
-from fl_defense.defenses import apply_defense, defense_rng
+from fl_defense.defenses import DefenseContext, apply_defense, defense_rng, get_defense
 from fl_defense.errors import ConfigError
 from fl_defense.models import UPDATE_KINDS, build_model
 from fl_defense.partition import PartitionSpec
@@ -122,12 +123,11 @@ def check_run_inputs(cfg: ExperimentConfig) -> None:
 
 
 def new_model(cfg: ExperimentConfig, train=None) -> nn.Module:
-    """The experiment's model, initialised from the seed (LeNet with the DLG init)."""
+    """The experiment's model, initialised from the seed (the registry entry's initialisation)."""
     if train is None:
         train, _ = load_data(cfg)
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, train.in_channels, train.image_size, train.num_classes,
-                       dlg_init=cfg.model == "lenet")
+    return build_model(cfg.model, train.in_channels, train.image_size, train.num_classes)
 
 
 def local_batches(num_examples: int, steps: int, batch_size: int, seed: int, client_id: int,
@@ -216,7 +216,12 @@ def defended_payload(cfg: ExperimentConfig, model: nn.Module, kinds: Sequence[st
     :func:`payload_to_weights` turns the payload into the upload."""
     set_weights(model, global_w)
     batches = round_batches(cfg, len(labels), client_id, server_round)
+    context = None
+    if get_defense(cfg.defense.name).needs_context:  # the model as it was before training, the round's images
+        used = examples_used(batches)
+        context = DefenseContext(copy.deepcopy(model).to("cpu"), tuple(model.state_dict()), np.asarray(images)[used],
+                                 np.asarray(labels)[used])
     loss = train_steps(model, images, labels, batches, cfg.lr, device)
     payload = make_payload(global_w, get_weights(model), kinds)
-    defended = apply_defense(cfg.defense, payload, kinds, defense_rng(cfg.seed, client_id, server_round))
+    defended = apply_defense(cfg.defense, payload, kinds, defense_rng(cfg.seed, client_id, server_round), context)
     return defended, loss, len(examples_used(batches))

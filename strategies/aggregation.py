@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.strategy import FedAvg
+from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 from fl_defense.config import AGGREGATIONS
 from fl_defense.protocol import client_order
@@ -62,3 +62,26 @@ class RobustAggregation(FedAvg):
         if self.fit_metrics_aggregation_fn:
             metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
         return ndarrays_to_parameters(aggregated), metrics
+
+
+# The builders the strategy registry names (fl_defense.strategy_catalogue): builder(cfg, common).
+
+
+def build_robust(cfg, common: dict) -> RobustAggregation:
+    return RobustAggregation(aggregation=cfg.aggregation, **common)
+
+
+def build_fedavg(cfg, common: dict) -> FedAvg:
+    return FedAvg(**common)
+
+
+def build_fedmedian(cfg, common: dict) -> FedMedian:
+    return FedMedian(**common)
+
+
+def build_fedtrimmedavg(cfg, common: dict) -> FedTrimmedAvg:
+    return FedTrimmedAvg(beta=cfg.trim_beta, **common)
+
+
+def build_krum(cfg, common: dict) -> Krum:
+    return Krum(num_malicious_clients=cfg.krum_malicious, num_clients_to_keep=0, **common)

@@ -17,17 +17,18 @@ layer outside everything, because it owns the round numbers.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable
 
 from flwr.common import ndarrays_to_parameters
-from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+from flwr.server.strategy import Strategy
 
 from fl_defense import protocol as msg
 from fl_defense.config import ExperimentConfig
+from fl_defense.strategy_catalogue import STRATEGIES
 from fl_defense.task import evaluate_model, get_weights, load_data, new_model, select_device, set_weights
 from strategies.accounting import PrivacyAccountingStrategy, accounted_mechanism
-from strategies.aggregation import RobustAggregation
 from strategies.central_dp import wrap_central_dp
 from strategies.checkpoint import Checkpoint, ResumableStrategy, restore_stack_state
 from strategies.dropout import DropoutStrategy
@@ -41,7 +42,8 @@ def _round_config(server_round: int) -> dict:
 
 
 def base_strategy(cfg: ExperimentConfig, initial_weights, evaluate_fn: Callable) -> Strategy:
-    """The aggregation strategy named by ``cfg.strategy`` (no wrappers)."""
+    """The aggregation strategy named by ``cfg.strategy`` (no wrappers), built by its registry
+    entry's builder (:data:`fl_defense.strategy_catalogue.STRATEGIES`)."""
     common = dict(
         fraction_fit=cfg.fraction_fit,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -54,17 +56,17 @@ def base_strategy(cfg: ExperimentConfig, initial_weights, evaluate_fn: Callable)
         initial_parameters=ndarrays_to_parameters(initial_weights),
         accept_failures=True,
     )
-    if cfg.strategy == "fl-defense":
-        return RobustAggregation(aggregation=cfg.aggregation, **common)
-    if cfg.strategy == "FedAvg":
-        return FedAvg(**common)
-    if cfg.strategy == "FedMedian":
-        return FedMedian(**common)
-    if cfg.strategy == "FedTrimmedAvg":
-        return FedTrimmedAvg(beta=cfg.trim_beta, **common)
-    if cfg.strategy == "Krum":
-        return Krum(num_malicious_clients=cfg.krum_malicious, num_clients_to_keep=0, **common)
-    raise ValueError(f"unknown strategy {cfg.strategy!r}")
+    return resolve_builder(STRATEGIES.get(cfg.strategy).builder)(cfg, common)
+
+
+def resolve_builder(reference: str) -> Callable:
+    """The callable a registry entry names as ``"module:attribute"`` (``ValueError`` naming a
+    reference that does not resolve)."""
+    module, _, attr = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"strategy builder {reference!r} cannot be imported: {exc}") from None
 
 
 def build_strategy(cfg: ExperimentConfig, out_dir: Path, checkpoint: Checkpoint | None = None) -> Strategy:

@@ -54,7 +54,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 import numpy as np
 
-from fl_defense.config import BATCHNORM_MODELS, ExperimentConfig
+from fl_defense.config import ExperimentConfig
+from fl_defense.models import has_batchnorm
 from strategies.wrapper import StrategyWrapper
 
 
@@ -70,7 +71,7 @@ def clipping_range(cfg: ExperimentConfig) -> float:
         return cfg.dp_clip * (1.0 + 6.0 * cfg.defense.value)
     if cfg.dp_strategy == "client-side-fixed-clipping":
         return cfg.dp_clip
-    batchnorm = cfg.model in BATCHNORM_MODELS
+    batchnorm = has_batchnorm(cfg.model)
     if cfg.defense.name == "clipping" and not batchnorm:
         return float(cfg.defense.value)
     scale = UNBOUNDED_MARGIN * cfg.lr

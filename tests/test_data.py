@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fl_defense.datasets import (DATASET_NAMES, DEFAULT_IMAGE_SIZE, DatasetUnavailable, check_dataset_available,
-                                 load_dataset)
+from fl_defense.datasets import DATASETS, DatasetUnavailable, check_dataset_available, load_dataset
 from fl_defense.errors import ConfigError
 from fl_defense.images import ImageDataset, load_image_folder
 from fl_defense.partition import partition_indices
@@ -67,10 +66,10 @@ def test_lfw_embedded_is_faces_vs_nonfaces():
     from skimage.data import lfw_subset
 
     train, test = load_dataset("lfw-embedded")
-    assert train.images.shape == (160, 1, 32, 32) and test.images.shape == (40, 1, 32, 32)
+    assert train.images.shape == (100, 1, 32, 32) and test.images.shape == (100, 1, 32, 32)
     assert train.class_names == ("non-face", "face") and train.num_classes == 2
-    assert np.bincount(train.labels).tolist() == [80, 80]
-    assert np.bincount(test.labels).tolist() == [20, 20]
+    assert np.bincount(train.labels).tolist() == [50, 50]
+    assert np.bincount(test.labels).tolist() == [50, 50]
     # at the native 25x25 the images are lfw_subset's: label 1 = its first 100 (faces)
     train, test = load_dataset("lfw-embedded", image_size=25)
     src = lfw_subset().astype(np.float32)
@@ -80,6 +79,26 @@ def test_lfw_embedded_is_faces_vs_nonfaces():
     where = np.array([row[bytes(im)] for im in images])
     assert sorted(where.tolist()) == list(range(200))
     assert np.array_equal(labels, (where < 100).astype(np.int64))
+
+
+def test_colour_embedded_tiles_are_disjoint_photographs_crops():
+    """Tiles of scikit-image's photographs, labelled by photograph, no tile in both splits,
+    none nearly uniform, and no photograph above its cap."""
+    from fl_defense.datasets import COLOUR_MIN_STD, COLOUR_SOURCES, COLOUR_TILES_PER_SOURCE
+
+    train, test = load_dataset("colour-embedded")
+    assert train.images.shape[1:] == (3, 32, 32) and train.num_classes == len(COLOUR_SOURCES)
+    counts = np.bincount(np.concatenate([train.labels, test.labels]), minlength=len(COLOUR_SOURCES))
+    assert counts.min() >= 5 and counts.max() <= COLOUR_TILES_PER_SOURCE
+    from fl_defense.datasets import _colour_embedded
+
+    tiles = _colour_embedded().train[0]  # the 64x64 tiles before resizing
+    assert tiles.shape[1:] == (3, 64, 64) and len(tiles) == len(train) + len(test)
+    assert (tiles.reshape(len(tiles), -1) / 255.0).std(1).min() >= COLOUR_MIN_STD
+    keys = {bytes(im) for im in train.images}
+    assert not any(bytes(im) in keys for im in test.images)
+    again, _ = load_dataset("colour-embedded")
+    assert np.array_equal(again.images, train.images)
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -217,7 +236,7 @@ def test_load_dataset_rejects_bad_arguments(kwargs, bad):
         load_dataset(**kwargs)
 
 
-@pytest.mark.parametrize("name", DATASET_NAMES)
+@pytest.mark.parametrize("name", DATASETS.names())
 def test_every_named_dataset_loads(name, tmp_path, monkeypatch):
     """Every name the config accepts has a loader that returns a (train, test) pair of image
     sets at the set's default size (the torchvision sets from small files in their real
@@ -232,7 +251,7 @@ def test_every_named_dataset_loads(name, tmp_path, monkeypatch):
                                                                    "Bob_B": (20, (10, 250, 10))}))
     check_dataset_available(name, tmp_path)
     train, test = load_dataset(name, data_dir=tmp_path)
-    size = DEFAULT_IMAGE_SIZE[name]
+    size = DATASETS[name].image_size
     for ds in (train, test):
         assert isinstance(ds, ImageDataset) and ds.name == name and len(ds) > 0
         assert ds.images.shape[2:] == (size, size) and ds.num_classes >= 2

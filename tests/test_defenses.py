@@ -66,8 +66,11 @@ def test_parse_str_roundtrip(name, data):
         assert spec == DefenseSpec("none") and spec.value is None and str(spec) == "none"
         return
     high = info.high if math.isfinite(info.high) else 1e6
-    value = data.draw(st.floats(info.low, high, exclude_min=not info.low_inclusive,
-                                exclude_max=not info.high_inclusive, allow_nan=False))
+    if info.integer:
+        value = float(data.draw(st.integers(math.ceil(info.low), math.floor(info.high))))
+    else:
+        value = data.draw(st.floats(info.low, high, exclude_min=not info.low_inclusive,
+                                    exclude_max=not info.high_inclusive, allow_nan=False))
     flags = data.draw(st.frozensets(st.sampled_from(sorted(info.flags))) if info.flags
                       else st.just(frozenset()))
     clip = data.draw(st.floats(1e-6, 1e6)) if info.needs_clip else None

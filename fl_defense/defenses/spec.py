@@ -1,33 +1,15 @@
-"""Client-side gradient defenses: the registry, the ``NAME[:VALUE[,FLAG]]`` grammar, and
-:func:`apply_defense`.
-
-Each defense is a pure, seeded function from a client's upload payload to the defended
-payload.  It never modifies its input and always returns new arrays.  Their definitions
-and the maths are in :mod:`fl_defense.defense_ops`.
-
-Payload
--------
-A payload is a list of numpy arrays, one per ``model.state_dict()`` entry, with a
-parallel list of kinds from :func:`fl_defense.models.state_kinds`:
-
-* ``"weight"`` -- a conv/linear weight or bias; the entry holds the client's *update*
-  ``delta = local - global`` (``-lr * gradient`` after one SGD step);
-* ``"bn_affine"`` -- a BatchNorm gamma or beta; also an *update* (delta);
-* ``"bn_stat"`` -- a BatchNorm buffer (``running_mean``, ``running_var``,
-  ``num_batches_tracked``); the entry holds the client's running statistic itself
-  (a *value*, not a delta).
-
-The *update entries* are the floating-point entries of kind ``weight`` or ``bn_affine``.
-Non-floating arrays (``num_batches_tracked``, int64) are returned unchanged (as copies)
-by every defense.
+"""The ``NAME[:VALUE[,FLAG...]]`` grammar, the validated :class:`DefenseSpec`, the per-upload
+randomness and :func:`apply_defense`.
 
 Grammar
 -------
 ``NAME[:VALUE[,FLAG...]]``, e.g. ``none``, ``masking:0.4``, ``masking:0.4,rescale``,
 ``masking-bn:0.4``, ``clipping:1.0``, ``clipping:1.0,per-layer``, ``pruning:0.9``,
-``pruning:0.9,global``, ``noising:0.01``, ``noising-laplace:0.01``, ``dp-gaussian:1.0``.
-Names and flags are case-insensitive.  :func:`parse_defense` turns such a text into a
-:class:`DefenseSpec`; ``str(spec)`` gives the canonical text back (flags sorted).
+``pruning:0.9,global``, ``noising:0.01``, ``noising-laplace:0.01``, ``dp-gaussian:1.0``,
+``quantisation:4``, ``soteria:0.5``.  Names and flags are case-insensitive; the names are
+those of the registry (:data:`fl_defense.defenses.DEFENSES`).  :func:`parse_defense` turns
+such a text into a :class:`DefenseSpec`; ``str(spec)`` gives the canonical text back
+(flags sorted).
 
 Bound parameters
 ----------------
@@ -43,13 +25,6 @@ Randomness
 Every upload gets a fresh generator from :func:`defense_rng` ``(seed, client_id,
 round_)`` via :class:`numpy.random.SeedSequence`, so masks and noise are reproducible yet
 differ across clients and rounds.
-
-API
----
-``DefenseSpec(name, value, flags, clip)``; ``parse_defense(text, clip=None) -> DefenseSpec``;
-``apply_defense(spec, payload, kinds, rng) -> list[np.ndarray]``;
-``defense_rng(seed, client_id, round_) -> np.random.Generator``;
-``DEFENSES`` (read-only mapping name -> :class:`Defense`); ``get_defense(name) -> Defense``.
 """
 
 from __future__ import annotations
@@ -58,78 +33,14 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from fl_defense import defense_ops as ops
+from fl_defense.defenses.base import Defense, DefenseContext
+from fl_defense.defenses.catalogue import DEFENSES
 from fl_defense.errors import suggest
 from fl_defense.models import KINDS
-
-DefenseFn = Callable[
-    [list[np.ndarray], Sequence[str], "float | None", frozenset[str], np.random.Generator],
-    list[np.ndarray],
-]
-
-
-@dataclass(frozen=True)
-class Defense:
-    """A registry entry: a defense's name, implementation and the values it accepts.
-
-    ``func(arrays, kinds, value, flags, rng)`` gets validated inputs and returns new
-    arrays.  ``value_name`` is ``None`` for a defense without strength (``none``); else
-    the value must be finite and lie in the interval given by ``low``/``high`` and their
-    inclusiveness (``value_range`` spells it out).  ``needs_clip``: the defense also takes
-    the clipping bound C (``func(..., clip=C)``), bound from the config key ``dp-clip``.
-    """
-
-    name: str
-    func: DefenseFn
-    summary: str
-    value_name: str | None
-    low: float = 0.0
-    low_inclusive: bool = True
-    high: float = math.inf
-    high_inclusive: bool = False
-    flags: frozenset[str] = frozenset()
-    example: str = ""
-    needs_clip: bool = False
-
-    @property
-    def value_range(self) -> str:
-        """The accepted values in words, e.g. ``"p in [0, 1)"`` or ``"C > 0"``."""
-        if self.value_name is None:
-            return "no value"
-        if math.isinf(self.high):
-            op = ">=" if self.low_inclusive else ">"
-            return f"{self.value_name} {op} {self.low:g}"
-        left = "[" if self.low_inclusive else "("
-        right = "]" if self.high_inclusive else ")"
-        return f"{self.value_name} in {left}{self.low:g}, {self.high:g}{right}"
-
-    def check_value(self, value: object) -> float | None:
-        """Return ``value`` as a float (``None`` for ``none``); ``ValueError`` if out of range."""
-        if self.value_name is None:
-            if value is not None:
-                raise ValueError(f"defense {self.name!r} takes no value, got {value!r}")
-            return None
-        if value is None:
-            raise ValueError(f"defense {self.name!r} needs a value ({self.value_range}), "
-                             f"e.g. {self.example!r}")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"defense {self.name!r}: {self.value_name} must be a real number, "
-                             f"got {value!r}")
-        v = float(value)
-        if not math.isfinite(v):
-            raise ValueError(f"defense {self.name!r}: {self.value_name} must be finite "
-                             f"({self.value_range}), got {value!r}")
-        above = v >= self.low if self.low_inclusive else v > self.low
-        below = v <= self.high if self.high_inclusive else v < self.high
-        if not (above and below):
-            raise ValueError(f"defense {self.name!r}: {self.value_name} must satisfy "
-                             f"{self.value_range}, got {value!r}")
-        return v
 
 
 @dataclass(frozen=True)
@@ -171,11 +82,13 @@ class DefenseSpec:
         object.__setattr__(self, "clip", _check_clip(info, self.clip))
 
     def __str__(self) -> str:
-        """The canonical text, e.g. ``masking:0.4,rescale``; ``parse_defense`` inverts it
-        (given the same ``clip``: C is the config key ``dp-clip``, not part of the text)."""
+        """The canonical text, e.g. ``masking:0.4,rescale`` or ``quantisation:4``;
+        ``parse_defense`` inverts it (given the same ``clip``: C is the config key
+        ``dp-clip``, not part of the text)."""
         if self.value is None:
             return self.name
-        return ",".join([f"{self.name}:{self.value!r}", *sorted(self.flags)])
+        value = str(int(self.value)) if get_defense(self.name).integer else repr(self.value)
+        return ",".join([f"{self.name}:{value}", *sorted(self.flags)])
 
 
 def _check_clip(info: Defense, clip: object) -> float | None:
@@ -195,13 +108,7 @@ def _check_clip(info: Defense, clip: object) -> float | None:
 
 def get_defense(name: str) -> Defense:
     """The registry entry for ``name`` (case-insensitive); ``ValueError`` with a suggestion."""
-    if not isinstance(name, str):
-        raise ValueError(f"defense name must be a string, got {name!r}")
-    key = name.strip().lower()
-    if key not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}{suggest(key, DEFENSES, cutoff=0.6)}; "
-                         f"available: {', '.join(DEFENSES)}")
-    return DEFENSES[key]
+    return DEFENSES.get(name)
 
 
 def parse_defense(text: str, clip: float | None = None) -> DefenseSpec:
@@ -263,13 +170,21 @@ def defense_rng(seed: int, client_id: int, round_: int) -> np.random.Generator:
 
 
 def apply_defense(spec: DefenseSpec | str, payload: Sequence[np.ndarray], kinds: Sequence[str],
-                  rng: np.random.Generator) -> list[np.ndarray]:
+                  rng: np.random.Generator, context: DefenseContext | None = None) -> list[np.ndarray]:
     """Apply a defense to a client's upload; returns new arrays, the input is unchanged.
 
-    ``spec`` is a :class:`DefenseSpec` (or its text, parsed by :func:`parse_defense`);
-    ``payload`` one array per state-dict entry; ``kinds`` the parallel kinds (see the
-    module docstring); ``rng`` the upload's generator (:func:`defense_rng`).  Output arrays
-    have the input shapes and dtypes.
+    Parameters
+    ----------
+    spec : a :class:`DefenseSpec` (or its text, parsed by :func:`parse_defense`).
+    payload : one array per state-dict entry (see :mod:`fl_defense.defenses.base`).
+    kinds : the parallel kinds.
+    rng : the upload's generator (:func:`defense_rng`).
+    context : the client's model and images, for a defense that needs them
+        (``needs_context``, e.g. ``soteria``); ignored by the others.
+
+    Returns
+    -------
+    list of numpy.ndarray : the defended payload, with the input shapes and dtypes.
     """
     if isinstance(spec, str):
         spec = parse_defense(spec)
@@ -285,30 +200,15 @@ def apply_defense(spec: DefenseSpec | str, payload: Sequence[np.ndarray], kinds:
         if k not in KINDS:
             raise ValueError(f"kinds[{i}] = {k!r} is not one of {', '.join(KINDS)}")
     info = DEFENSES[spec.name]
+    bound = {}
     if info.needs_clip:
-        return info.func(arrays, kinds, spec.value, spec.flags, rng, clip=spec.clip)
-    return info.func(arrays, kinds, spec.value, spec.flags, rng)
-
-
-DEFENSES: Mapping[str, Defense] = MappingProxyType({d.name: d for d in (
-    Defense("none", ops.identity, "identity", None),
-    Defense("masking", ops.masking,
-            "zero every floating coordinate (running statistics included) w.p. p",
-            "p", 0.0, True, 1.0, False, frozenset({"rescale"}), "masking:0.4"),
-    Defense("masking-bn", ops.masking_bn,
-            "zero every update coordinate (weights, BN gamma/beta) w.p. p; "
-            "BN running statistics uploaded as computed",
-            "p", 0.0, True, 1.0, False, frozenset({"rescale"}), "masking-bn:0.4"),
-    Defense("clipping", ops.clipping, "scale the update by min(1, C / ||u||_2)",
-            "C", 0.0, False, math.inf, False, frozenset({"per-layer"}), "clipping:1.0"),
-    Defense("pruning", ops.pruning, "zero the floor(p*n) smallest-magnitude update entries",
-            "p", 0.0, True, 1.0, False, frozenset({"global"}), "pruning:0.9"),
-    Defense("noising", ops.noising, "add Gaussian N(0, sigma^2) noise to the update",
-            "sigma", 0.0, True, math.inf, False, frozenset(), "noising:0.01"),
-    Defense("noising-laplace", ops.noising_laplace, "add Laplace(0, b) noise to the update",
-            "b", 0.0, True, math.inf, False, frozenset(), "noising-laplace:0.01"),
-    Defense("dp-gaussian", ops.dp_gaussian,
-            "the Gaussian mechanism: clip the update to L2 norm C (dp-clip), add N(0, (Z C)^2)",
-            "Z", 0.0, False, math.inf, False, frozenset(), "dp-gaussian:1.0", needs_clip=True),
-)})
-"""The registry, name -> :class:`Defense` (read-only)."""
+        bound["clip"] = spec.clip
+    if info.needs_context:
+        if not isinstance(context, DefenseContext):
+            raise ValueError(f"defense {info.name!r} needs the client's model and images (a DefenseContext), "
+                             f"got {context!r}")
+        if len(context.state_keys) != len(arrays):
+            raise ValueError(f"the context names {len(context.state_keys)} state entries, the payload has "
+                             f"{len(arrays)}")
+        bound["context"] = context
+    return info.func(arrays, kinds, spec.value, spec.flags, rng, **bound)

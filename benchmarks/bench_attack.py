@@ -7,10 +7,12 @@ autograd, the papers' way), with the same iteration budget, stopping rule, resta
 initial points, against the single-image gradients of a fresh DLG LeNet
 (``torch.manual_seed(seed)``, ``dlg_init=True``), on three kinds of images:
 
-* ``mnist``: real MNIST digits at their native 1x28x28 (:func:`attacks.targets.mnist_targets`);
+* ``mnist``: real MNIST digits at their native 1x28x28 (``mnist-embedded``);
 * ``colour``: 3x32x32 colour crops of scikit-image's photographs
-  (:func:`attacks.targets.colour_targets`);
-* ``faces``: 1x32x32 faces of Labeled Faces in the Wild (:func:`attacks.targets.face_targets`).
+  (``colour-embedded``);
+* ``faces``: 1x32x32 images of Labeled Faces in the Wild (``lfw-embedded``, faces and non-faces),
+
+all from the data sets' tuning split (their test split).
 
 Each kind runs at every thread count of ``--threads`` (``torch.set_num_threads``).  Prints,
 per kind and thread count, attacks per minute (wall clock), CPU seconds, success rate
@@ -19,8 +21,8 @@ With ``--repeat R`` the engines run R times, interleaved, and each one's fastest
 (the attacks are deterministic; only the timing varies).  Engine names may carry a
 ``grad_impl`` (``batched:vmap``: the batched engine on ``torch.func.vmap`` gradients).
 
-    python benchmarks/bench_attack.py                          # 16 digits, 8 colour, 8 faces; 1 and 2 threads
-    python benchmarks/bench_attack.py --kinds colour --threads 1 --engines batched,batched:vmap,loop
+    python -m benchmarks.bench_attack                          # 16 digits, 8 colour, 8 faces; 1 and 2 threads
+    python -m benchmarks.bench_attack --kinds colour --threads 1 --engines batched,batched:vmap,loop
 """
 
 from __future__ import annotations
@@ -34,29 +36,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from attacks.gradients import single_image_gradients  # noqa: E402
-from attacks.inversion import AttackConfig, invert_gradients  # noqa: E402
-from attacks.settings import ENGINES, GRAD_IMPLS, resolve_device  # noqa: E402
-from attacks.targets import colour_targets, face_targets, mnist_targets  # noqa: E402
-from fl_defense.metrics import per_image, ssim  # noqa: E402
-from fl_defense.models import LeNet  # noqa: E402
+from attacks.gradients import single_image_gradients
+from attacks.inversion import AttackConfig, invert_gradients
+from attacks.settings import ENGINES, GRAD_IMPLS, resolve_device
+from experiments.targets import dataset_targets
+from fl_defense.metrics import per_image, ssim
+from fl_defense.models import LeNet
 
 SUCCESS_SSIM = 0.9
 KINDS = {"mnist": 16, "colour": 8, "faces": 8}  # kind -> default number of targets
 
 
+DATASET = {"mnist": "mnist-embedded", "colour": "colour-embedded", "faces": "lfw-embedded"}
+
+
 def load_targets(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if kind == "mnist":
-        return mnist_targets(n, seed=seed)
-    if kind == "colour":
-        return colour_targets(n, size=32, seed=seed)
-    if kind == "faces":
-        return face_targets(n, size=32, seed=seed)
-    raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    """``n`` images of the kind's data set, from its tuning split (the test split)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    t = dataset_targets(DATASET[kind], n, seed, split="tuning")
+    return torch.as_tensor(t.images), torch.as_tensor(t.labels)
 
 
 def parse_engine(spec: str) -> tuple[str, dict]:

@@ -28,8 +28,8 @@ and the plain reference draws the round's clients with the same rule
 (``max(int(fraction * clients), 1)``), so both train the same clients every round and their
 final accuracies must agree.
 
-    python benchmarks/bench_federation.py                     # 10, 100, 1000 clients, 5 rounds
-    python benchmarks/bench_federation.py --sizes 10:1.0 --rounds 3
+    python -m benchmarks.bench_federation                     # 10, 100, 1000 clients, 5 rounds
+    python -m benchmarks.bench_federation --sizes 10:1.0 --rounds 3
 """
 
 from __future__ import annotations

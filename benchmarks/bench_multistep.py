@@ -12,16 +12,16 @@ the same uploads twice in one process with the same settings and seeds:
   clients only: a sample of the same updates, so that a large round's baseline does not take
   hours; its leak is then compared with the vectorised call's on the same M clients).
 
-Both are scored one-to-one (:func:`attacks.scoring.score`).  Prints images per minute
+Both are scored one-to-one (:func:`fl_defense.scoring.score`).  Prints images per minute
 (wall clock), CPU seconds, leak rate (adjusted SSIM >= the leak threshold) and label
 accuracy of each, and the ratio vectorised / one at a time.  Labels are inferred.
 
-    python benchmarks/bench_multistep.py --clients 16 --batch-size 4 --local-steps 1
-    python benchmarks/bench_multistep.py --clients 8 --batch-size 2 --local-steps 2 --images-per-client 4
-    python benchmarks/bench_multistep.py --clients 64 --batch-size 2 --local-steps 2 --images-per-client 4 \
+    python -m benchmarks.bench_multistep --clients 16 --batch-size 4 --local-steps 1
+    python -m benchmarks.bench_multistep --clients 8 --batch-size 2 --local-steps 2 --images-per-client 4
+    python -m benchmarks.bench_multistep --clients 64 --batch-size 2 --local-steps 2 --images-per-client 4 \
         --baseline-clients 8                                          # a large round, the baseline sampled
-    python benchmarks/bench_multistep.py --clients 8 --eval-cost     # ms per evaluation, per path
-    python benchmarks/bench_multistep.py --clients 4 --batch-size 4 --local-steps 4 --images-per-client 4 \
+    python -m benchmarks.bench_multistep --clients 8 --eval-cost     # ms per evaluation, per path
+    python -m benchmarks.bench_multistep --clients 4 --batch-size 4 --local-steps 4 --images-per-client 4 \
         --model lenet --lr 0.1 --phases                               # where the vectorised call's time goes
 """
 
@@ -35,23 +35,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from attacks.layerwise import layer_chain  # noqa: E402
-from attacks.multistep import assumed_batches, one_batch  # noqa: E402
-from attacks.scoring import score  # noqa: E402
-from attacks.threat import attack_config  # noqa: E402
-from attacks.updates import invert_updates, update_options  # noqa: E402
-from experiments.client_attack import client_uploads, experiment_model, group_images  # noqa: E402
-from experiments.targets import dataset_targets  # noqa: E402
-from fl_defense.config import parse_run_config  # noqa: E402
-from fl_defense.task import get_weights  # noqa: E402
+from attacks.layerwise import layer_chain
+from attacks.multistep import assumed_batches, one_batch
+from fl_defense.scoring import score
+from attacks.threat import attack_config
+from attacks.updates import invert_updates, update_options
+from experiments.client_attack import client_uploads, experiment_model, group_images
+from experiments.targets import dataset_targets
+from fl_defense.config import parse_run_config
+from fl_defense.task import get_weights
 
 
-def measure(label: str, calls, images, labels, used, threshold: float) -> dict:
-    """Run ``calls`` (functions returning :class:`UpdateAttackResult`), score, summarise."""
+def measure(label: str, calls, images, labels, used, threshold: float, pool=None) -> dict:
+    """Run ``calls`` (functions returning :class:`UpdateAttackResult`), score (identification
+    against ``pool``, the paper's criterion when there is none), summarise."""
     wall, cpu = time.perf_counter(), time.process_time()
     recons, labs = [], []
     for call in calls:
@@ -59,11 +57,12 @@ def measure(label: str, calls, images, labels, used, threshold: float) -> dict:
         recons += res.images
         labs += res.labels
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    sc = score([images[u] for u in used], [labels[u] for u in used], recons, labs, threshold)
-    n = len(sc.leaked)
+    sc = score([images[u] for u in used], [labels[u] for u in used], recons, labs, threshold, pool)
+    leaked = sc.leaked if sc.leaked is not None else sc.leaked_paper
+    n = len(leaked)
     out = {"name": label, "images": n, "wall": wall, "cpu": cpu, "per_min": 60 * n / wall,
-           "leaked": int(sc.leaked.sum()), "label_acc": float(np.mean(sc.label_pred == sc.label_true)),
-           "leaked_per_image": sc.leaked}
+           "leaked": int(leaked.sum()), "label_acc": float(np.mean(sc.label_pred == sc.label_true)),
+           "leaked_per_image": leaked}
     print(f"{label:>14}: {n} images in {wall:6.1f}s wall ({cpu:6.1f} CPU-s): {out['per_min']:6.1f} images/min; "
           f"leaked {out['leaked']}/{n}, label accuracy {out['label_acc']:.3f}", flush=True)
     return out
@@ -174,14 +173,20 @@ def round_uploads(cfg, clients: int, n_per: int, dataset: str, shuffle: bool = T
     """``clients`` clients of ``n_per`` images of ``dataset`` (consecutive groups, in a seeded
     order unless ``shuffle`` is false) train on the config's fresh model from its global
     weights, round 0, client ids 0..; returns ``(images, labels, num_classes, model, groups,
-    threats, used)`` (:func:`experiments.client_attack.client_uploads`)."""
+    threats, used, pool)`` (:func:`experiments.client_attack.client_uploads`); the images come
+    from the data set's tuning split, the pool is the rest of it."""
+    from fl_defense.decoys import pool_for_dataset
+
     n = clients * n_per
-    images, labels, _, nc = dataset_targets(dataset, n, cfg.seed, cfg.data_dir, shuffle=shuffle)
+    t = dataset_targets(dataset, n, cfg.seed, cfg.data_dir, shuffle=shuffle, split="tuning")
+    images, labels, nc = t.images, t.labels, t.num_classes
+    pool = pool_for_dataset(dataset, cfg.data_dir, cfg.seed, exclude=t.test_positions)
     model = experiment_model(cfg, images.shape[1], images.shape[2], nc)
     groups = group_images(n, n_per)
     threats, used = client_uploads(cfg, model, get_weights(model), images, labels, groups,
-                                   [cfg.defense] * len(groups), list(range(len(groups))), 0, torch.device("cpu"))
-    return images, labels, nc, model, groups, threats, used
+                                   [cfg.defense] * len(groups), list(range(len(groups))), [0] * len(groups),
+                                   torch.device("cpu"))
+    return images, labels, nc, model, groups, threats, used, pool
 
 
 def main(argv=None) -> int:
@@ -217,7 +222,7 @@ def main(argv=None) -> int:
     if args.baseline_clients is not None and not 1 <= args.baseline_clients <= args.clients:
         p.error(f"--baseline-clients must be between 1 and --clients ({args.clients}); got {args.baseline_clients}")
     cfg = parse_run_config(values)
-    images, labels, nc, model, _, threats, used = round_uploads(cfg, args.clients, n_per, args.dataset)
+    images, labels, nc, model, _, threats, used, pool = round_uploads(cfg, args.clients, n_per, args.dataset)
     acfg, opts = attack_config(cfg, device="cpu"), update_options(cfg, model)
     shape = tuple(images.shape[1:])
     print(f"{args.clients} clients of {n_per} images, {cfg.local_steps} step(s) of {cfg.batch_size}, "
@@ -239,11 +244,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(t)
         print(f"\n## {t} thread(s)", flush=True)
         vec = measure("vectorised", [lambda: invert_updates(model, threats, shape, nc, acfg, opts)],
-                      images, labels, used, cfg.leak_threshold)
+                      images, labels, used, cfg.leak_threshold, pool)
         m = args.baseline_clients or len(threats)
         one = measure("one at a time",
                       [lambda th=th: invert_updates(model, [th], shape, nc, acfg, opts) for th in threats[:m]],
-                      images, labels, used[:m], cfg.leak_threshold)
+                      images, labels, used[:m], cfg.leak_threshold, pool)
         ratio = vec["per_min"] / one["per_min"]
         # the same updates: the vectorised call's leak on the baseline's clients (images in client order)
         same = int(vec["leaked_per_image"][:one["images"]].sum())

@@ -5,7 +5,7 @@ Runs real Flower simulations (``flwr run`` through :mod:`experiments.launcher`) 
 BatchNorm CNN on embedded MNIST, side by side in one invocation, and prints the final
 test accuracy of each and its difference from no defense.
 
-    python benchmarks/bn_masking.py --out /tmp/bn --rounds 10 --p 0.5
+    python -m benchmarks.bn_masking --out /tmp/bn --rounds 10 --p 0.5
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.launcher import run_simulation  # noqa: E402
+from experiments.launcher import run_simulation
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
 Real Flower simulations (``flwr run`` through :mod:`experiments.launcher`), side by side in
 one invocation; prints the final test accuracy of each and the drop from the clean run.
 
-    python benchmarks/byzantine.py --out /tmp/byz --malicious 2 --modes scaled,sign-flip
+    python -m benchmarks.byzantine --out /tmp/byz --malicious 2 --modes scaled,sign-flip
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.launcher import run_simulation  # noqa: E402
+from experiments.launcher import run_simulation
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ scored one-to-one against the images each trained on.  ``--set`` flags reach eve
 the same table can be re-made in another setting; the papers' setting is one step on one
 image:
 
-    python benchmarks/dp_leak.py --out /tmp/dpleak --clients 4 --set local-steps=1 --set batch-size=1
+    python -m benchmarks.dp_leak --out /tmp/dpleak --clients 4 --set local-steps=1 --set batch-size=1
 
 Prints one line per run and a markdown table: leaked targets (adjusted SSIM >= the leak
 threshold), mean adjusted SSIM, label accuracy, the epsilon the run reports and its scope,
@@ -21,10 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.cli import parse_set_value  # noqa: E402
-from experiments.launcher import run_simulation  # noqa: E402
+from experiments.cli import parse_set_value
+from experiments.launcher import run_simulation
 
 SETTINGS = {
     "no DP": {},

@@ -3,7 +3,7 @@
 exact (composition by the GDP identity, dp-accounting's analytic Gaussian profile) and
 through Flower's RDP accountant, for a grid of noise multipliers Z and rounds.
 
-    python benchmarks/epsilon_table.py --delta 1e-5 --z 0.5,1,2,5 --rounds 1,10,20,100
+    python -m benchmarks.epsilon_table --delta 1e-5 --z 0.5,1,2,5 --rounds 1,10,20,100
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fl_defense.privacy import NEIGHBOURING, gaussian_epsilon, gaussian_epsilon_rdp  # noqa: E402
+from fl_defense.privacy import NEIGHBOURING, gaussian_epsilon, gaussian_epsilon_rdp
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ brightness-adjusted SSIM >= the leak threshold.  Two image sets: real MNIST digi
 (``mnist-embedded``) and colour crops (:func:`attacks.targets.colour_targets`, 32x32x3).
 Prints one line per cell and writes a heat map PNG (one panel per image set).
 
-    python benchmarks/leak_map.py --batch-sizes 1,2,4 --local-steps 1,2 --clients 2 --out docs/figures/leak_map.png
+    python -m benchmarks.leak_map --batch-sizes 1,2,4 --local-steps 1,2 --clients 2 --out docs/figures/leak_map.png
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from attacks.targets import colour_targets  # noqa: E402
-from experiments.client_attack import attack_clients  # noqa: E402
-from experiments.targets import dataset_targets  # noqa: E402
-from fl_defense.config import parse_run_config  # noqa: E402
-from fl_defense.io import save_figure  # noqa: E402
+from attacks.targets import colour_targets
+from experiments.client_attack import attack_clients
+from experiments.targets import dataset_targets
+from fl_defense.config import parse_run_config
+from fl_defense.io import save_figure
 
 SETS = ("mnist", "colour")
 

@@ -11,8 +11,8 @@ Runs :func:`attacks.inversion.invert_gradients` once on the targets of
   for few targets);
 * with ``--ops N``, the ``N`` operators with the most self CPU time (``torch.profiler``).
 
-    python benchmarks/profile_attack.py --kind faces --n 8
-    python benchmarks/profile_attack.py --kind mnist --n 16 --grad-impl vmap --ops 12
+    python -m benchmarks.profile_attack --kind faces --n 8
+    python -m benchmarks.profile_attack --kind mnist --n 16 --grad-impl vmap --ops 12
 """
 
 from __future__ import annotations
@@ -25,17 +25,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import attacks.engines as engines  # noqa: E402
-import attacks.lbfgs as lbfgs  # noqa: E402
-from attacks.gradients import single_image_gradients  # noqa: E402
-from attacks.inversion import AttackConfig, invert_gradients  # noqa: E402
-from attacks.settings import GRAD_IMPLS  # noqa: E402
-from benchmarks.bench_attack import KINDS, load_targets  # noqa: E402
-from fl_defense.models import LeNet  # noqa: E402
+import attacks.engines as engines
+import attacks.lbfgs as lbfgs
+from attacks.gradients import single_image_gradients
+from attacks.inversion import AttackConfig, invert_gradients
+from attacks.settings import GRAD_IMPLS
+from benchmarks.bench_attack import KINDS, load_targets
+from fl_defense.models import LeNet
 
 
 class SectionTimer:

@@ -7,8 +7,8 @@ alike.  Prints one line per run and a table: final accuracy (and the difference 
 the whole run's seconds, round 1's seconds (Ray and the clients start in it) and the median
 seconds of rounds 2..R.
 
-    python benchmarks/secagg_cost.py --out /tmp/secagg --repeats 2
-    python benchmarks/secagg_cost.py --out /tmp/secagg4 --clients 4 --set local-steps=1 --set batch-size=1
+    python -m benchmarks.secagg_cost --out /tmp/secagg --repeats 2
+    python -m benchmarks.secagg_cost --out /tmp/secagg4 --clients 4 --set local-steps=1 --set batch-size=1
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.cli import parse_set_value  # noqa: E402
-from experiments.launcher import run_simulation  # noqa: E402
+from experiments.cli import parse_set_value
+from experiments.launcher import run_simulation
 
 
 def main(argv=None) -> int:

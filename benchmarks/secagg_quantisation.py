@@ -12,8 +12,8 @@ protocol's modular integer sum, so they change nothing here.  Compared with the 
 example-weighted mean of the same uploads, every round; the federation carries on with the
 exact mean (the same weights for both schemes), so ``--rounds`` shows every round's updates.
 
-    python benchmarks/secagg_quantisation.py --rounds 20
-    python benchmarks/secagg_quantisation.py --rounds 20 --set local-steps=1 --set batch-size=1
+    python -m benchmarks.secagg_quantisation --rounds 20
+    python -m benchmarks.secagg_quantisation --rounds 20 --set local-steps=1 --set batch-size=1
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clients.mods import update_of  # noqa: E402
-from experiments.cli import parse_set_value  # noqa: E402
-from fl_defense.config import parse_run_config  # noqa: E402
-from fl_defense.models import state_kinds  # noqa: E402
-from fl_defense.task import (client_indices, defended_payload, get_weights, load_data, new_model,  # noqa: E402
+from clients.mods import update_of
+from experiments.cli import parse_set_value
+from fl_defense.config import parse_run_config
+from fl_defense.models import state_kinds
+from fl_defense.task import (client_indices, defended_payload, get_weights, load_data, new_model,
                              payload_to_weights, select_device)
-from strategies.secagg import clipping_range, max_weight  # noqa: E402
+from strategies.secagg import clipping_range, max_weight
 
 TARGET_RANGE = 2 ** 22  # SecAggPlusWorkflow's default quantization_range
 

@@ -19,14 +19,14 @@ attack`` do), then
   in the order the client used them (one epoch, or full-batch steps, whose loss does not depend
   on the order; other layouts are refused).
 
-Both are scored one-to-one (:func:`attacks.scoring.score`).  Prints seconds per client (wall
+Both are scored one-to-one (:func:`fl_defense.scoring.score`).  Prints seconds per client (wall
 and CPU), leak rate and label accuracy of each.
 
 breaching is not a dependency of fl-defense: install it beside it, e.g. in a venv that sees
 the project's packages::
 
     python -m venv --system-site-packages .venv-breaching && .venv-breaching/bin/pip install breaching
-    .venv-breaching/bin/python benchmarks/vs_breaching.py --clients 4 --batch-size 4 --local-steps 4 \\
+    .venv-breaching/bin/python -m benchmarks.vs_breaching --clients 4 --batch-size 4 --local-steps 4 \\
         --images-per-client 4 --labels given
 """
 
@@ -45,17 +45,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from attacks.scoring import score  # noqa: E402
-from attacks.threat import attack_config  # noqa: E402
-from attacks.updates import invert_updates, update_options  # noqa: E402
-from benchmarks.bench_multistep import add_client_arguments, round_uploads  # noqa: E402
-from experiments.common import PAPERS_LR  # noqa: E402
-from fl_defense.config import parse_run_config  # noqa: E402
-from fl_defense.task import round_batches, set_weights  # noqa: E402
+from fl_defense.scoring import score
+from attacks.threat import attack_config
+from attacks.updates import invert_updates, update_options
+from benchmarks.bench_multistep import add_client_arguments, round_uploads
+PAPERS_LR = 0.1  # DLG / iDLG's client learning rate
+from fl_defense.config import parse_run_config
+from fl_defense.task import round_batches, set_weights
 
 
 def breaching_layout(batches: list[np.ndarray], n: int) -> np.ndarray | None:
@@ -143,8 +140,8 @@ def main(argv=None) -> int:
               "seed": args.seed, "model": args.model, "lr": args.lr}
     cfg = parse_run_config(values)
     # the data as run_sim attack draws it (in index order for one image per client)
-    images, labels, nc, model, groups, threats, used = round_uploads(cfg, args.clients, n_per, args.dataset,
-                                                                     shuffle=n_per > 1)
+    images, labels, nc, model, groups, threats, used, pool = round_uploads(cfg, args.clients, n_per, args.dataset,
+                                                                           shuffle=n_per > 1)
     orders = []
     for cid, grp in enumerate(groups):
         order = breaching_layout(round_batches(cfg, len(grp), cid, 0), len(grp)) if cfg.local_steps > 1 else None
@@ -178,9 +175,10 @@ def main(argv=None) -> int:
     theirs = (recs, labs, b_wall, b_cpu)
 
     for name, (r, lab, w, c) in (("fl-defense", ours), ("breaching", theirs)):
-        sc = score(truths, true_sets, list(r), list(lab), cfg.leak_threshold)
+        sc = score(truths, true_sets, list(r), list(lab), cfg.leak_threshold, pool)
         k = len(sc.leaked)
-        print(f"{name:>10}: leaked {int(sc.leaked.sum())}/{k} (median adjusted SSIM "
+        print(f"{name:>10}: leaked {int(sc.leaked.sum())}/{k} (paper criterion {int(sc.leaked_paper.sum())}/{k}; "
+              f"median adjusted SSIM "
               f"{np.median(sc.ssim_adjusted):.3f}), label accuracy {np.mean(sc.label_pred == sc.label_true):.3f}; "
               f"{w / len(threats):.1f} s per client wall, {c / len(threats):.1f} CPU-s", flush=True)
     print(f"breaching / fl-defense: {theirs[2] / ours[2]:.1f}x the wall time per client")

@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="one federated experiment through Flower's simulation engine")
     add_run_flags(p_run)
     p_run.set_defaults(func=cmd_run)
-    from experiments import attack_cmd, listings, sweep, train
+    from experiments import attack_cmd, listings, rescore, sweep, train
 
-    for command in (attack_cmd, sweep, train, listings):
+    for command in (attack_cmd, sweep, train, rescore, listings):
         command.register(sub)
     return parser
 
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     parser = build_parser()
-    commands = {"run", "attack", "sweep", "train", "defenses", "models", "datasets", "strategies", "-h", "--help"}
+    commands = {"run", "attack", "sweep", "train", "rescore", "defenses", "models", "datasets", "strategies", "-h",
+                "--help"}
     if not argv or argv[0] not in commands:
         argv = ["run", *argv]
     args = parser.parse_args(argv)

@@ -12,8 +12,12 @@ benchmarks and the threshold sweep use it).  For every group of images (one clie
 2. **server side** -- a :class:`attacks.threat.ThreatModel` per upload, from the config's
    public facts and the upload only; :func:`attacks.updates.invert_updates` attacks all
    uploads in one vectorised call.
-3. **scoring** -- :func:`attacks.scoring.score` matches each client's reconstructions
-   one-to-one to the images it trained on (every image counts once).
+3. **scoring** -- :func:`fl_defense.scoring.score` matches each client's reconstructions
+   one-to-one to the images it trained on (every image counts once), against the public
+   decoy pool when one is given (the identification criterion, :mod:`fl_defense.scoring`).
+   The scorer reads the private images through an oracle (``oracle(client) -> (images,
+   labels)``), apart from the client side, so that a test can hand it other images and
+   check that the reconstructions do not change.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from attacks.scoring import Scores, score
 from attacks.settings import resolve_device
 from attacks.threat import ThreatModel, attack_config
 from attacks.updates import UpdateAttackResult, invert_updates, update_options
 from fl_defense.config import ExperimentConfig
+from fl_defense.decoys import DecoyPool
 from fl_defense.defenses import DefenseSpec
+from fl_defense.scoring import Scores, score
 from fl_defense.models import build_model, state_kinds
 from fl_defense.task import (defended_payload, examples_used, get_weights, payload_to_weights,
                              round_batches)
@@ -51,13 +56,14 @@ def group_images(n_images: int, per_client: int) -> list[np.ndarray]:
 
 def client_uploads(cfg: ExperimentConfig, model: torch.nn.Module, global_w: Sequence[np.ndarray],
                    images: np.ndarray, labels: np.ndarray, groups: Sequence[np.ndarray],
-                   defenses: Sequence[DefenseSpec], client_ids: Sequence[int], server_round: int,
+                   defenses: Sequence[DefenseSpec], client_ids: Sequence[int], rounds: Sequence[int],
                    device: torch.device) -> tuple[list[ThreatModel], list[np.ndarray]]:
     """Every group's upload through :func:`defended_payload`, as the server's threat models,
-    and the positions (into ``images``) of the images each client trained on."""
+    and the positions (into ``images``) of the images each client trained on; group g is
+    client ``client_ids[g]`` in round ``rounds[g]`` (its draws and defense are seeded by both)."""
     kinds = state_kinds(model)
     threats, used = [], []
-    for grp, spec, cid in zip(groups, defenses, client_ids):
+    for grp, spec, cid, server_round in zip(groups, defenses, client_ids, rounds):
         # a group is the images the client holds; with images-per-client N < len(group) it
         # draws N of them this round, as in fit (a group of at most N: all of them)
         ccfg = dataclasses.replace(cfg, defense=spec)
@@ -75,7 +81,9 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
                    defense: DefenseSpec | Sequence[DefenseSpec] | None = None,
                    global_weights: Sequence[np.ndarray] | None = None, *, device: str = "auto",
                    labels_given: bool = False, client_ids: Sequence[int] | None = None,
-                   server_round: int = 0, chunk: int = 64, tv_weight: float = 0.0) -> tuple[Scores, list[dict], UpdateAttackResult]:
+                   server_round: int | Sequence[int] = 0, chunk: int = 64, tv_weight: float = 0.0,
+                   pool: DecoyPool | None = None, oracle=None,
+                   decoy_labels: np.ndarray | None = None) -> tuple[Scores, list[dict], UpdateAttackResult]:
     """Attack the uploads of clients that train on ``groups`` of ``images``; score; rows.
 
     Args:
@@ -92,15 +100,22 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
             default: :func:`experiment_model`'s.
         labels_given: hand the true labels to the attack (an upper bound; flagged in rows).
         client_ids: seeds each client's batches and defense (default: group position).
-        server_round: the round the uploads belong to (seeds batches and defenses).
+        server_round: the round the uploads belong to (seeds batches and defenses), one for
+            all groups or one per group.
         chunk: most targets optimised at once.
         tv_weight: weight of the total-variation prior (0: off).
+        pool: the public decoy pool of the identification criterion (``None``: no decoys).
+        oracle: ``oracle(i) -> (images, labels)``, the private images client group ``i``
+            trained on, for the scorer only (default: read from ``images``/``labels``).
+        decoy_labels: ``[M]``, the labels that pick each image's candidate decoys (default
+            ``labels``; -1: every decoy).
     Returns:
-        ``(scores, rows, result)``: per-image :class:`attacks.scoring.Scores`, one row per
-        image the clients trained on (``image`` = position in ``images``, ``client``,
-        ``label``, ``label_pred``, ``ssim``, ``ssim_adjusted``, ``psnr``, ``mse``, ``leaked``,
-        ``failed``, ``seconds``: the call's wall time shared equally by its clients, then
-        by each client's images, ``label_source``, ``threat``), and the attack's raw result.
+        ``(scores, rows, result)``: per-image :class:`fl_defense.scoring.Scores`, one row per
+        image the clients trained on (``image`` = position in ``images``, ``client``, the
+        scorer's columns of :meth:`Scores.rows` -- ``leaked`` (identification),
+        ``leaked_paper``, ``ssim_decoy_max``, ``psnr``, ``failed`` ... --, ``seconds``: the
+        call's wall time shared equally by its clients, then by each client's images,
+        ``label_source``, ``threat``), and the attack's raw result.
     """
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
@@ -120,23 +135,26 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
     _, c, h, _ = images.shape
     model = experiment_model(cfg, c, h, num_classes)
     global_w = get_weights(model) if global_weights is None else [np.asarray(w) for w in global_weights]
-    threats, used = client_uploads(cfg, model, global_w, images, labels, groups, defenses, ids, server_round, dev)
+    rounds = [int(server_round)] * len(groups) if np.ndim(server_round) == 0 else [int(r) for r in server_round]
+    if len(rounds) != len(groups):
+        raise ValueError(f"give one round, or one per client group; got {len(rounds)} for {len(groups)} groups")
+    threats, used = client_uploads(cfg, model, global_w, images, labels, groups, defenses, ids, rounds, dev)
     acfg = dataclasses.replace(cfg, defense=defenses[0])
     result = invert_updates(model, threats, (c, h, h), num_classes, attack_config(acfg, device=device, batch_size=chunk),
                             update_options(acfg, model, labels_given, tv_weight=tv_weight),
                             labels=[labels[u] for u in used] if labels_given else None)
-    scores = score([images[u] for u in used], [labels[u] for u in used], result.images, result.labels,
-                   cfg.leak_threshold)
+    # ------------------------------------------------------------ scoring side (the oracle)
+    truth = [oracle(i) if oracle is not None else (images[u], labels[u]) for i, u in enumerate(used)]
+    dlab = None if decoy_labels is None else [np.asarray(decoy_labels)[u] for u in used]
+    scores = score([t[0] for t in truth], [t[1] for t in truth], result.images, result.labels, cfg.leak_threshold,
+                   pool, failed=result.failed, decoy_labels=dlab)
     per_client = result.seconds / len(groups)
+    per_image = scores.rows()
     rows, k = [], 0
     for ci, u in enumerate(used):
         for pos in u:
-            rows.append({"image": int(pos), "client": ids[ci], "label": int(scores.label_true[k]),
-                         "label_pred": int(scores.label_pred[k]), "ssim": float(scores.ssim[k]),
-                         "ssim_adjusted": float(scores.ssim_adjusted[k]), "psnr": float(scores.psnr[k]),
-                         "mse": float(scores.mse[k]), "leaked": bool(scores.leaked[k]),
-                         "failed": bool(result.failed[ci]), "seconds": round(per_client / len(u), 3),
-                         "label_source": "given" if labels_given else "inferred",
-                         "threat": result.threat[ci]})
+            rows.append({"image": int(pos), "client": ids[ci], "round": rounds[ci], **per_image[k],
+                         "seconds": round(per_client / len(u), 3),
+                         "label_source": "given" if labels_given else "inferred", "threat": result.threat[ci]})
             k += 1
     return scores, rows, result

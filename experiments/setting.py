@@ -18,11 +18,14 @@ the partition and the seed choose *which* images a client holds, not what its up
 made of, and the training grid deliberately trains the same strengths on IID and
 non-IID partitions.
 
-Flags
------
-The ``sweep`` and ``train`` commands take the same setting flags as a run
+Flags and presets
+-----------------
+The ``attack``, ``sweep`` and ``train`` commands take the same setting flags as a run
 (:func:`add_setting_flags`), with the same defaults (``[tool.flwr.app.config]``), so by
-default both experiments and the main job share one setting.
+default every command and the main job share one setting, the **shared** setting.
+``--setting NAME`` starts from a named preset (:data:`PRESETS`) instead; flags given beside
+it override its keys.  ``papers`` is the setting of DLG and iDLG: one image, one local
+step, the DLG LeNet, lr 0.1.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ CONTEXT_KEYS = ("partition", "num-clients", "seed")
 ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts")
 SETTING_KEYS = UPDATE_KEYS + CONTEXT_KEYS + ATTACK_KEYS
 
+#: Named settings: config keys over the defaults.  ``shared`` is the defaults themselves.
+PRESETS = {
+    "shared": {},
+    "papers": {"model": "lenet", "lr": 0.1, "batch-size": 1, "local-steps": 1, "images-per-client": 1},
+}
+
 # flag dest -> config key
 SETTING_FLAGS = {"dataset": "dataset", "data_dir": "data-dir", "model": "model", "lr": "lr",
                  "local_steps": "local-steps", "batch_size": "batch-size",
@@ -49,6 +58,9 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
     """The federation's setting, as ``run`` takes it (defaults: ``[tool.flwr.app.config]``)."""
     d = ExperimentConfig()
     g = p.add_argument_group("the federation's setting (defaults as in a run)")
+    g.add_argument("--setting", choices=tuple(PRESETS), default="shared",
+                   help="a named setting to start from: shared (the run's defaults) or papers (one image, one "
+                        "step, lenet, lr 0.1); the flags below override its keys")
     g.add_argument("--dataset", help=f"data set (default {d.dataset})")
     g.add_argument("--data-dir", dest="data_dir", help="folder of the torchvision data sets")
     g.add_argument("--model", help=f"{MODELS.choices_text()} (default {d.model})")
@@ -65,10 +77,11 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
 
 
 def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys the setting flags (and ``--set``) give."""
+    """The config keys the preset (``--setting``), the setting flags and ``--set`` give, in
+    that order of precedence (later wins)."""
     from experiments.run_flags import parse_set_value
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(PRESETS[getattr(args, "setting", None) or "shared"])
     for flag, key in SETTING_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:

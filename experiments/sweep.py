@@ -99,6 +99,7 @@ def sweep_config(args) -> ExperimentConfig:
         overrides["attack-max-iter"] = args.max_iter
     if args.restarts is not None:
         overrides["attack-restarts"] = args.restarts
+    overrides["decoy-pool-size"] = args.decoy_pool_size
     cfg = parse_run_config(overrides)
     if cfg.images_per_client < 1:
         raise ConfigError("the sweep attacks clients that train on images-per-client images each round; "
@@ -106,8 +107,32 @@ def sweep_config(args) -> ExperimentConfig:
     return cfg
 
 
+def same_as_naive(defense: str, model: str) -> bool:
+    """Whether the aware attacker runs exactly the naive attack against ``defense`` (its
+    objective is the naive ``l2`` and the model has no BatchNorm statistics to match): its
+    cells are then the naive cells, computed once."""
+    from experiments.setting import defense_as_applied
+    from fl_defense.defenses import get_defense
+    from fl_defense.models import has_batchnorm
+
+    return get_defense(defense_as_applied(defense, model)).aware_objective == "l2" and not has_batchnorm(model)
+
+
+def _copy_as_aware(out: Path, kind: str, defense: str, strength: float) -> None:
+    """The naive cell's files as the aware cell's (summary written last), marked ``same_as``."""
+    import shutil
+
+    src = sweep_cell_path(out, kind, defense, "naive", strength)
+    dst = sweep_cell_path(out, kind, defense, "aware", strength)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".jsonl", ".npz"):
+        shutil.copyfile(src.with_suffix(suffix), dst.with_suffix(suffix))
+    cell = json.loads(src.read_text())
+    write_json(dst, {**cell, "attacker": "aware", "same_as": "naive"})
+
+
 def _check_resume(out: Path, setting: dict) -> None:
-    """Refuse to mix cells of two settings in one folder."""
+    """Refuse to mix cells of two settings (or starting points, or decoy pools) in one folder."""
     previous = out / "config.json"
     if not previous.exists():
         return
@@ -146,20 +171,27 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"--workers must be >= 0, got {args.workers!r}")
     sources = _sources(args, cfg)
     folders = {f"folder-{Path(f).resolve().name}": str(Path(f).resolve()) for f in args.images or []}
-    setting = setting_of(cfg)
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else ""
+    setting = {**setting_of(cfg), "checkpoint": checkpoint, "decoys": args.decoys or ""}
     out = Path(args.out).resolve()
     _check_resume(out, setting)
-    # targets first: a bad image file stops the sweep here, before anything is written
-    from experiments.sweep_tasks import load_targets
+    # targets and pools first: a bad image file or checkpoint stops the sweep here, before anything is written
+    from experiments.sweep_tasks import load_targets, sweep_pool, sweep_start
 
+    _, first_round = sweep_start(cfg, checkpoint or None)
     for kind, kcfg in sources.items():
-        load_targets(kcfg, args.n, folders.get(kind), args.image_size)
+        found = load_targets(kcfg, args.n, folders.get(kind), args.image_size, first_round)
+        pool = sweep_pool(kcfg, folders.get(kind), args.decoys, found.clients[0].images.shape)
+        print(f"{kind}: {sum(min(len(c.labels), kcfg.images_per_client) for c in found.clients)} images a cell "
+              f"({len(found.clients)} clients); decoys: "
+              + (pool.source if pool is not None else "none (give --decoys DIR; the identification criterion is off)"),
+              flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"command": "sweep", "setting": setting, "kinds": list(sources),
                                      "folders": folders, "defenses": defenses, "attackers": attackers,
                                      "grids": grids, "n": args.n, "max_leak_rate": args.max_leak_rate,
-                                     "chunk": args.chunk, "config": cfg.to_run_config()})
-    groups = []
+                                     "chunk": args.chunk, "preset": args.setting, "config": cfg.to_run_config()})
+    groups, copies = [], []
     total = done = 0
     for kind in sources:
         for attacker in attackers:
@@ -168,16 +200,21 @@ def cmd_sweep(args) -> int:
                 todo = [s for s in strengths if not sweep_cell_path(out, kind, defense, attacker, s).exists()]
                 total += len(strengths)
                 done += len(strengths) - len(todo)
-                if todo:
+                if attacker == "aware" and "naive" in attackers and same_as_naive(defense, cfg.model):
+                    copies += [(kind, defense, s) for s in todo]
+                elif todo:
                     groups.append({"kind": kind, "attacker": attacker, "defense": defense, "strengths": todo})
-    print(f"sweep: {total} cells ({done} already done) x {args.n} images, {len(groups)} groups; setting "
-          + " ".join(f"{k}={v}" for k, v in setting.items()) + f"; output {out}", flush=True)
+    print(f"sweep: {total} cells ({done} already done, {len(copies)} the same attack as the naive one) x {args.n} "
+          f"images, {len(groups)} groups; setting " + " ".join(f"{k}={v}" for k, v in setting.items() if v != "")
+          + f"; output {out}", flush=True)
     start = time.perf_counter()
     run_groups(groups, {k: c.to_run_config() for k, c in sources.items()}, folders, out, args,
                workers=args.workers, quiet=args.quiet)
+    for kind, defense, strength in copies:
+        _copy_as_aware(out, kind, defense, strength)
     summarise_sweep(out, list(sources), defenses, attackers, grids, args.max_leak_rate, cfg.leak_threshold)
     print(f"sweep done in {time.perf_counter() - start:.0f}s (this invocation); wrote "
-          f"{out / 'thresholds.csv'}, thresholds.md, ssim_vs_strength.png, grids/")
+          f"{out / 'thresholds.csv'}, thresholds.md, cells.csv, leak_vs_strength.png, grids/")
     print((out / "thresholds.md").read_text())
     return 0
 
@@ -195,7 +232,15 @@ def register(sub) -> None:
     p.add_argument("--defenses", default=",".join(default_defenses()),
                    help=f"comma-separated defenses, of {', '.join(sweepable())} (default: %(default)s)")
     p.add_argument("--attackers", default="naive,aware", help="comma-separated: naive, aware")
-    p.add_argument("--n", type=int, default=16, help="private images attacked per cell")
+    p.add_argument("--n", type=int, default=64, help="private images attacked per cell (default 64)")
+    p.add_argument("--decoys", default=None, metavar="DIR",
+                   help="a folder of public images (the decoy pool); default: each data set's test split (none for "
+                        "--images); 'none': the identification criterion off")
+    p.add_argument("--decoy-pool-size", dest="decoy_pool_size", type=int, default=d.decoy_pool_size,
+                   help=f"the most test-split images in the pool (default {d.decoy_pool_size})")
+    p.add_argument("--checkpoint", metavar="RUN_DIR",
+                   help="attack uploads made from the global model of a run's checkpoint (RUN_DIR/checkpoint.npz) "
+                        "in the rounds after it, instead of the run's initial model")
     p.add_argument("--max-leak-rate", dest="max_leak_rate", type=float, default=0.0,
                    help="a defense's threshold is the weakest strength whose leak rate is at most this")
     from fl_defense.defenses import get_defense
@@ -207,8 +252,8 @@ def register(sub) -> None:
     a.add_argument("--method", default=d.attack_method, choices=ATTACK_METHODS)
     a.add_argument("--max-iter", dest="max_iter", type=int, default=None,
                    help=f"L-BFGS iterations per try (default: attack-max-iter, {d.attack_max_iter})")
-    # one restart: a defended target never converges, so each restart costs a full try
-    a.add_argument("--restarts", type=int, default=1)
+    a.add_argument("--restarts", type=int, default=None,
+                   help=f"tries after the first (default: attack-restarts, {d.attack_restarts}, the hook's)")
     a.add_argument("--leak-threshold", dest="leak_threshold", type=float, default=d.leak_threshold)
     a.add_argument("--chunk", type=int, default=64, help="clients attacked together (vectorised)")
     p.add_argument("--workers", type=int, default=2,

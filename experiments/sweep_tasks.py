@@ -29,13 +29,17 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 @dataclass
 class ClientImages:
-    """One client of the sweep: its id (seeds its batches and its defense, as in a run) and
-    the images it holds (its partition; a group of files for a folder), with their names."""
+    """One target of the sweep: a client's id and the round it plays (both seed its draws,
+    its batches and its defense, as in a run) and the images it holds (its partition; a
+    group of files for a folder), with their names; ``known`` says whether a label is the
+    image's own (``False``: drawn for a file without one)."""
 
     client_id: int
     images: np.ndarray
     labels: np.ndarray
     names: list[str]
+    round: int = 1
+    known: np.ndarray | None = None
 
 
 @dataclass
@@ -44,34 +48,40 @@ class Targets:
     shape: Any  # what fl_defense.task.new_model needs: in_channels, image_size, num_classes
 
 
-def load_targets(cfg: ExperimentConfig, n: int, folder: str | None, image_size: int | None) -> Targets:
-    """Enough clients for ``n`` private images: the first clients of the run's partition of
-    the training split, or consecutive groups of ``images-per-client`` files of ``folder``.
-    Raises :class:`ConfigError` (naming the value) when there are not enough."""
+def load_targets(cfg: ExperimentConfig, n: int, folder: str | None, image_size: int | None,
+                 first_round: int = 1) -> Targets:
+    """Enough targets for ``n`` private images.
+
+    On a data set: the run's clients, in the order client 0..C-1 in round ``first_round``,
+    then the same clients in the next round, and so on, each drawing its round's
+    ``images-per-client`` images from its partition of the training split as in a run (the
+    draws of two rounds of one client may share an image, as in a run).  On a folder:
+    consecutive groups of ``images-per-client`` files.  Raises :class:`ConfigError` (naming
+    the value) when a folder holds too few files."""
     per = cfg.images_per_client
     want = math.ceil(n / per)
     if folder is None:
         from fl_defense.task import client_indices, load_data
 
-        if want > cfg.num_clients:
-            raise ConfigError(f"--n {n} needs {want} clients of {per} images but the setting has "
-                              f"num-clients={cfg.num_clients}")
         train, _ = load_data(cfg)
         clients = []
-        for cid in range(want):
+        for k in range(want):
+            cid, server_round = k % cfg.num_clients, first_round + k // cfg.num_clients
             idx = client_indices(cfg, cid)
             clients.append(ClientImages(cid, train.images[idx], train.labels[idx],
-                                        [f"{cfg.dataset}[train {i}]" for i in idx]))
+                                        [f"{cfg.dataset}[train {i}]" for i in idx], server_round))
         return Targets(clients, train)
     from experiments.targets import folder_targets
 
-    images, labels, names, num_classes = folder_targets(Path(folder), None, image_size, cfg.seed)
+    found = folder_targets(Path(folder), None, image_size, cfg.seed)
+    images, labels, names, num_classes = found.images, found.labels, found.names, found.num_classes
     groups = len(images) // per
     if groups < 1:
         raise ConfigError(f"--images {folder} holds {len(images)} images, fewer than images-per-client={per}")
     groups = min(groups, want)
     clients = [ClientImages(c, images[c * per:(c + 1) * per], labels[c * per:(c + 1) * per],
-                            names[c * per:(c + 1) * per]) for c in range(groups)]
+                            names[c * per:(c + 1) * per], first_round, found.known[c * per:(c + 1) * per])
+               for c in range(groups)]
 
     @dataclass
     class Shape:
@@ -83,14 +93,17 @@ def load_targets(cfg: ExperimentConfig, n: int, folder: str | None, image_size: 
 
 
 def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: int, image_size: int | None,
-                 chunk: int, device: str, threads: int | None = None) -> int:
+                 chunk: int, device: str, threads: int | None = None, decoys: str | None = None,
+                 checkpoint: str | None = None) -> int:
     """Attack every strength of one group and write its cells; returns the cells written.
 
-    Every client of the targets plays once per strength: its upload is made by
+    Every target plays once per strength: its upload is made by
     :func:`experiments.client_attack.attack_clients` through the client's own code path
-    (round 1 of the run, from the run's initial global model, its batches and its defense
-    seeded by seed, client and round as in ``fit``), and all strengths' uploads are
-    inverted in one vectorised call."""
+    (from the run's initial global model, or from ``checkpoint``'s weights and after its
+    round; batches and defense seeded by seed, client and round as in ``fit``), all
+    strengths' uploads are inverted in one vectorised call, and every image is scored by
+    both criteria against the decoy pool (``decoys``: a folder; default the data set's test
+    split, none for a folder of targets)."""
     import torch
 
     from experiments.client_attack import attack_clients
@@ -101,30 +114,103 @@ def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: i
     if threads:
         torch.set_num_threads(threads)
     cfg = replace(parse_run_config(cfg_flat), attacker=group["attacker"])
-    targets = load_targets(cfg, n, folder, image_size)
+    global_w, first_round = sweep_start(cfg, checkpoint)
+    targets = load_targets(cfg, n, folder, image_size, first_round)
     name = defense_as_applied(group["defense"], cfg.model)
     specs = [parse_defense("none" if name == "none" else f"{name}:{s}") for s in group["strengths"]]
     clients = targets.clients
     images = np.concatenate([c.images for c in clients])
     labels = np.concatenate([c.labels for c in clients])
+    known = np.concatenate([np.ones(len(c.labels), bool) if c.known is None else c.known for c in clients])
     names = [nm for c in clients for nm in c.names]
     starts = np.cumsum([0] + [len(c.labels) for c in clients])
     own = [np.arange(starts[i], starts[i + 1]) for i in range(len(clients))]
-    global_w = get_weights(new_model(cfg, targets.shape))
-    scores, rows, _ = attack_clients(cfg, images, labels, int(targets.shape.num_classes),
-                                     groups=[g for _ in specs for g in own],
-                                     defense=[sp for sp in specs for _ in clients],
-                                     global_weights=global_w, device=device,
-                                     client_ids=[c.client_id for _ in specs for c in clients],
-                                     server_round=1, chunk=chunk)
+    if global_w is None:
+        global_w = get_weights(new_model(cfg, targets.shape))
+    pool = sweep_pool(cfg, folder, decoys, images.shape)
+    scores, rows, result = attack_clients(cfg, images, labels, int(targets.shape.num_classes),
+                                          groups=[g for _ in specs for g in own],
+                                          defense=[sp for sp in specs for _ in clients],
+                                          global_weights=global_w, device=device,
+                                          client_ids=[c.client_id for _ in specs for c in clients],
+                                          server_round=[c.round for _ in specs for c in clients], chunk=chunk,
+                                          pool=pool, decoy_labels=np.where(known, labels, -1))
     m = len(clients)
     setting = {**setting_of(cfg), "dataset": group["kind"]}  # a folder's kind, not the run's data set
     for j, (strength, spec) in enumerate(zip(group["strengths"], specs)):
         keep = np.flatnonzero(scores.client // m == j)
         part = [dict(rows[i], image=names[rows[i]["image"]]) for i in keep]
-        save_sweep_cell(Path(out), group["kind"], group["attacker"], group["defense"], strength, part,
-                        scores.truths[keep], scores.recons[keep], scores.adjusted[keep], setting, str(spec))
+        record = {"scores": _subset(scores, keep), "recons": result.images[j * m:(j + 1) * m],
+                  "pred_labels": result.labels[j * m:(j + 1) * m], "names": [r["image"] for r in part],
+                  "meta": {"command": "sweep", "kind": group["kind"], "attacker": group["attacker"],
+                           "defense": str(spec), "leak-threshold": cfg.leak_threshold, "checkpoint": checkpoint,
+                           "decoys": None if pool is None else pool.source,
+                           "decoy_spec": None if pool is None else pool.spec, **cfg.to_run_config()}}
+        save_sweep_cell(Path(out), group["kind"], group["attacker"], group["defense"], strength, part, record,
+                        setting, str(spec), None if pool is None else pool.source)
     return len(specs)
+
+
+def _subset(scores, keep: np.ndarray):
+    """The scores of the images ``keep``, their clients renumbered from 0."""
+    from dataclasses import fields
+
+    out = {}
+    for f in fields(scores):
+        v = getattr(scores, f.name)
+        out[f.name] = v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(scores.ssim) else v
+    out["client"] = out["client"] - out["client"].min() if len(keep) else out["client"]
+    return type(scores)(**out)
+
+
+def sweep_pool(cfg: ExperimentConfig, folder: str | None, decoys: str | None, shape):
+    """The decoy pool of the sweep's cells: ``decoys`` (a folder) when given, else the data
+    set's test split; ``None`` (no decoys) for a folder of targets without ``decoys``."""
+    from fl_defense.decoys import NO_DECOYS, pool_for_dataset, pool_from_folder
+
+    if decoys == NO_DECOYS:
+        return None
+    if decoys:
+        return pool_from_folder(decoys, int(shape[-1]), int(shape[1]))
+    if folder is None:
+        return pool_for_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.decoy_pool_size)
+    return None
+
+
+def sweep_start(cfg: ExperimentConfig, checkpoint: str | None):
+    """``(global weights, first round)`` of the sweep's uploads: ``(None, 1)`` for the run's
+    initial model, else the weights of a run's ``checkpoint.npz`` (in the folder
+    ``checkpoint``) and the round after it."""
+    if not checkpoint:
+        return None, 1
+    from strategies.checkpoint import load_checkpoint
+
+    found = load_checkpoint(Path(checkpoint))
+    if found is None:
+        raise ConfigError(f"--checkpoint {checkpoint}: the folder holds no checkpoint.npz")
+    return [np.asarray(w) for w in found.weights], int(found.round) + 1
+
+
+def cell_line(cell: dict) -> str:
+    """One cell's result: ``kind attacker defense=s: leaked k/n (<= u), paper k/n, failed f``."""
+    from experiments.common import fmt_strength
+
+    what = cell["defense"] + ("" if cell["defense"] == "none" else f"={fmt_strength(cell['strength'])}")
+    n = cell["n"]
+    ident = ("no decoys" if cell["leaked"] is None else
+             f"leaked {cell['leaked']}/{n} (95% bound {cell['leak_upper95']:.1%})")
+    return (f"{cell['dataset']} {cell['attacker']} {what}: {ident}, paper criterion {cell['leaked_paper']}/{n}, "
+            f"failed {cell['failed']}, mean adjusted SSIM {cell['ssim_adjusted_mean']:.2f}")
+
+
+def _report(bar, out: Path, group: dict) -> None:
+    import json
+
+    from experiments.sweep_cells import sweep_cell_path
+
+    for strength in group["strengths"]:
+        path = sweep_cell_path(out, group["kind"], group["defense"], group["attacker"], strength)
+        bar.write(cell_line(json.loads(path.read_text())))
 
 
 def run_groups(groups: list[dict], cfgs: dict[str, dict], folders: dict[str, str], out: Path, args,
@@ -137,12 +223,14 @@ def run_groups(groups: list[dict], cfgs: dict[str, dict], folders: dict[str, str
 
     device = str(select_device())
     total = sum(len(g["strengths"]) for g in groups)
-    common = dict(out=str(out), n=args.n, image_size=args.image_size, chunk=args.chunk, device=device)
+    common = dict(out=str(out), n=args.n, image_size=args.image_size, chunk=args.chunk, device=device,
+                  decoys=args.decoys, checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else None)
     with tqdm(total=total, unit="cell", file=sys.stderr, disable=quiet) as bar:
         if workers == 0 or not groups:
             for g in groups:
                 bar.set_description(f"{g['kind']} {g['attacker']} {g['defense']}")
                 bar.update(attack_group(g, cfgs[g["kind"]], folders.get(g["kind"]), **common))
+                _report(bar, out, g)
             return
         import ray
 
@@ -165,5 +253,6 @@ def run_groups(groups: list[dict], cfgs: dict[str, dict], folders: dict[str, str
                     g = pending.pop(ref)
                     bar.set_description(f"{g['kind']} {g['attacker']} {g['defense']}")
                     bar.update(ray.get(ref))
+                    _report(bar, out, g)
         finally:
             ray.shutdown()

@@ -75,6 +75,8 @@ class ExperimentConfig:
     attack_max_iter: int = 2000
     attack_restarts: int = 2
     leak_threshold: float = 0.4
+    decoys: str = ""
+    decoy_pool_size: int = 1000
     resume: bool = False
     # formal privacy (fl_defense.privacy, strategies.central_dp, strategies.secagg)
     dp_clip: float = 1.0
@@ -247,6 +249,9 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _check(cfg.attack_max_iter >= 1, "attack-max-iter", cfg.attack_max_iter, ">= 1")
     _check(cfg.attack_restarts >= 0, "attack-restarts", cfg.attack_restarts, ">= 0")
     _check(0 < cfg.leak_threshold <= 1, "leak-threshold", cfg.leak_threshold, "in (0, 1]")
+    _check(cfg.decoys in ("", "none") or Path(cfg.decoys).is_absolute(), "decoys", cfg.decoys,
+           "'' (the data set's test split), 'none' (no identification criterion) or an absolute folder")
+    _check(cfg.decoy_pool_size >= 1, "decoy-pool-size", cfg.decoy_pool_size, ">= 1")
     _check_formal_privacy(cfg)
     return cfg
 

@@ -12,19 +12,25 @@ passes every upload on unchanged, and attacks the chosen ones:
   (``FitRes.num_examples``) and the defense's name (for the ``aware`` attacker).  It
   simulates each client's K local steps on N dummy images (labels inferred from the
   upload) and matches the upload, all chosen clients in one vectorised call.
-* **scoring side** (:class:`TrainingImageOracle`, :mod:`attacks.scoring`): only to
+* **scoring side** (:class:`TrainingImageOracle`, :mod:`fl_defense.scoring`): only to
   *measure* the leak, the simulation re-derives the images the client trained on this
   round (its partition, :func:`fl_defense.task.round_batches` and
   :func:`fl_defense.task.examples_used`) and matches each client's N reconstructions
-  one-to-one to its N images.  The oracle's images never reach the attack.
+  one-to-one to its N images, against the public decoy pool (config keys ``decoys`` and
+  ``decoy-pool-size``: by default the data set's test split).  The oracle's images never
+  reach the attack.
 
 It adds to the round's row in ``metrics.jsonl``: ``attack_ssim_mean``, ``attack_ssim_max``,
-``attack_ssim_adjusted_mean``, ``attack_psnr_mean``, ``attack_label_acc`` (per image, after
-the matching), ``attack_leaked`` (images leaked), ``attack_images`` (private images
-scored), ``attack_targets`` (clients attacked), ``attack_failed``, ``attack_seconds``,
+``attack_ssim_adjusted_mean``, ``attack_ssim_decoy_max_mean``, ``attack_psnr_mean``,
+``attack_label_acc`` (per image, after the matching), ``attack_leaked`` (images the
+reconstructions identify among the decoys; ``null`` with ``decoys = "none"``),
+``attack_leaked_paper`` (images at adjusted SSIM >= ``leak-threshold``), ``attack_failed``
+(images of clients whose attack failed, counted as not leaked), ``attack_images`` (private
+images scored), ``attack_targets`` (clients attacked), ``attack_seconds``,
 ``attack_threat_model`` (``exact``: one step of one image; ``simulated``), ``attacker``,
 ``attack_objective`` and ``attack_label_source``, and saves ``attack/round-NNN.png`` (truth
-| reconstruction | brightness-adjusted).  A client whose upload stands for more than
+| reconstruction | brightness-adjusted) and ``attack/round-NNN.npz`` (the reconstructions,
+matched indices, labels and private images: ``run_sim.py rescore`` reads it).  A client whose upload stands for more than
 :data:`MAX_IMAGE_STEPS` image-steps (``N * K``) is not attacked (the simulation's cost
 grows with it) and is counted in ``attack_skipped``.  Under SecAgg+ (``secure-aggregation``)
 every upload is the same aggregate: the hook attacks it once per round, as one target of N
@@ -46,7 +52,7 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server.strategy import Strategy
 from flwr.supercore import log
 
-from attacks.scoring import score
+from fl_defense.scoring import save_record, score
 from attacks.threat import ThreatModel, attack_config
 from attacks.updates import invert_updates, update_options
 from fl_defense.config import ExperimentConfig
@@ -71,6 +77,18 @@ class TrainingImageOracle:
         return self.train.images[used], self.train.labels[used]
 
 
+def hook_pool(cfg: ExperimentConfig, input_shape):
+    """The decoy pool the config names (key ``decoys``): the data set's test split (``""``),
+    a folder, or none (``"none"``)."""
+    from fl_defense.decoys import NO_DECOYS, pool_for_dataset, pool_from_folder
+
+    if cfg.decoys == NO_DECOYS:
+        return None
+    if cfg.decoys:
+        return pool_from_folder(cfg.decoys, int(input_shape[-1]), int(input_shape[0]))
+    return pool_for_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.decoy_pool_size)
+
+
 class AttackHook(StrategyWrapper):
     def __init__(self, inner: Strategy, cfg: ExperimentConfig, out_dir: str | Path) -> None:
         super().__init__(inner)
@@ -83,6 +101,7 @@ class AttackHook(StrategyWrapper):
         self.attack_config = attack_config(cfg, device=str(select_device()))
         self.options = update_options(cfg, self.model)
         self.oracle = TrainingImageOracle(cfg)
+        self.pool = hook_pool(cfg, self.input_shape)
         self._global: list[np.ndarray] | None = None
 
     def configure_fit(self, server_round, parameters, client_manager):
@@ -151,15 +170,21 @@ class AttackHook(StrategyWrapper):
             client_ids = [-1]  # the aggregate
         else:
             truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
-        scores = score(list(truth_sets), list(truth_labels), result.images, result.labels, self.cfg.leak_threshold)
+        scores = score(list(truth_sets), list(truth_labels), result.images, result.labels, self.cfg.leak_threshold,
+                       self.pool, failed=result.failed)
         row.update(scores.summary(prefix="attack_"))
         kinds = sorted(set(result.threat))
-        row.update({"attack_images": int(len(scores.ssim)), "attack_failed": int(result.failed.sum()),
-                    "attack_seconds": round(attack_seconds, 3),
+        row.update({"attack_seconds": round(attack_seconds, 3),
                     "attack_threat_model": "secagg-aggregate" if self.cfg.secure_aggregation else "+".join(kinds)})
         captions = [(f"client {client_ids[c]}" if client_ids[c] >= 0 else "aggregate") + f": ssim {s:.2f} / adj {a:.2f}"
                     for c, s, a in zip(scores.client, scores.ssim, scores.ssim_adjusted)]
         reconstruction_grid(self.out_dir / "attack" / f"round-{server_round:03d}.png", scores.truths,
                             scores.recons, scores.adjusted, captions,
                             title=f"round {server_round}, defense {self.cfg.defense}, {self.cfg.attacker} attacker")
+        names = [f"client {client_ids[c]}" if client_ids[c] >= 0 else "aggregate" for c in scores.client]
+        save_record(self.out_dir / "attack" / f"round-{server_round:03d}.npz", scores, result.images, result.labels,
+                    names, {"command": "hook", "round": server_round, "leak-threshold": self.cfg.leak_threshold,
+                            "decoys": None if self.pool is None else self.pool.source,
+                            "decoy_spec": None if self.pool is None else self.pool.spec,
+                            **self.cfg.to_run_config()})
         return row

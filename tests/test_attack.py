@@ -14,7 +14,6 @@ from attacks.inversion import AttackConfig, invert_gradients, invert_gradients_l
 from attacks.labels import idlg_labels, infer_label_idlg
 from attacks.lbfgs import LBFGSMemory
 from attacks.objectives import loss_scale, matching_loss
-from attacks.targets import colour_targets, mnist_targets
 from fl_defense.metrics import per_image, ssim
 from fl_defense.models import BNCNN, LeNet
 
@@ -38,6 +37,14 @@ def digits():
     idx = [int(np.flatnonzero(y == c)[7]) for c in range(10)]
     images = torch.tensor(x[idx] / 255.0, dtype=torch.float32).reshape(10, 1, 28, 28)
     return images, torch.tensor(y[idx], dtype=torch.long)
+
+
+def _tuning(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images of a data set's tuning split (its test split), as tensors."""
+    from experiments.targets import dataset_targets
+
+    t = dataset_targets(name, n, seed, split="tuning")
+    return torch.as_tensor(t.images), torch.as_tensor(t.labels)
 
 
 def _lenet(seed: int = 0, c: int = 1, size: int = 28) -> LeNet:
@@ -251,7 +258,7 @@ def test_divergence_never_raises_and_restarts(digits):
 
 
 def test_dlg_recovers_label_and_image():
-    x, y = mnist_targets(1, seed=3)
+    x, y = _tuning("mnist-embedded", 1, seed=3)
     model = _lenet(6)
     obs = single_image_gradients(model, x, y)
     res = invert_gradients(model, obs, (1, 28, 28), 10,
@@ -262,7 +269,7 @@ def test_dlg_recovers_label_and_image():
 
 def test_bad_arguments_raise():
     model = _lenet()
-    obs = single_image_gradients(model, *mnist_targets(1))
+    obs = single_image_gradients(model, *_tuning("mnist-embedded", 1))
     with pytest.raises(ValueError, match="method='foo'"):
         AttackConfig(method="foo")
     with pytest.raises(ValueError, match="max_iter"):
@@ -273,13 +280,6 @@ def test_bad_arguments_raise():
         invert_gradients(model, obs, (28, 28), 10)
     with pytest.raises(ValueError, match="num_classes=5"):
         invert_gradients(model, obs, (1, 28, 28), 5)
-
-
-def test_colour_targets_are_offline_and_in_range():
-    x, y = colour_targets(3, size=32, seed=0)
-    assert x.shape == (3, 3, 32, 32) and y.shape == (3,)
-    assert float(x.min()) >= 0 and float(x.max()) <= 1
-    assert float(x.std()) > 0.05
 
 
 def test_every_engine_name_has_a_runner():
@@ -302,7 +302,7 @@ def test_idlg_labels_for_features_of_either_sign():
     from attacks.labels import features_nonnegative
     from fl_defense.models import TanhCNN
 
-    x, y = colour_targets(8, size=32, seed=0)
+    x, y = _tuning("colour-embedded", 8, seed=0)
     torch.manual_seed(0)
     lenet, tanh = LeNet(3, 32, 10, dlg_init=True), TanhCNN(3, 32, 10)
     assert features_nonnegative(lenet) and not features_nonnegative(tanh)
@@ -424,13 +424,3 @@ def test_device_auto_resolves_once_and_bad_names_are_refused():
         AttackConfig(grad_impl="fast")
 
 
-def test_face_targets_are_offline_distinct_and_in_range():
-    from attacks.targets import face_targets
-
-    x, y = face_targets(5, size=32, seed=1)
-    assert x.shape == (5, 1, 32, 32) and y.shape == (5,)
-    assert float(x.min()) >= 0 and float(x.max()) <= 1
-    assert len({tuple(im.flatten()[:50].tolist()) for im in x}) == 5
-    torch.testing.assert_close(face_targets(5, size=32, seed=1)[0], x)
-    with pytest.raises(ValueError, match="n must be in"):
-        face_targets(101)

@@ -83,19 +83,6 @@ def test_bench_federation_plain_reference_trains_like_flower_clients(tmp_path):
     assert out["threads"] == 1 and out["peak_rss"] > 50 * 2**20
 
 
-def test_colour_folder_is_read_back_as_the_crops_it_wrote(tmp_path):
-    from attacks.targets import colour_targets
-    from benchmarks.colour_folder import write_colour_folder
-    from fl_defense.images import read_image_folder
-
-    write_colour_folder(tmp_path / "colour", 3, size=16, seed=1)
-    folder = read_image_folder(tmp_path / "colour", image_size=None)
-    x, y = colour_targets(3, size=16, seed=1)
-    assert folder.images.shape == (3, 3, 16, 16)
-    assert np.array_equal(folder.labels, y.numpy())
-    assert np.abs(folder.images / 255.0 - x.numpy()).max() <= 0.5 / 255 + 1e-6  # 8-bit PNG rounding only
-
-
 def test_bench_multistep_tiny_run_prints_a_ratio_per_thread_count(capsys):
     from benchmarks import bench_multistep
 

@@ -16,18 +16,28 @@ from experiments.sweep_cells import thresholds_from_cells
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_thresholds_pick_the_weakest_strength_that_stops_the_leak():
-    cells = [
-        {"dataset": "d", "attacker": "naive", "defense": "none", "strength": 0.0, "leak_rate": 1.0, "n": 4,
-         "ssim_mean": 0.9, "ssim_adjusted_mean": 0.95},
-        *[{"dataset": "d", "attacker": "naive", "defense": "masking", "strength": s, "leak_rate": lr, "n": 4,
-           "ssim_mean": 0.1, "ssim_adjusted_mean": 0.2} for s, lr in [(0.1, 1.0), (0.5, 0.25), (0.7, 0.0), (0.9, 0.0)]],
-        *[{"dataset": "d", "attacker": "naive", "defense": "clipping", "strength": s, "leak_rate": 1.0, "n": 4,
-           "ssim_mean": 0.1, "ssim_adjusted_mean": 0.2} for s in (1.0, 0.1)],
-    ]
-    grids = {"masking": [0.1, 0.5, 0.7, 0.9], "clipping": [1.0, 0.1]}
+def _cell(defense, strength, leaked, n=64, leaked_paper=None, **extra):
+    from experiments.sweep_cells import cell_counts
+
+    paper = leaked if leaked_paper is None else leaked_paper
+    rows = [{"failed": False, "leaked": i < leaked, "leaked_paper": i < paper} for i in range(n)]
+    return {"dataset": "d", "attacker": "naive", "defense": defense, "strength": strength, "ssim_mean": 0.1,
+            "ssim_adjusted_mean": 0.2, "decoys": "pool", **cell_counts(rows), **extra}
+
+
+def test_thresholds_need_no_leak_at_the_strength_and_at_every_stronger_one():
+    cells = [_cell("none", 0.0, 64),
+             *[_cell("masking", s, k, leaked_paper=kp) for s, k, kp in
+               [(0.1, 64, 64), (0.5, 16, 40), (0.7, 0, 9), (0.9, 0, 0)]],
+             *[_cell("pruning", s, k) for s, k in [(0.1, 20), (0.5, 0), (0.7, 1), (0.9, 0)]],
+             *[_cell("clipping", s, 64) for s in (1.0, 0.1)]]
+    grids = {"masking": [0.1, 0.5, 0.7, 0.9], "pruning": [0.1, 0.5, 0.7, 0.9], "clipping": [1.0, 0.1]}
     rows = {r["defense"]: r for r in thresholds_from_cells(cells, grids, 0.0)}
-    assert rows["masking"]["threshold"] == 0.7 and rows["masking"]["undefended_leak_rate"] == 1.0
+    m = rows["masking"]
+    assert (m["threshold"], m["threshold_paper"]) == (0.7, 0.9) and m["undefended_leak_rate"] == 1.0
+    assert m["n"] == 64 and m["leaked"] == 0 and m["failed"] == 0
+    assert m["leak_upper95"] == pytest.approx(1 - 0.025 ** (1 / 64))
+    assert rows["pruning"]["threshold"] == 0.9            # 0.5 leaks nothing, but 0.7 leaks again
     assert rows["clipping"]["threshold"] is None and rows["clipping"]["strongest_tested"] == 0.1
     rows = {r["defense"]: r for r in thresholds_from_cells(cells, grids, 0.25)}
     assert rows["masking"]["threshold"] == 0.5
@@ -64,7 +74,8 @@ def test_attack_command_on_an_image_folder(tmp_path, capsys):
     (["attack", "--dataset", "mnist-embedded", "--defense", "maskng:0.5"], ["maskng"]),
     (["attack", "--dataset", "mnist-embedded", "--defense", "masking:1.5"], ["1.5"]),
     (["attack", "--images", "/nonexistent/folder"], ["/nonexistent/folder"]),
-    (["attack"], ["--dataset", "--images"]),
+    (["attack", "--images", "/tmp", "--split", "tuning"], ["--split"]),
+    (["attack", "--decoys", "/nonexistent/decoys"], ["/nonexistent/decoys"]),
     (["attack", "--dataset", "mnist-embedded", "--n", "0"], ["--n", "0"]),
     (["sweep", "--defenses", "masking,shuffling", "--images-per-client", "1"], ["shuffling"]),
     (["sweep", "--datasets", "mnist-embeded", "--images-per-client", "1"], ["mnist-embeded"]),
@@ -89,16 +100,21 @@ def test_sweep_writes_tables_and_resumes(tmp_path):
             "--attackers", "naive", "--max-iter", "20", "--restarts", "0", "--quiet"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    for name in ("thresholds.csv", "thresholds.md", "ssim_vs_strength.png", "config.json"):
+    for name in ("thresholds.csv", "thresholds.md", "cells.csv", "leak_vs_strength.png", "config.json"):
         assert (out / name).exists(), name
     rows = list(csv.DictReader((out / "thresholds.csv").read_text().splitlines()))
     assert {r["defense"] for r in rows} == {"masking", "clipping"}
-    assert {"dataset", "defense", "attacker", "threshold", "leak_rate", "ssim_adjusted_mean"} <= set(rows[0])
+    assert {"dataset", "defense", "attacker", "threshold", "n", "leaked", "failed", "leak_upper95", "threshold_paper",
+            "leak_upper95_paper", "decoys"} <= set(rows[0])
+    cells = list(csv.DictReader((out / "cells.csv").read_text().splitlines()))
+    assert len(cells) == 5 and all(c["n"] == "2" and c["leak_upper95"] for c in cells)
+    assert "decoys: 1000 test-split images of mnist-embedded" in first.stdout
+    assert (out / "cells" / "mnist-embedded" / "naive" / "masking=0.5.npz").exists()
     cell = out / "cells" / "mnist-embedded" / "naive" / "masking=0.5.json"
     stamp = cell.stat().st_mtime_ns
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
-    assert "5 cells (5 already done)" in again.stdout
+    assert "5 cells (5 already done, 0 the same attack as the naive one)" in again.stdout
     assert cell.stat().st_mtime_ns == stamp  # a finished cell is never recomputed
     assert not list(out.rglob("*.tmp"))
 

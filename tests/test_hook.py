@@ -157,3 +157,49 @@ def test_hook_attacks_the_secagg_aggregate_once_as_one_batch(tmp_path):
     assert m["attack_threat_model"] == "secagg-aggregate" and m["attack_targets"] == 1
     assert m["attack_images"] == 4  # the two clients' images, scored one-to-one
     assert m["attack_label_acc"] >= 0.75 and m["attack_leaked"] >= 2, m
+
+
+def test_the_oracle_feeds_nothing_back_to_the_attack(tmp_path, monkeypatch):
+    """The hook's scoring oracle replaced by garbage: the reconstructions it saves are the
+    same to the bit, and only the scores move."""
+    from fl_defense.scoring import load_record
+
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 2, "images-per-client": 2,
+                            "attack-every": 1, "attack-clients": 2, "attack-max-iter": 60, "attack-restarts": 0})
+    global_w, results = uploads(cfg)
+    runs = {}
+    for name in ("true", "garbage"):
+        out = tmp_path / name
+        hook = AttackHook(Spy(base_strategy(cfg, global_w, None)), cfg, out)
+        if name == "garbage":
+            rng = np.random.default_rng(0)
+            real = hook.oracle.images
+            monkeypatch.setattr(hook.oracle, "images", lambda c, r: (rng.random(real(c, r)[0].shape).astype(np.float32),
+                                                                     (real(c, r)[1] + 1) % 10))
+        hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+        _, m = hook.aggregate_fit(1, results, [])
+        runs[name] = (load_record(out / "attack" / "round-001.npz"), m)
+    (a, ma), (b, mb) = runs["true"], runs["garbage"]
+    np.testing.assert_array_equal(a["reconstructions"], b["reconstructions"])
+    np.testing.assert_array_equal(a["reconstruction_label"], b["reconstruction_label"])
+    assert not np.array_equal(a["truths"], b["truths"]) and mb["attack_leaked"] == 0 < ma["attack_leaked_paper"]
+
+
+def test_attack_clients_oracle_feeds_nothing_back(tmp_path):
+    """The experiments' entry point: a garbage oracle changes the scores, never the attack."""
+    from experiments.client_attack import attack_clients
+    from fl_defense.datasets import load_dataset
+
+    cfg = parse_run_config({"attack-max-iter": 40, "attack-restarts": 0, "images-per-client": 2, "batch-size": 2})
+    train, _ = load_dataset("mnist-embedded")
+    images, labels = train.images[:4], train.labels[:4]
+    rng = np.random.default_rng(1)
+
+    def garbage(i):
+        return rng.random((2, 1, 28, 28)).astype(np.float32), np.array([0, 1])
+
+    _, _, real = attack_clients(cfg, images, labels, 10)
+    scores, _, fake = attack_clients(cfg, images, labels, 10, oracle=garbage)
+    for x, y in zip(real.images, fake.images):
+        np.testing.assert_array_equal(x, y)
+    assert scores.ssim_adjusted.max() < 0.5

@@ -1,37 +1,69 @@
-"""The scorer: one-to-one matching of reconstructions to private images."""
+"""The scorer: one-to-one matching, the two leak criteria, decoy pools, records, rescoring,
+and the batched SSIM it relies on (against scikit-image)."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from skimage.metrics import structural_similarity
 
-from attacks.scoring import match, score, score_single
 from fl_defense import metrics
+from fl_defense.decoys import DecoyPool, pool_for_dataset
+from fl_defense.scoring import load_record, match, rescore, save_record, score
+from fl_defense.stats import leak_interval95, leak_upper95
 
 
-def _images(n, seed=0, size=12):
+def _images(n, seed=0, size=12, c=1):
     rng = np.random.default_rng(seed)
-    base = rng.random((n, 1, size, size))
-    return np.clip(base, 0, 1).astype(np.float32)
+    return np.clip(rng.random((n, c, size, size)), 0, 1).astype(np.float32)
 
 
-def test_single_image_scores_reconstruction_against_its_own_image():
-    x = _images(3)
-    s = score_single(x, np.array([1, 2, 3]), x[[0, 1, 2]], np.array([1, 0, 3]), threshold=0.9)
-    np.testing.assert_allclose(s.ssim, 1.0)
-    assert s.leaked.tolist() == [True, True, True]
-    assert s.summary()["label_acc"] == pytest.approx(2 / 3)
-    # a reconstruction of another image does not count for this one
-    s = score_single(x, np.array([1, 2, 3]), x[[1, 2, 0]], np.array([1, 2, 3]), threshold=0.9)
-    assert not s.leaked.any()
+def _pool(images, labels=None):
+    labels = np.full(len(images), -1) if labels is None else np.asarray(labels)
+    return DecoyPool(metrics.ImageSet.of(images), labels.astype(np.int64), f"{len(images)} test images", {})
+
+
+# ------------------------------------------------------------------ batched SSIM
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), c=st.sampled_from([1, 3]), size=st.integers(7, 33),
+       noise=st.floats(0.0, 0.6))
+def test_batched_ssim_equals_scikit_image(seed, c, size, noise):
+    rng = np.random.default_rng(seed)
+    truth = rng.random((c, size, size))
+    recon = np.clip(truth + rng.normal(0, noise, truth.shape), 0, 1)
+    ref = (structural_similarity(truth[0], recon[0], data_range=1.0) if c == 1 else
+           structural_similarity(truth, recon, data_range=1.0, channel_axis=0))
+    assert abs(metrics.ssim(truth, recon) - ref) < 1e-6
+    many = metrics.ssim_many(np.stack([truth, recon, truth * 0.5]), recon)
+    assert abs(many[0] - ref) < 1e-6 and abs(many[1] - 1.0) < 1e-9
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), c=st.sampled_from([1, 3]), gain=st.floats(-3, 3), offset=st.floats(-1, 1))
+def test_batched_adjusted_ssim_equals_the_pairwise_one(seed, c, gain, offset):
+    """One reconstruction against a pool in one call equals the pairwise adjusted SSIM, for
+    adjustments that clip and ones that do not."""
+    rng = np.random.default_rng(seed)
+    pool = rng.random((6, c, 14, 14))
+    pool[0] = np.clip(gain * pool[1] + offset, 0, 1)
+    recon = np.clip(0.3 * pool[1] + 0.4 + rng.normal(0, 0.05, pool[1].shape), 0, 1)
+    got = metrics.ssim_adjusted_many(pool, recon)
+    want = [metrics.ssim_adjusted(p, recon) for p in pool]
+    assert np.allclose(got, want, atol=1e-9)
+
+
+# ------------------------------------------------------------------ matching and criteria
 
 
 def test_batch_matching_is_one_to_one_and_maximises_total_ssim():
     x = _images(4, seed=1)
     recons = x[[2, 0, 3, 1]]  # a permutation: every image recovered, in another order
     s = score([x], [np.arange(4)], [recons], [np.array([2, 0, 3, 1])], threshold=0.9)
-    assert s.leaked.sum() == 4 and s.matched.all()
+    assert s.leaked is None and s.leaked_paper.sum() == 4 and s.matched.all()
     np.testing.assert_array_equal(s.label_pred, np.arange(4))  # labels follow the assignment
     np.testing.assert_allclose(s.recons, x)
-    # the assignment's total equals the brute-force best over all permutations
     import itertools
 
     sim, assigned = match(x, recons)
@@ -41,24 +73,53 @@ def test_batch_matching_is_one_to_one_and_maximises_total_ssim():
 
 def test_one_good_reconstruction_of_a_batch_leaks_one_image_not_the_best_of_many():
     x = _images(8, seed=2)
-    good = x[5:6]  # one reconstruction, perfect for image 5
+    good = x[5:6]
     s = score([x], [np.arange(8)], [good], [np.array([5])], threshold=0.4)
-    assert len(s.ssim) == 8 and s.leaked.sum() == 1 and s.matched.sum() == 1
-    assert s.summary()["leaked"] == 1
-    # the same reconstruction duplicated still recovers only one image
+    assert len(s.ssim) == 8 and s.leaked_paper.sum() == 1 and s.matched.sum() == 1
     s = score([x], [np.arange(8)], [np.repeat(good, 8, axis=0)], [np.full(8, 5)], threshold=0.9)
-    assert s.leaked.sum() == 1
+    assert s.leaked_paper.sum() == 1
 
 
 def test_clients_are_scored_separately():
     a, b = _images(2, seed=3), _images(2, seed=4)
-    # client 1's reconstructions are client 0's images: they must not leak client 1
     s = score([a, b], [np.arange(2), np.arange(2)], [a, a], [np.arange(2), np.arange(2)], threshold=0.9)
     assert s.client.tolist() == [0, 0, 1, 1]
-    assert s.leaked.tolist() == [True, True, False, False]
-    np.testing.assert_allclose(s.ssim_adjusted[:2], 1.0)
-    assert s.ssim_adjusted[2:].max() < 0.5
-    assert s.ssim_adjusted[2] == pytest.approx(metrics.ssim_adjusted(b[0], a[s.label_pred[2]]))
+    assert s.leaked_paper.tolist() == [True, True, False, False]
+
+
+def test_identification_needs_the_private_image_closer_than_every_candidate_decoy():
+    x = _images(3, seed=5)
+    decoys = _images(5, seed=6)
+    # a reconstruction that is the private image: identified
+    s = score([x], [np.array([0, 1, 2])], [x], [np.array([0, 1, 2])], 0.4, _pool(decoys))
+    assert s.leaked.all() and (s.ssim_decoy_max < 0.5).all()
+    # a reconstruction that is a public image: the paper's criterion may count it, identification does not
+    close = np.clip(0.6 * decoys[:3] + 0.4 * x, 0, 1)   # resembles the private image, is the decoy more
+    s = score([x], [np.array([0, 1, 2])], [close], [np.array([0, 1, 2])], 0.2, _pool(decoys))
+    assert not s.leaked.any() and (s.ssim_decoy_max >= s.ssim_adjusted).all()
+
+
+def test_decoys_of_another_label_are_not_candidates():
+    x = _images(1, seed=7)
+    decoy = np.clip(x + 0.02 * _images(1, seed=14), 0, 1)   # almost the private image, of another label
+    pool = _pool(np.concatenate([decoy, _images(2, seed=8)]), labels=[5, 1, 1])
+    recon = decoy                                           # the reconstruction is that public image
+    s = score([x], [np.array([1])], [recon], [np.array([1])], 0.4, pool)
+    assert s.leaked.all()                       # only the label-1 decoys are compared
+    s = score([x], [np.array([5])], [recon], [np.array([5])], 0.4, pool)
+    assert not s.leaked.any() and s.leaked_paper.all()  # the label-5 decoy is, and it is closer
+    s = score([x], [np.array([1])], [recon], [np.array([1])], 0.4, pool, decoy_labels=[np.array([-1])])
+    assert not s.leaked.any()                   # an unknown label meets every decoy
+    assert list(pool.candidates(3)) == [0, 1, 2]  # no decoy of label 3: all of them
+
+
+def test_failed_clients_leak_nothing_and_are_counted():
+    x = _images(2, seed=9)
+    s = score([x, x], [np.arange(2)] * 2, [x, x], [np.arange(2)] * 2, 0.4, _pool(_images(3, seed=10)),
+              failed=[True, False])
+    assert s.failed.tolist() == [True, True, False, False]
+    assert s.leaked.tolist() == [False, False, True, True] and s.leaked_paper.tolist() == s.leaked.tolist()
+    assert s.summary()["failed"] == 2 and s.summary()["leaked"] == 2
 
 
 def test_score_validates_its_arguments():
@@ -67,3 +128,45 @@ def test_score_validates_its_arguments():
         score([x], [np.arange(2)], [x, x], [np.arange(2)], 0.4)
     with pytest.raises(ValueError, match="client 0"):
         score([x], [np.arange(3)], [x], [np.arange(2)], 0.4)
+    with pytest.raises(ValueError, match="one failed flag per client"):
+        score([x], [np.arange(2)], [x], [np.arange(2)], 0.4, failed=[True, False])
+
+
+def test_records_rescore_to_the_same_scores_and_follow_a_new_threshold(tmp_path):
+    x, y = _images(4, seed=11), _images(4, seed=12)
+    recons = [np.clip(x[[1, 0, 2, 3]] + 0.3 * _images(4, seed=15), 0, 1), y[:3]]
+    preds = [np.array([1, 0, 2, 3]), np.array([0, 1, 2])]
+    pool = _pool(_images(6, seed=13))
+    s = score([x, y], [np.arange(4), np.arange(4)], recons, preds, 0.4, pool, failed=[False, False])
+    path = save_record(tmp_path / "r.npz", s, recons, preds, [f"img{i}" for i in range(8)], {"leak-threshold": 0.4})
+    rec = load_record(path)
+    again = rescore(rec, 0.4, pool)
+    for name in ("ssim_adjusted", "ssim_decoy_max", "leaked", "leaked_paper", "failed", "label_pred"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(s, name))
+    assert rescore(rec, 0.999, pool).leaked_paper.sum() < s.leaked_paper.sum()
+    assert rescore(rec, 0.4, None).leaked is None
+    (tmp_path / "bad.npz").write_bytes(b"not a record")
+    with pytest.raises(ValueError, match="bad.npz"):
+        load_record(tmp_path / "bad.npz")
+
+
+def test_dataset_pools_are_the_test_split_mirrored_where_flips_are_images_of_the_kind():
+    from fl_defense.datasets import load_dataset
+
+    digits = pool_for_dataset("mnist-embedded", size=200)
+    assert len(digits) == 200 and np.bincount(digits.labels).min() == 20   # stratified
+    _, test = load_dataset("lfw-embedded")
+    faces = pool_for_dataset("lfw-embedded", exclude=np.arange(10))
+    assert len(faces) == 2 * (len(test.labels) - 10)
+    half = len(faces) // 2
+    np.testing.assert_array_equal(faces.images.images[half:], faces.images.images[:half][..., ::-1])
+    assert "mirror" in faces.source and "mirror" not in digits.source
+
+
+def test_clopper_pearson_bounds():
+    assert leak_upper95(0, 64) == pytest.approx(1 - 0.025 ** (1 / 64))
+    assert leak_upper95(0, 16) == pytest.approx(0.2059, abs=1e-4)
+    lo, hi = leak_interval95(32, 64)
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    with pytest.raises(ValueError, match="leaks must be"):
+        leak_upper95(5, 4)

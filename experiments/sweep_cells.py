@@ -79,13 +79,19 @@ def save_sweep_cell(out: Path, ds: str, attacker: str, defense: str, strength: f
 
 def rejudge(rows: list[dict], leak_threshold: float) -> list[dict]:
     """The rows with both criteria read again at ``leak_threshold`` (from the stored adjusted
-    SSIMs, the best decoy's and the failed flags: no attack is run again)."""
+    SSIMs, the decoys' and the failed flags, by :func:`fl_defense.scoring.judge`: no attack
+    is run again)."""
+    from fl_defense.scoring import judge
+
     out = []
     for r in rows:
-        paper = bool(r["matched"] and not r["failed"] and r["ssim_adjusted"] >= leak_threshold)
-        leaked = None if r["leaked"] is None else bool(
-            paper and (r["ssim_decoy_max"] is None or r["ssim_adjusted"] > r["ssim_decoy_max"]))
-        out.append({**r, "leaked_paper": paper, "leaked": leaked})
+        def value(key):
+            return np.nan if r.get(key) is None else float(r[key])
+
+        leaked, paper = judge(np.array([r["ssim_adjusted"]]), np.array([value("ssim_decoy_max")]),
+                              np.array([value("ssim_public_max")]), np.array([bool(r["failed"])]),
+                              np.array([bool(r["matched"])]), leak_threshold, r["leaked"] is not None)
+        out.append({**r, "leaked_paper": bool(paper[0]), "leaked": None if leaked is None else bool(leaked[0])})
     return out
 
 

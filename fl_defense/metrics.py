@@ -16,7 +16,8 @@ outside [0, 1] raises :class:`ValueError` naming the offending value.
   the image once its brightness is changed; this metric credits such leaks.
 * :func:`ssim_many` and :func:`ssim_adjusted_many` -- the same two against a whole set of
   images in one batched computation (a reconstruction against a decoy pool, or against a
-  client's private images); equal to the pairwise values.
+  client's private images); :func:`ssim_adjusted_to_many` -- a whole set adjusted to one
+  image (a decoy pool against a private image); equal to the pairwise values.
 * :func:`psnr` (peak signal-to-noise ratio, ``data_range=1``), :func:`mse`,
   :func:`label_accuracy`, and :func:`per_image` to map a metric over a batch.
 
@@ -40,6 +41,7 @@ __all__ = [
     "ssim_adjusted",
     "ssim_many",
     "ssim_adjusted_many",
+    "ssim_adjusted_to_many",
     "ImageSet",
     "adjust_brightness",
     "brightness_candidates",
@@ -53,6 +55,7 @@ _RANGE_TOL = 1e-6  # values this far outside [0, 1] (float rounding) are clipped
 _SSIM_WIN = 7      # skimage's default window; images must be at least this large
 _K1, _K2 = 0.01, 0.03
 _COV_NORM = _SSIM_WIN ** 2 / (_SSIM_WIN ** 2 - 1)  # sample covariances, as skimage's default
+_FLAT_VAR = 1e-12  # an image whose pixel variance is below this is constant (float rounding aside)
 
 
 def _to_numpy(x: object, name: str) -> np.ndarray:
@@ -129,7 +132,7 @@ def _affine_fit(truths: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarr
     of ``truths`` ``[P, C, H, W]`` (see :func:`brightness_candidates`)."""
     rc = r - r.mean()
     var = float((rc * rc).mean())
-    a_ls = (truths * rc).mean(axis=(1, 2, 3)) / var if var > 0.0 else np.zeros(len(truths))
+    a_ls = (truths * rc).mean(axis=(1, 2, 3)) / var if var > _FLAT_VAR else np.zeros(len(truths))
     a = np.where(a_ls < 0, -np.maximum(-a_ls, 1.0), np.maximum(a_ls, 1.0))
     return a, truths.mean(axis=(1, 2, 3)) - a * float(r.mean())
 
@@ -233,6 +236,48 @@ def ssim_adjusted_many(truths: object, recon: object) -> np.ndarray:
     return np.maximum.reduce([identity, affine, stretch])
 
 
+def ssim_adjusted_to_many(truth: object, recons: object) -> np.ndarray:
+    """:func:`ssim_adjusted` of every image of ``recons`` ``[P, C, H, W]`` (or an
+    :class:`ImageSet`) to the one ``truth`` ``[C, H, W]``, in one batched computation:
+    ``[P]``, with ``ssim_adjusted_to_many(t, R)[p] == ssim_adjusted(t, R[p])`` (each image of
+    ``recons`` adjusted to ``truth``)."""
+    pool = recons if isinstance(recons, ImageSet) else ImageSet.of(recons, "recons")
+    t = _check_image(truth, "truth")
+    if pool.images.shape[1:] != t.shape:
+        raise ValueError(f"truth and recons shapes differ: {t.shape} vs {pool.images.shape[1:]}")
+    if not len(pool):
+        return np.zeros(0)
+    r = pool.stats
+    ts = _Stats.of(t[None])
+    cov_tr = _COV_NORM * (_window_means(r.images * t[None]) - ts.mean * r.mean)
+
+    def ssim_of_affine(gain, offset):                  # SSIM(t, gain r_p + offset), no clipping
+        g, o = gain[:, None, None, None], offset[:, None, None, None]
+        return _ssim_parts(ts.mean, ts.var, g * r.mean + o, g * g * r.var, g * cov_tr)
+
+    one = np.ones(len(pool))
+    identity = ssim_of_affine(one, 0 * one)
+    lo, hi = r.images.min(axis=(1, 2, 3)), r.images.max(axis=(1, 2, 3))
+    flat = hi <= lo
+    span = np.where(flat, 1.0, hi - lo)
+    stretch = np.where(flat, identity, ssim_of_affine(1.0 / span, -lo / span))
+    rc = r.images - r.images.mean(axis=(1, 2, 3), keepdims=True)
+    var = (rc * rc).mean(axis=(1, 2, 3))
+    a_ls = np.where(var > _FLAT_VAR, (rc * (t - t.mean())[None]).mean(axis=(1, 2, 3))
+                    / np.where(var > _FLAT_VAR, var, 1.0), 0.0)
+    gain = np.where(a_ls < 0, -np.maximum(-a_ls, 1.0), np.maximum(a_ls, 1.0))
+    offset = float(t.mean()) - gain * r.images.mean(axis=(1, 2, 3))
+    ends = np.stack([gain * lo + offset, gain * hi + offset])
+    clipped = (ends.min(0) < 0.0) | (ends.max(0) > 1.0)
+    affine = ssim_of_affine(gain, offset)
+    if clipped.any():
+        adjusted = np.clip(gain[clipped, None, None, None] * r.images[clipped]
+                           + offset[clipped, None, None, None], 0.0, 1.0)
+        affine[clipped] = _ssim_stats(_Stats(np.broadcast_to(t, adjusted.shape), ts.mean, ts.var),
+                                      _Stats.of(adjusted))
+    return np.maximum.reduce([identity, affine, stretch])
+
+
 def _ssim_parts(mx, vx, my, vy, vxy) -> np.ndarray:
     c1, c2 = _K1 ** 2, _K2 ** 2
     s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
@@ -260,7 +305,7 @@ def brightness_candidates(truth: object, recon: object) -> dict[str, np.ndarray]
     * ``"affine"``: ``clip(a * recon + b, 0, 1)`` with one global gain ``a`` and offset ``b``
       fitted to the truth by least squares over all pixels and channels, the gain kept at
       ``|a| >= 1``: ``a_ls = cov(recon, truth) / var(recon)``, ``a = sign(a_ls) max(|a_ls|, 1)``
-      (``a = 1`` when ``recon`` is constant or uncorrelated), ``b = mean(truth) - a mean(recon)``
+      (``a = 1`` when ``recon`` is constant -- a variance below 1e-12 -- or uncorrelated), ``b = mean(truth) - a mean(recon)``
       (the best offset for that gain).  ``a`` may be negative: an inverted image leaks;
     * ``"stretch"``: the min-max stretch ``(recon - min) / (max - min)`` (the identity when
       ``recon`` is constant), what a person would do to a dark or washed-out image.

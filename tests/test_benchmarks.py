@@ -144,3 +144,19 @@ def test_vs_breaching_lays_out_what_breachings_user_can_express_and_refuses_the_
         with pytest.raises(SystemExit) as exc:
             vs_breaching.main(["--clients", "1"])
         assert exc.value.code == 2 and "breaching is not installed" in capsys.readouterr().err
+
+
+def test_null_floor_prints_both_criteria_and_writes_its_table(tmp_path, capsys):
+    """A small null floor: every null row printed with both criteria; a copy of public data
+    is never identified, the paper's criterion counts most of them."""
+    import csv
+
+    from benchmarks import null_floor
+
+    assert null_floor.main(["--kinds", "digits", "--n", "12", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(null in out for null in null_floor.NULLS) and "paper criterion" in out
+    rows = {r["null"]: r for r in csv.DictReader((tmp_path / "null_floor.csv").read_text().splitlines())}
+    assert rows["best public image"]["identification_leaked"] == "0"
+    assert int(rows["best public image"]["paper_leaked"]) >= 10
+    assert null_floor.main(["--kinds", "letters"]) == 2

@@ -66,10 +66,10 @@ def test_lfw_embedded_is_faces_vs_nonfaces():
     from skimage.data import lfw_subset
 
     train, test = load_dataset("lfw-embedded")
-    assert train.images.shape == (100, 1, 32, 32) and test.images.shape == (100, 1, 32, 32)
+    assert train.images.shape == (60, 1, 32, 32) and test.images.shape == (140, 1, 32, 32)
     assert train.class_names == ("non-face", "face") and train.num_classes == 2
-    assert np.bincount(train.labels).tolist() == [50, 50]
-    assert np.bincount(test.labels).tolist() == [50, 50]
+    assert np.bincount(train.labels).tolist() == [30, 30]
+    assert np.bincount(test.labels).tolist() == [70, 70]
     # at the native 25x25 the images are lfw_subset's: label 1 = its first 100 (faces)
     train, test = load_dataset("lfw-embedded", image_size=25)
     src = lfw_subset().astype(np.float32)

@@ -18,9 +18,10 @@ def _images(n, seed=0, size=12, c=1):
     return np.clip(rng.random((n, c, size, size)), 0, 1).astype(np.float32)
 
 
-def _pool(images, labels=None):
+def _pool(images, labels=None, match_labels=False):
     labels = np.full(len(images), -1) if labels is None else np.asarray(labels)
-    return DecoyPool(metrics.ImageSet.of(images), labels.astype(np.int64), f"{len(images)} test images", {})
+    return DecoyPool(metrics.ImageSet.of(images), labels.astype(np.int64), f"{len(images)} test images", {},
+                     match_labels)
 
 
 # ------------------------------------------------------------------ batched SSIM
@@ -99,10 +100,13 @@ def test_identification_needs_the_private_image_closer_than_every_candidate_deco
     assert not s.leaked.any() and (s.ssim_decoy_max >= s.ssim_adjusted).all()
 
 
-def test_decoys_of_another_label_are_not_candidates():
+def test_every_decoy_is_a_candidate_unless_labels_are_matched():
     x = _images(1, seed=7)
     decoy = np.clip(x + 0.02 * _images(1, seed=14), 0, 1)   # almost the private image, of another label
     pool = _pool(np.concatenate([decoy, _images(2, seed=8)]), labels=[5, 1, 1])
+    s = score([x], [np.array([1])], [decoy], [np.array([1])], 0.4, pool)
+    assert not s.leaked.any()                   # by default the label-5 decoy is compared too
+    pool = _pool(np.concatenate([decoy, _images(2, seed=8)]), labels=[5, 1, 1], match_labels=True)
     recon = decoy                                           # the reconstruction is that public image
     s = score([x], [np.array([1])], [recon], [np.array([1])], 0.4, pool)
     assert s.leaked.all()                       # only the label-1 decoys are compared
@@ -170,3 +174,20 @@ def test_clopper_pearson_bounds():
     assert lo < 0.5 < hi and hi - lo < 0.3
     with pytest.raises(ValueError, match="leaks must be"):
         leak_upper95(5, 4)
+
+
+def test_identification_also_needs_more_of_the_image_than_the_nearest_public_one_shows():
+    """A reconstruction can be closer to its private image than to any decoy while a decoy
+    resembles the private image more than the reconstruction does: not identified."""
+    from fl_defense.scoring import judge
+
+    adj, decoy, public = np.array([0.6, 0.6, 0.6]), np.array([0.5, 0.5, 0.7]), np.array([0.5, 0.65, 0.5])
+    leaked, paper = judge(adj, decoy, public, np.zeros(3, bool), np.ones(3, bool), 0.4, True)
+    assert leaked.tolist() == [True, False, False] and paper.all()
+    x = _images(1, seed=16)
+    near = np.clip(x + 0.05 * (_images(1, seed=17) - 0.5), 0, 1)    # a public image almost equal to it
+    blurry = np.clip(0.5 * x + 0.25, 0, 1)                              # a weak reconstruction
+    s = score([x], [np.array([0])], [blurry], [np.array([0])], 0.2, _pool(np.concatenate([near, _images(3, 18)])))
+    assert s.ssim_public_max[0] > s.ssim_adjusted[0] * 0 and s.leaked_paper.all()
+    assert s.leaked.tolist() == [bool(s.ssim_adjusted[0] > max(s.ssim_decoy_max[0], s.ssim_public_max[0]))]
+    assert s.ssim_public_max[0] == pytest.approx(metrics.ssim_adjusted(x[0], near[0]), abs=1e-9)

@@ -313,11 +313,12 @@ class MultiStepProblem:
     def _one_batch_fused(self, model: nn.Module, batches: Sequence[np.ndarray]):
         """The closed-form double back-propagation of :mod:`attacks.layerwise` when the
         simulated update is one SGD step on one batch of all N images of a plain layer
-        chain at shared weights, with no statistics or TV term: the pseudo-gradient is then
+        chain at shared weights, with no statistics term (a TV prior is added to its value
+        and gradient by autograd on the images alone): the pseudo-gradient is then
         the mean of the N per-example gradients (``group=N``), the same value the
         simulation computes through ``torch.func``, at a fraction of its cost.  ``None``
         otherwise (the vmap path)."""
-        if not (one_batch(batches, self.n_images) and self.shared and self.bn_weight == 0 and self.tv_weight == 0
+        if not (one_batch(batches, self.n_images) and self.shared and self.bn_weight == 0
                 and self.cfg.grad_impl != "vmap"):
             return None
         return fused_loss_grad_fn(model, self.names, self.params, self.soft, self.cfg.objective)
@@ -373,6 +374,14 @@ class MultiStepProblem:
                            self.labels[idx], self.scale[idx], self.stats_scale[idx])
         return self._cache[1:]
 
+    def _tv(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The TV prior's value ``[U]`` and its gradient ``[U, N*C*H*W]`` at images ``x``."""
+        leaf = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            tv = self.tv_weight * self.scale[idx].to(leaf.dtype) * total_variation(leaf, start_dim=1)
+            (grad,) = torch.autograd.grad(tv.sum(), leaf)
+        return tv.detach(), grad.reshape(x.shape[0], -1)
+
     def batched(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Loss ``[U]`` (float64) and its gradient ``[U, n_vars]`` for targets ``idx`` at ``z``."""
         if self.fused is not None:
@@ -381,7 +390,11 @@ class MultiStepProblem:
             obs, labels = self._flat_subset(idx)
             loss, gx, gy = self.fused(x.reshape(u * n, *self.input_shape),
                                       y.reshape(u * n, -1) if self.soft else labels.reshape(-1), obs, group=n)
-            gz = gx.reshape(u, -1) if gy is None else torch.cat([gx.reshape(u, -1), gy.reshape(u, -1)], 1)
+            gx = gx.reshape(u, -1)
+            if self.tv_weight > 0:
+                tv_loss, tv_grad = self._tv(x, idx)
+                loss, gx = loss + tv_loss.to(loss.dtype), gx + tv_grad
+            gz = gx if gy is None else torch.cat([gx, gy.reshape(u, -1)], 1)
             return loss.double(), gz
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():

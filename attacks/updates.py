@@ -84,7 +84,9 @@ class UpdateAttackOptions:
             dropped (most targets keep one, and skip the screening).
         bn_weight: weight of the BatchNorm running-statistics term (0: off; the aware
             attacker uses 1), relative to the gradient term.
-        tv_weight: weight of the total-variation prior (0: off), relative.
+        tv_weight: weight of the total-variation prior (0: off), relative to the matching
+            loss of a zero update (config key ``attack-tv``).  Whether a try is good enough
+            (``retry_above``) is read off the matching alone.
         retry_above: a target whose best relative loss is still above this after a try gets
             another (``restarts``), with its labels searched again: with the right labels the
             simulated update is matched to ``tol``, with a wrong one the loss stalls orders of
@@ -121,13 +123,12 @@ class UpdateAttackOptions:
             raise ValueError(f"tol must be a finite number > 0; got {self.tol!r}")
 
 
-def update_options(cfg: ExperimentConfig, model: nn.Module, labels_given: bool = False,
-                   tv_weight: float = 0.0) -> UpdateAttackOptions:
+def update_options(cfg: ExperimentConfig, model: nn.Module, labels_given: bool = False) -> UpdateAttackOptions:
     """The multi-step options a run or experiment configures: labels inferred (or given, an
     upper bound), for the ``aware`` attacker on a BatchNorm model the running-statistics
-    term (GradInversion-style), and the TV prior's weight."""
+    term (GradInversion-style), and the TV prior's weight (config key ``attack-tv``)."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return UpdateAttackOptions(labels="given" if labels_given else "infer", tv_weight=float(tv_weight),
+    return UpdateAttackOptions(labels="given" if labels_given else "infer", tv_weight=float(cfg.attack_tv),
                                bn_weight=1.0 if cfg.attacker == "aware" and has_bn else 0.0)
 
 
@@ -235,6 +236,15 @@ class _Group:
         tries = torch.zeros(r, dtype=torch.long)
         RUNNERS[prob.cfg.engine](prob, torch.arange(r, device=self.device), scale, best_z, best_loss, iters, tries)
         return to_variables(best_z), best_loss, iters, tries
+
+    def prior(self, z: Tensor, rows: Tensor) -> Tensor:
+        """The prior terms (TV) of targets ``rows``' loss at variables ``z`` ``[R, n_vars]``."""
+        if self.options.tv_weight == 0:
+            return torch.zeros(len(rows), dtype=torch.float64, device=self.device)
+        from attacks.multistep import total_variation
+
+        return self.options.tv_weight * self.scale[rows].double() * total_variation(
+            self.images_of(z).double(), start_dim=1)
 
     def images_of(self, z: Tensor) -> Tensor:
         n_img = self.n * int(np.prod(self.input_shape))
@@ -364,7 +374,9 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
                 tried.setdefault(t, set()).add(tuple(h))
             iters.index_add_(0, rows.cpu(), it)
             tries[rows.cpu()] += 1
-            pending = pending[best_loss[pending] / g.scale[pending] > min(cfg.restart_above, opt.retry_above)]
+            # whether a try is good enough is read off the matching alone (a prior keeps the loss up)
+            matching = best_loss[pending] - g.prior(best_x[pending], pending)
+            pending = pending[matching / g.scale[pending] > min(cfg.restart_above, opt.retry_above)]
     x_img = g.images_of(best_x).clamp(0, 1).detach().cpu().numpy()
     rel = (best_loss / g.scale).cpu().numpy()
     images = [x_img[t] if bool(g.usable[t]) else np.zeros_like(x_img[t]) for t in range(T)]

@@ -50,6 +50,8 @@ def attack_config(args) -> ExperimentConfig:
         overrides["attack-max-iter"] = args.max_iter
     if args.restarts is not None:
         overrides["attack-restarts"] = args.restarts
+    if args.tv is not None:
+        overrides["attack-tv"] = args.tv
     cfg = parse_run_config(overrides)
     if cfg.images_per_client < 1:
         raise ConfigError("the attack's clients train on images-per-client images each; give --images-per-client "
@@ -81,8 +83,6 @@ def cmd_attack(args) -> int:
 
     if args.chunk < 1:
         raise ConfigError(f"--chunk must be >= 1, got {args.chunk!r}")
-    if args.tv < 0:
-        raise ConfigError(f"--tv must be >= 0, got {args.tv!r}")
     if args.images is not None and args.split != "evaluation":
         raise ConfigError("--split applies to a data set, not to --images (a folder has no splits)")
     cfg = attack_config(args)
@@ -105,7 +105,7 @@ def cmd_attack(args) -> int:
     device = str(select_device())
     meta = {"command": "attack", "targets": dataset or args.images, "images": args.images, "split": args.split,
             "preset": args.setting, "n": len(images), "chunk": args.chunk, "device": device,
-            "labels_given": args.labels_given, "tv": args.tv, "decoys": None if pool is None else pool.source,
+            "labels_given": args.labels_given, "decoys": None if pool is None else pool.source,
             "decoy_spec": None if pool is None else pool.spec, **cfg.to_run_config()}
     write_json(out / "config.json", meta)
     source = "labels GIVEN to the attacker (upper bound)" if args.labels_given else "labels inferred"
@@ -116,7 +116,7 @@ def cmd_attack(args) -> int:
           "decoys: none (give --decoys DIR for a folder of images; the identification criterion is off)", flush=True)
     cpu0 = time.process_time()
     scores, rows, result = attack_clients(cfg, images, targets.labels, targets.num_classes, groups, device=device,
-                                          labels_given=args.labels_given, chunk=args.chunk, tv_weight=args.tv,
+                                          labels_given=args.labels_given, chunk=args.chunk,
                                           pool=pool, decoy_labels=targets.decoy_labels)
     cpu = time.process_time() - cpu0
     for row in rows:
@@ -168,7 +168,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels-given", dest="labels_given", action="store_true",
                    help="hand the true labels to the attacker (an upper bound; flagged in the outputs)")
-    p.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation prior (0: off)")
     a = p.add_argument_group("the attack")
     a.add_argument("--attacker", default=d.attacker, choices=ATTACKERS,
                    help="naive: the papers' L2 matching; aware: picks the objective that fits the defense")
@@ -176,6 +175,8 @@ def register(sub) -> None:
     a.add_argument("--max-iter", dest="max_iter", type=int, default=None,
                    help=f"L-BFGS iterations per try (default attack-max-iter, {d.attack_max_iter})")
     a.add_argument("--restarts", type=int, default=None, help=f"default attack-restarts, {d.attack_restarts}")
+    a.add_argument("--tv", type=float, default=None,
+                   help=f"weight of the total-variation prior (default attack-tv, {d.attack_tv:g}; 0: off)")
     a.add_argument("--leak-threshold", dest="leak_threshold", type=float, default=d.leak_threshold)
     a.add_argument("--chunk", type=int, default=64, help="targets attacked together (vectorised)")
     add_setting_flags(p)

@@ -81,7 +81,7 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
                    defense: DefenseSpec | Sequence[DefenseSpec] | None = None,
                    global_weights: Sequence[np.ndarray] | None = None, *, device: str = "auto",
                    labels_given: bool = False, client_ids: Sequence[int] | None = None,
-                   server_round: int | Sequence[int] = 0, chunk: int = 64, tv_weight: float = 0.0,
+                   server_round: int | Sequence[int] = 0, chunk: int = 64,
                    pool: DecoyPool | None = None, oracle=None,
                    decoy_labels: np.ndarray | None = None) -> tuple[Scores, list[dict], UpdateAttackResult]:
     """Attack the uploads of clients that train on ``groups`` of ``images``; score; rows.
@@ -103,7 +103,6 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
         server_round: the round the uploads belong to (seeds batches and defenses), one for
             all groups or one per group.
         chunk: most targets optimised at once.
-        tv_weight: weight of the total-variation prior (0: off).
         pool: the public decoy pool of the identification criterion (``None``: no decoys).
         oracle: ``oracle(i) -> (images, labels)``, the private images client group ``i``
             trained on, for the scorer only (default: read from ``images``/``labels``).
@@ -141,7 +140,7 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
     threats, used = client_uploads(cfg, model, global_w, images, labels, groups, defenses, ids, rounds, dev)
     acfg = dataclasses.replace(cfg, defense=defenses[0])
     result = invert_updates(model, threats, (c, h, h), num_classes, attack_config(acfg, device=device, batch_size=chunk),
-                            update_options(acfg, model, labels_given, tv_weight=tv_weight),
+                            update_options(acfg, model, labels_given),
                             labels=[labels[u] for u in used] if labels_given else None)
     # ------------------------------------------------------------ scoring side (the oracle)
     truth = [oracle(i) if oracle is not None else (images[u], labels[u]) for i, u in enumerate(used)]

@@ -38,7 +38,7 @@ from fl_defense.models import MODELS
 
 UPDATE_KEYS = ("dataset", "model", "lr", "local-steps", "batch-size", "images-per-client")
 CONTEXT_KEYS = ("partition", "num-clients", "seed")
-ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts")
+ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts", "attack-tv")
 SETTING_KEYS = UPDATE_KEYS + CONTEXT_KEYS + ATTACK_KEYS
 
 #: Named settings: config keys over the defaults.  ``shared`` is the defaults themselves.

@@ -87,6 +87,12 @@ class UpdateAttackOptions:
         tv_weight: weight of the total-variation prior (0: off), relative to the matching
             loss of a zero update (config key ``attack-tv``).  Whether a try is good enough
             (``retry_above``) is read off the matching alone.
+        init_image: ``[C, H, W]``, an image of the kind a server may know from public data
+            (the mean of a public set of such images), or ``None``.  The first try of every
+            target starts its dummies there, plus the seeded uniform start scaled to +-0.05
+            (later tries start where they would without it).  Measured on 32 faces of the
+            tuning split (tanhcnn, one step of 4): 22 of 32 identified against 19 from
+            uniform starts.
         retry_above: a target whose best relative loss is still above this after a try gets
             another (``restarts``), with its labels searched again: with the right labels the
             simulated update is matched to ``tol``, with a wrong one the loss stalls orders of
@@ -105,8 +111,14 @@ class UpdateAttackOptions:
     one_step_ratio: float = 4.0
     bn_weight: float = 0.0
     tv_weight: float = 0.0
+    init_image: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.init_image is not None:
+            img = np.asarray(self.init_image, dtype=np.float32)
+            if img.ndim != 3 or not np.all(np.isfinite(img)):
+                raise ValueError(f"init_image must be a finite image [C, H, W]; got shape {img.shape}")
+            object.__setattr__(self, "init_image", img)
         if self.labels not in LABEL_SOURCES:
             raise ValueError(f"labels={self.labels!r} is not one of {LABEL_SOURCES}")
         for name in ("hypotheses", "one_step_hypotheses", "screen_iter", "screen_seeds", "beam_width"):
@@ -123,12 +135,15 @@ class UpdateAttackOptions:
             raise ValueError(f"tol must be a finite number > 0; got {self.tol!r}")
 
 
-def update_options(cfg: ExperimentConfig, model: nn.Module, labels_given: bool = False) -> UpdateAttackOptions:
+def update_options(cfg: ExperimentConfig, model: nn.Module, labels_given: bool = False,
+                   init_image: np.ndarray | None = None) -> UpdateAttackOptions:
     """The multi-step options a run or experiment configures: labels inferred (or given, an
     upper bound), for the ``aware`` attacker on a BatchNorm model the running-statistics
-    term (GradInversion-style), and the TV prior's weight (config key ``attack-tv``)."""
+    term (GradInversion-style), the TV prior's weight (config key ``attack-tv``) and the
+    public image the first tries start from (``init_image``)."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return UpdateAttackOptions(labels="given" if labels_given else "infer", tv_weight=float(cfg.attack_tv),
+                               init_image=init_image,
                                bn_weight=1.0 if cfg.attacker == "aware" and has_bn else 0.0)
 
 
@@ -237,6 +252,26 @@ class _Group:
         RUNNERS[prob.cfg.engine](prob, torch.arange(r, device=self.device), scale, best_z, best_loss, iters, tries)
         return to_variables(best_z), best_loss, iters, tries
 
+    def public_start(self, rows: Tensor, seed: int) -> Tensor | None:
+        """The first try's start of every row, from the options' public ``init_image``
+        (``None`` without one): the image for each of the N dummies, plus the row's seeded
+        uniform start scaled to +-0.05, and the runner's own label logits."""
+        img = self.options.init_image
+        if img is None:
+            return None
+        if tuple(img.shape) != self.input_shape:
+            raise ValueError(f"init_image has shape {tuple(img.shape)}, the images {self.input_shape}")
+        from attacks.engines import init_point
+
+        n_img = self.n * int(np.prod(self.input_shape))
+        base = torch.as_tensor(img, dtype=torch.float32).flatten().repeat(self.n)
+        out = []
+        for j in range(len(rows)):
+            z = init_point(seed, j, 0, n_img, self.n_vars - n_img, self.config.init)
+            z[:n_img] = base + 0.1 * (z[:n_img] - 0.5)
+            out.append(z)
+        return torch.stack(out).to(self.device)
+
     def prior(self, z: Tensor, rows: Tensor) -> Tensor:
         """The prior terms (TV) of targets ``rows``' loss at variables ``z`` ``[R, n_vars]``."""
         if self.options.tv_weight == 0:
@@ -330,7 +365,8 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
         w = g.obs[last_linear_weight_index(g.model)][usable]
         lab = (torch.stack([torch.as_tensor(given[int(t)][:1]) for t in usable]) if given is not None
                else idlg_labels(w.flatten(2), features_nonnegative(g.model)).reshape(-1, 1).cpu())
-        x, lo, it, tr = g.run(usable, lab, cfg.max_iter, cfg.restarts, cfg.seed, simulated=False)
+        x, lo, it, tr = g.run(usable, lab, cfg.max_iter, cfg.restarts, cfg.seed,
+                              start=g.public_start(usable, cfg.seed), simulated=False)
         keep(usable, x, lo, lab)
         iters[usable.cpu()] += it
         tries[usable.cpu()] += tr
@@ -356,10 +392,10 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
             lab = torch.tensor([h for c in cands for h in c], dtype=torch.long)
             seed = cfg.seed if rnd == 0 else int(np.random.SeedSequence([cfg.seed & 0xFFFFFFFF, rnd])
                                                   .generate_state(1)[0])
-            budget, start = cfg.max_iter, None
+            budget, start = cfg.max_iter, (g.public_start(rows, seed) if rnd == 0 else None)
             if len(rows) > len(pending):
                 # screening: every hypothesis briefly, in one call; each target continues its best
-                x, lo, it, _ = g.run(rows, lab, screen_iter, 0, seed)
+                x, lo, it, _ = g.run(rows, lab, screen_iter, 0, seed, start=start)
                 iters.index_add_(0, rows.cpu(), it)
                 rel = (lo / g.scale[rows]).cpu()
                 rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, float("inf")))

@@ -1,109 +1,165 @@
-"""Benchmark: the leak rate of the multi-step attack over a grid of (batch size B, local steps K).
+"""Benchmark: where leakage stops for this attack, over batch size B and local steps K.
 
-For every cell, ``--clients`` clients each train K SGD steps of B over N = K * B images (one
-epoch, so the batch order needs no assumption) the way ``fit`` does, no defense, the DLG
-LeNet, and the server inverts every upload with labels inferred
-(:func:`experiments.client_attack.attack_clients`, all clients of a cell in one call).  The
-leak rate is the fraction of images whose one-to-one matched reconstruction has a
-brightness-adjusted SSIM >= the leak threshold.  Two image sets: real MNIST digits
-(``mnist-embedded``) and colour crops (:func:`attacks.targets.colour_targets`, 32x32x3).
-Prints one line per cell and writes a heat map PNG (one panel per image set).
+For every kind of data (``digits``: ``mnist-embedded``, ``faces``: ``lfw-embedded``,
+``colour``: ``colour-embedded``) and every cell (B, K), clients each train K SGD steps of B
+over N = K * B images of the evaluation split (one epoch, so the batch order needs no
+assumption) the way ``fit`` does, in the setting's model and learning rate, no defense, and
+the server inverts every upload with labels inferred
+(:func:`experiments.client_attack.attack_clients`, all clients of a cell in one call).
+Enough clients for at least ``--n`` images a cell (``ceil(n / N)``).  Every image is scored
+by both criteria against the data set's test split (:mod:`fl_defense.scoring`).
 
-    python -m benchmarks.leak_map --batch-sizes 1,2,4 --local-steps 1,2 --clients 2 --out docs/figures/leak_map.png
+Each finished cell is written to ``--out`` as ``cells/<kind>-B<b>-K<k>.json`` (atomically)
+and skipped when the command runs again, so an interrupted map resumes.  At the end the
+command writes ``leak_map.csv`` (one row per cell: n, both criteria's leaked counts, rates
+and 95% Clopper-Pearson intervals, label accuracy, seconds per client) and
+``leak_map.png`` (one heat map per kind, identification rate with k/n).
+
+    python -m benchmarks.leak_map --out docs/results/leak_map
+    python -m benchmarks.leak_map --kinds digits --batch-sizes 1,4 --local-steps 1 --n 8 --out /tmp/map
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+KINDS = {"digits": "mnist-embedded", "faces": "lfw-embedded", "colour": "colour-embedded"}
 
 
-from attacks.targets import colour_targets
-from experiments.client_attack import attack_clients
-from experiments.targets import dataset_targets
-from fl_defense.config import parse_run_config
-from fl_defense.io import save_figure
-
-SETS = ("mnist", "colour")
+def cell_path(out: Path, kind: str, b: int, k: int) -> Path:
+    return out / "cells" / f"{kind}-B{b}-K{k}.json"
 
 
-def images_of(name: str, n: int, seed: int):
-    if name == "mnist":
-        images, labels, _, nc = dataset_targets("mnist-embedded", n, seed, shuffle=True)
-        return images, labels, nc
-    x, y = colour_targets(n, size=32, seed=seed)
-    return x.numpy(), y.numpy(), 10
+def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict) -> dict:
+    """Attack one cell; its row (see the module docstring)."""
+    from experiments.client_attack import attack_clients
+    from experiments.targets import dataset_targets
+    from fl_defense.config import parse_run_config
+    from fl_defense.decoys import pool_for_dataset
+    from fl_defense.stats import leak_interval95
 
-
-def cell(name: str, b: int, k: int, clients: int, max_iter: int | None, seed: int) -> tuple[float, int, float, float]:
-    """(leak rate, images, label accuracy, seconds per client) of one cell."""
-    values = {"local-steps": k, "batch-size": b, "images-per-client": k * b, "seed": seed}
-    if max_iter is not None:
-        values["attack-max-iter"] = max_iter
-    cfg = parse_run_config(values)
-    images, labels, nc = images_of(name, clients * k * b, seed)
+    per = k * b
+    clients = math.ceil(n / per)
+    dataset = KINDS[kind]
+    cfg = parse_run_config({**overrides, "dataset": dataset, "local-steps": k, "batch-size": b,
+                            "images-per-client": per, "seed": seed})
+    t = dataset_targets(dataset, clients * per, seed, cfg.data_dir, shuffle=True)
+    pool = pool_for_dataset(dataset, cfg.data_dir, seed, cfg.decoy_pool_size)
     start = time.perf_counter()
-    sc, _, _ = attack_clients(cfg, images, labels, nc, device="cpu")
-    seconds = (time.perf_counter() - start) / clients
-    return float(sc.leaked.mean()), len(sc.leaked), float(np.mean(sc.label_pred == sc.label_true)), seconds
+    sc, _, res = attack_clients(cfg, t.images, t.labels, t.num_classes, device="cpu", pool=pool)
+    seconds = time.perf_counter() - start
+    row = {"kind": kind, "dataset": dataset, "B": b, "K": k, "N": per, "clients": clients, "n": sc.n,
+           "model": cfg.model, "lr": cfg.lr, "attack_max_iter": cfg.attack_max_iter,
+           "attack_restarts": cfg.attack_restarts, "attack_tv": cfg.attack_tv,
+           "label_acc": float(np.mean(sc.label_pred == sc.label_true)), "failed": int(sc.failed.sum()),
+           "seconds_per_client": seconds / clients, "decoys": pool.source}
+    for name, flags in (("", sc.leaked), ("_paper", sc.leaked_paper)):
+        hit = int(flags.sum())
+        lo, hi = leak_interval95(hit, sc.n)
+        row.update({f"leaked{name}": hit, f"leak_rate{name}": hit / sc.n, f"ci95_low{name}": lo,
+                    f"ci95_high{name}": hi})
+    return row
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch-sizes", default="1,2,4")
-    p.add_argument("--local-steps", default="1,2")
-    p.add_argument("--sets", default="mnist,colour")
-    p.add_argument("--clients", type=int, default=2, help="clients per cell (N = K * B images each)")
-    p.add_argument("--max-iter", type=int, default=None, help="attack-max-iter (default: the config's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="docs/figures/leak_map.png")
-    args = p.parse_args(argv)
-    bs = [int(v) for v in args.batch_sizes.split(",")]
-    ks = [int(v) for v in args.local_steps.split(",")]
-    sets = args.sets.split(",")
-    bad = [s for s in sets if s not in SETS]
-    if bad or min(bs + ks) < 1 or args.clients < 1:
-        print(f"error: sets must be among {SETS}, batch sizes, local steps and clients >= 1", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    rates = np.zeros((len(sets), len(ks), len(bs)))
-    for si, name in enumerate(sets):
-        for ki, k in enumerate(ks):
-            for bi, b in enumerate(bs):
-                rate, n, lab, sec = cell(name, b, k, args.clients, args.max_iter, args.seed)
-                rates[si, ki, bi] = rate
-                print(f"{name:>6} B={b} K={k} N={k * b}: leaked {rate:.2f} of {n} images, label accuracy {lab:.2f}, "
-                      f"{sec:.1f} s per client", flush=True)
+def heat_maps(rows: list[dict], kinds: list[str], bs: list[int], ks: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets) + 0.8, 2.8), squeeze=False)
-    for si, name in enumerate(sets):
-        ax = axes[0, si]
-        im = ax.imshow(rates[si], vmin=0, vmax=1, cmap="viridis", origin="lower")
+    from fl_defense.io import save_figure
+
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 0.8, 3.0), squeeze=False)
+    im = None
+    for i, kind in enumerate(kinds):
+        ax = axes[0, i]
+        grid = np.full((len(ks), len(bs)), np.nan)
+        for r in rows:
+            if r["kind"] == kind and r["B"] in bs and r["K"] in ks:
+                grid[ks.index(r["K"]), bs.index(r["B"])] = r["leak_rate"]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
         ax.set_xticks(range(len(bs)), [str(b) for b in bs])
         ax.set_yticks(range(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("batch size B")
         ax.set_ylabel("local steps K (N = K B)")
-        ax.set_title(f"{name}: leak rate")
-        for ki in range(len(ks)):
-            for bi in range(len(bs)):
-                ax.text(bi, ki, f"{rates[si, ki, bi]:.2f}", ha="center", va="center",
-                        color="white" if rates[si, ki, bi] < 0.5 else "black")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    out = Path(args.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, out, dpi=120)
+        ax.set_title(f"{kind}: identified", fontsize=9)
+        for r in rows:
+            if r["kind"] == kind and r["B"] in bs and r["K"] in ks:
+                ax.text(bs.index(r["B"]), ks.index(r["K"]), f"{r['leaked']}/{r['n']}", ha="center", va="center",
+                        fontsize=7, color="white" if r["leak_rate"] < 0.5 else "black")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="leak rate (identification)")
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    print(f"wrote {out}")
+
+
+def main(argv=None) -> int:
+    from fl_defense.io import atomic_write_text, write_json
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16")
+    p.add_argument("--local-steps", default="1,2,4")
+    p.add_argument("--n", type=int, default=16, help="at least this many private images a cell")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config key of the setting (e.g. model=resnet8, attack-max-iter=1000)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        kinds = [s.strip() for s in args.kinds.split(",") if s.strip()]
+        bs = [int(v) for v in args.batch_sizes.split(",")]
+        ks = [int(v) for v in args.local_steps.split(",")]
+        bad = [s for s in kinds if s not in KINDS]
+        if bad or min(bs + ks) < 1 or args.n < 1:
+            raise ValueError(f"kinds must be among {', '.join(KINDS)} (got {bad}); B, K and n >= 1")
+        from experiments.run_flags import parse_set_value
+        from fl_defense.config import parse_run_config
+
+        overrides = {}
+        for item in args.sets:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+            overrides[key.strip()] = parse_set_value(value.strip())
+        parse_run_config(overrides)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = args.out.resolve()
+    rows = []
+    for kind in kinds:
+        for k in ks:
+            for b in bs:
+                path = cell_path(out, kind, b, k)
+                if path.exists():
+                    row = json.loads(path.read_text())
+                else:
+                    row = run_cell(kind, b, k, args.n, args.seed, overrides)
+                    write_json(path, row)
+                rows.append(row)
+                print(f"{kind:>6} B={b:<2} K={k} N={row['N']:<3} identified {row['leaked']}/{row['n']} "
+                      f"({row['ci95_low']:.0%}-{row['ci95_high']:.0%}), paper criterion {row['leaked_paper']}/"
+                      f"{row['n']}, labels {row['label_acc']:.2f}, {row['seconds_per_client']:.1f} s per client",
+                      flush=True)
+    fields = list(rows[0])
+    lines = [",".join(fields)] + [",".join(json.dumps(r[f]) if isinstance(r[f], str) else f"{r[f]}" for f in fields)
+                                  for r in rows]
+    atomic_write_text(out / "leak_map.csv", "\n".join(lines) + "\n")
+    write_json(out / "leak_map.json", {"command": "python -m benchmarks.leak_map " + " ".join(
+        argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "rows": rows})
+    heat_maps(rows, kinds, bs, ks, out / "leak_map.png")
+    print(f"wrote {out / 'leak_map.csv'} and {out / 'leak_map.png'}")
     return 0
 
 

@@ -47,6 +47,12 @@ def experiment_model(cfg: ExperimentConfig, in_channels: int, image_size: int, n
     return build_model(cfg.model, in_channels, image_size, num_classes)
 
 
+def public_mean(pool: DecoyPool | None) -> np.ndarray | None:
+    """The mean image of a public decoy pool: an image of the kind a server knows from public
+    data, where the attack's first tries start (``None`` without a pool)."""
+    return None if pool is None else pool.images.images.mean(0).astype(np.float32)
+
+
 def group_images(n_images: int, per_client: int) -> list[np.ndarray]:
     """Consecutive groups of ``per_client`` positions (the last one may be smaller)."""
     if per_client < 1:
@@ -103,7 +109,8 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
         server_round: the round the uploads belong to (seeds batches and defenses), one for
             all groups or one per group.
         chunk: most targets optimised at once.
-        pool: the public decoy pool of the identification criterion (``None``: no decoys).
+        pool: the public decoy pool of the identification criterion (``None``: no decoys);
+            its mean image is also where the attack's first tries start (public data).
         oracle: ``oracle(i) -> (images, labels)``, the private images client group ``i``
             trained on, for the scorer only (default: read from ``images``/``labels``).
         decoy_labels: ``[M]``, the labels that pick each image's candidate decoys (default
@@ -140,7 +147,7 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
     threats, used = client_uploads(cfg, model, global_w, images, labels, groups, defenses, ids, rounds, dev)
     acfg = dataclasses.replace(cfg, defense=defenses[0])
     result = invert_updates(model, threats, (c, h, h), num_classes, attack_config(acfg, device=device, batch_size=chunk),
-                            update_options(acfg, model, labels_given),
+                            update_options(acfg, model, labels_given, init_image=public_mean(pool)),
                             labels=[labels[u] for u in used] if labels_given else None)
     # ------------------------------------------------------------ scoring side (the oracle)
     truth = [oracle(i) if oracle is not None else (images[u], labels[u]) for i, u in enumerate(used)]

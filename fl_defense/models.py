@@ -7,6 +7,10 @@
   uniform(-0.5, 0.5), the initialisation the attack papers use.
 * :class:`BNCNN` -- a small ReLU CNN with BatchNorm, used to study how defenses
   interact with BatchNorm parameters and running statistics.
+* :class:`ResNet8` -- the CIFAR ResNet of He et al. (2016, Sec. 4.2) with one basic block
+  per stage (6n+2 = 8 layers, n = 1), widths 16/32/64, BatchNorm and ReLU, global average
+  pooling and one linear layer: a model users recognise for CIFAR-size work (about 78,000
+  parameters).  Its BatchNorm layers are trained in train mode, as every client trains.
 * :class:`TanhCNN` -- two 5x5 stride-2 convolutions (16 and 32 channels) with tanh and one
   linear layer, PyTorch's default init.  Smooth like the DLG LeNet (gradient matching
   needs second derivatives; ReLU's are zero) but it trains with plain SGD in about a
@@ -111,6 +115,43 @@ class TanhCNN(nn.Module):
         return self.fc(self.body(x).flatten(1))
 
 
+class _BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and ReLU, and a shortcut (a 1x1 convolution with
+    BatchNorm where the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """He et al.'s CIFAR ResNet with n = 1: conv(16) - BN - ReLU, three stages of one basic
+    block (16, 32, 64 channels; strides 1, 2, 2), global average pooling, linear."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.stages = nn.Sequential(_BasicBlock(width, width, 1), _BasicBlock(width, 2 * width, 2),
+                                    _BasicBlock(2 * width, 4 * width, 2))
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stages(self.stem(x))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
 def _dlg_lenet(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     return LeNet(in_channels, image_size, num_classes, dlg_init=True)
 
@@ -157,6 +198,8 @@ MODELS: Registry[ModelEntry] = Registry("model", ModelEntry, (
                "one linear layer", init="uniform(-0.5, 0.5) for every weight and bias (the DLG init)"),
     ModelEntry("bncnn", BNCNN, "two 3x3 convolutions with BatchNorm, ReLU and max-pooling, one linear layer",
                batchnorm=True, size_multiple=4),
+    ModelEntry("resnet8", ResNet8, "the CIFAR ResNet with one basic block a stage (8 layers; 16/32/64 channels), "
+               "BatchNorm, ReLU, global average pooling, one linear layer", batchnorm=True),
 ), entry_point_group="fl_defense.models")
 """name -> :class:`ModelEntry` (built-ins, then plug-ins)."""
 

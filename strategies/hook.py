@@ -99,9 +99,11 @@ class AttackHook(StrategyWrapper):
         self.input_shape = tuple(train.images.shape[1:])
         self.num_classes = train.num_classes
         self.attack_config = attack_config(cfg, device=str(select_device()))
-        self.options = update_options(cfg, self.model)
         self.oracle = TrainingImageOracle(cfg)
         self.pool = hook_pool(cfg, self.input_shape)
+        # the attack may start from public images of the kind: the mean of the (public) decoy pool
+        mean = None if self.pool is None else self.pool.images.images.mean(0).astype(np.float32)
+        self.options = update_options(cfg, self.model, init_image=mean)
         self._global: list[np.ndarray] | None = None
 
     def configure_fit(self, server_round, parameters, client_manager):

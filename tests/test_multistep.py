@@ -389,3 +389,27 @@ def test_retries_screen_the_best_tries_labels_again(digits, monkeypatch):
                    AttackConfig(max_iter=100, restarts=2),
                    UpdateAttackOptions(hypotheses=3, one_step_hypotheses=1, one_step_ratio=1e9))
     assert calls and all(len(set(labs)) == 1 for labs, _ in calls)
+
+
+def test_a_public_init_image_places_the_first_tries(digits):
+    """With ``init_image`` every row's first try starts at that image (+-0.05 of seeded
+    noise), label logits as before; without it, nowhere special; a wrong shape is refused."""
+    from attacks.updates import _Group
+
+    x, y = digits
+    model = _lenet()
+    batches = assumed_batches(2, 1, 2)
+    gw, up = _upload(model, x[:2], y[:2], batches, 0.1)
+    threat = ThreatModel(tuple(gw), tuple(up), 0.1, 1, 2, 2)
+    mean = np.full((1, 28, 28), 0.3, dtype=np.float32)
+    g = _Group(model, [threat], (1, 28, 28), 10, AttackConfig(), UpdateAttackOptions(init_image=mean),
+               torch.device("cpu"))
+    start = g.public_start(torch.tensor([0, 0, 0]), seed=5)
+    assert start.shape == (3, g.n_vars) and (start - 0.3).abs().max() <= 0.05 + 1e-6
+    assert not torch.equal(start[0], start[1])          # each row its own seeded noise
+    plain = _Group(model, [threat], (1, 28, 28), 10, AttackConfig(), UpdateAttackOptions(), torch.device("cpu"))
+    assert plain.public_start(torch.tensor([0]), seed=5) is None
+    bad = _Group(model, [threat], (1, 28, 28), 10, AttackConfig(),
+                 UpdateAttackOptions(init_image=np.zeros((3, 28, 28))), torch.device("cpu"))
+    with pytest.raises(ValueError, match="init_image has shape"):
+        bad.public_start(torch.tensor([0]), seed=5)

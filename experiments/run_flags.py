@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from experiments.setting import PRESETS
 from fl_defense.config import ConfigError, is_text_key
 from fl_defense.datasets import DATASETS
 from fl_defense.defenses import DEFENSES
@@ -83,10 +84,18 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="any key of [tool.flwr.app.config], e.g. --set dropout-rate=0.1")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished round, "
                                                     "with the config it recorded (other flags must agree)")
+    p.add_argument("--setting", choices=tuple(PRESETS), default=None,
+                   help="a named setting to start from: shared (the defaults) or papers (one image, one step, "
+                        "lenet, lr 0.1); the flags above override its keys")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also log the per-round numbers and the hook's reconstruction figures to TensorBoard in DIR "
+                        "(pip install -e \".[tensorboard]\")")
+    p.add_argument("--quiet", action="store_true", help="no legend and no progress lines, the table only")
 
 
 def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
+    """The run config the flags give: the preset (``--setting``), then the flags, then ``--set``."""
+    overrides: dict[str, Any] = dict(PRESETS[args.setting]) if getattr(args, "setting", None) else {}
     for flag, key in RUN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:

@@ -1,6 +1,8 @@
 """Crash-safe file output: every file is written to a temporary sibling and renamed into
 place (``os.replace`` is atomic on POSIX), so a killed process leaves either the old file
-or the new one, never a truncated one."""
+or the new one, never a truncated one.  The file gets the permissions the user's umask
+gives a new file (``0666 & ~umask``: 0644 under the usual umask 022), not the private 0600
+of the temporary file, so that colleagues on a shared machine can read the results."""
 
 from __future__ import annotations
 
@@ -11,7 +13,23 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``), or by setting
+    and restoring it where that file has no ``Umask`` line."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, with the permissions of a new file under the
+    user's umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,6 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -103,3 +103,46 @@ def test_secagg_with_median_exits_2_naming_the_conflict(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "secure-aggregation" in proc.stderr and "median" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_misspelled_flag_gets_the_nearest_one(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--defence", "masking:0.4"])
+    assert exc.value.code == 2
+    assert "--defence (did you mean --defense?)" in capsys.readouterr().err
+
+
+def test_errors_name_the_flag_as_typed_and_its_key(tmp_path, capsys):
+    assert main(["--rounds", "-3", "--out", str(tmp_path / "o")]) == 2
+    assert "--rounds (config key num-server-rounds) must be >= 1, got -3" in capsys.readouterr().err
+    assert main(["attack", "--max-iter", "-5", "--out", str(tmp_path / "a")]) == 2
+    assert "--max-iter (config key attack-max-iter)" in capsys.readouterr().err
+    assert main(["--set", "num-server-rounds=0", "--out", str(tmp_path / "o")]) == 2
+    assert "error: num-server-rounds must be >= 1" in capsys.readouterr().err  # given as a key: named as one
+
+
+def test_top_level_help_shows_the_runs_flags_and_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("--defense", "--rounds", "--aggregation", "attack", "sweep", "train", "rescore", "defenses"):
+        assert word in out, word
+
+
+def test_the_table_explains_itself_and_counts_leaks_out_of_the_images_attacked(tmp_path):
+    from experiments.cli import COLUMNS, closing_block, format_row, legend
+
+    text = legend()
+    assert all(title in text for _, title, _, _ in COLUMNS)
+    row = {"round": 3, "accuracy": 0.5, "attack_leaked": 3, "attack_leaked_paper": 4, "attack_images": 4,
+           "attack_ssim_adjusted_mean": 0.91, "seconds": 2.0}
+    line = format_row(row)
+    assert " 3/4 " in line + " " and "4/4" in line
+    assert format_row({"round": 1, "attack_leaked": None, "attack_images": 4}).count("-") >= 2
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "round-001.png").write_bytes(b"")
+    block = closing_block(tmp_path, [row])
+    assert "metrics.jsonl" in block and "attack/round-NNN.png" in block and block.count("python run_sim.py") == 2
+    assert "checkpoint.npz" not in block  # only files that are there

@@ -36,3 +36,17 @@ def test_jsonl_and_json_roundtrip(tmp_path):
     io.write_json(tmp_path / "c.json", {"a": np.arange(3)})
     assert json.loads((tmp_path / "c.json").read_text()) == {"a": [0, 1, 2]}
     assert io.read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_permissions_of_the_users_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        assert io.current_umask() == umask
+        path = io.write_json(tmp_path / "summary.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -289,11 +289,13 @@ class _Group:
 def invert_updates(model: nn.Module, threats: Sequence[ThreatModel], input_shape: Sequence[int],
                    num_classes: int, config: AttackConfig = AttackConfig(),
                    options: UpdateAttackOptions = UpdateAttackOptions(),
-                   labels: Sequence[np.ndarray] | None = None) -> UpdateAttackResult:
+                   labels: Sequence[np.ndarray] | None = None,
+                   progress: Callable[[str], None] | None = None) -> UpdateAttackResult:
     """Reconstruct the images behind every upload of ``threats`` (see the module docstring).
 
     ``model`` is the architecture (used functionally, never modified); ``labels`` (with
-    ``options.labels == "given"``) are the true labels of every target's images.  Raises
+    ``options.labels == "given"``) are the true labels of every target's images;
+    ``progress`` (optional) is called with a line of text at the start of every try.  Raises
     ``ValueError`` for malformed arguments only, never for a numerical failure.
     """
     if not threats:
@@ -320,7 +322,7 @@ def invert_updates(model: nn.Module, threats: Sequence[ThreatModel], input_shape
     for shape, members in shapes.items():
         group = _Group(model, [threats[t] for t in members], input_shape, num_classes, config, options, device)
         given = None if labels is None else [np.asarray(labels[t], dtype=np.int64) for t in members]
-        res = _attack_group(group, given)
+        res = _attack_group(group, given, progress)
         for j, t in enumerate(members):
             out_images[t], out_labels[t] = res["images"][j], res["labels"][j]
             loss[t], rel[t], iters[t], tries[t], hyps[t] = (res["loss"][j], res["rel"][j], res["iters"][j],
@@ -343,8 +345,13 @@ def _retry_candidates(cands: list[tuple[int, ...]], tried: set, best: tuple[int,
     return fresh
 
 
-def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
+def _attack_group(g: _Group, given: list[np.ndarray] | None, progress=None) -> dict:
     """Labels, screening rounds and tries for the targets of one shape."""
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
     cfg, opt, dev = g.config, g.options, g.device
     T = len(g.usable)
     usable = torch.nonzero(g.usable).flatten()
@@ -365,6 +372,7 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
         w = g.obs[last_linear_weight_index(g.model)][usable]
         lab = (torch.stack([torch.as_tensor(given[int(t)][:1]) for t in usable]) if given is not None
                else idlg_labels(w.flatten(2), features_nonnegative(g.model)).reshape(-1, 1).cpu())
+        say(f"{len(usable)} single-image target(s), up to {cfg.restarts + 1} tries of {cfg.max_iter} iterations")
         x, lo, it, tr = g.run(usable, lab, cfg.max_iter, cfg.restarts, cfg.seed,
                               start=g.public_start(usable, cfg.seed), simulated=False)
         keep(usable, x, lo, lab)
@@ -379,6 +387,8 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None) -> dict:
         for rnd in range(cfg.restarts + 1):
             if pending.numel() == 0:
                 break
+            say(f"try {rnd + 1} of {cfg.restarts + 1}: {len(pending)} target(s) of {g.n} images, "
+                f"{g.k} step(s) of {g.b}")
             recon = None if rnd == 0 else g.images_of(best_x[pending]).clamp(0, 1)
             cands = [hypotheses_for(g, search, t, given, None if recon is None else recon[j])
                      for j, t in enumerate(pending.tolist())]

@@ -272,12 +272,17 @@ def release_out_dir(out_dir: Path) -> None:
 
 def follow_run(runner: subprocess.Popen, out_dir: Path, on_row: Callable[[dict[str, Any]], None] | None,
                timeout: float | None, on_timeout: Callable[[], Exception],
-               check: Callable[[], None] | None = None, seen: int = 0) -> int:
+               check: Callable[[], None] | None = None, seen: int = 0,
+               progress: Callable[[str], None] | None = None) -> int:
     """Report each new row of ``metrics.jsonl`` (after the first ``seen``) while ``flwr run``
     runs, until it exits or ``summary.json`` appears (then give it 30 s to close its
-    stream).  ``check`` runs every poll and may raise; past ``timeout`` seconds
-    ``on_timeout()`` is raised.  Returns the number of rows seen."""
+    stream); and, to ``progress``, each new line the attack hook writes while it attacks
+    (:data:`strategies.hook.PROGRESS_FILE`).  ``check`` runs every poll and may raise; past
+    ``timeout`` seconds ``on_timeout()`` is raised.  Returns the number of rows seen."""
+    from strategies.hook import PROGRESS_FILE
+
     start = time.perf_counter()
+    last = ""
     while True:
         done = runner.poll() is not None
         rows = read_jsonl(out_dir / "metrics.jsonl")
@@ -285,6 +290,14 @@ def follow_run(runner: subprocess.Popen, out_dir: Path, on_row: Callable[[dict[s
             if on_row:
                 on_row(row)
         seen = len(rows)
+        if progress is not None:
+            try:
+                line = (out_dir / PROGRESS_FILE).read_text().strip()
+            except OSError:
+                line = ""
+            if line and line != last:
+                progress(line)
+            last = line
         if done or (out_dir / "summary.json").exists():
             break
         if check:
@@ -304,12 +317,14 @@ def run_simulation(run_config: Mapping[str, Any], *,
                    on_row: Callable[[dict[str, Any]], None] | None = None,
                    log_path: Path | None = None,
                    timeout: float | None = None,
-                   project_dir: Path = PROJECT_DIR, threads: int | None = None) -> RunResult:
+                   project_dir: Path = PROJECT_DIR, threads: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> RunResult:
     """Run one experiment through ``flwr run`` and return its per-round rows.
 
     ``threads`` caps the CPU threads of every process of the run (``OMP_NUM_THREADS``;
     default: torch's own choice); runs side by side set it so that their attacks do not
-    oversubscribe the cores.
+    oversubscribe the cores.  ``progress`` gets the attack hook's progress lines (inside a
+    round).
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
     and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
@@ -323,13 +338,13 @@ def run_simulation(run_config: Mapping[str, Any], *,
     marker = uuid.uuid4().hex
     claim_out_dir(out_dir, marker)
     try:
-        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads)
+        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads, progress)
     finally:
         release_out_dir(out_dir)
 
 
 def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir,
-         threads: int | None = None) -> RunResult:
+         threads: int | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
     prepare_out_dir(cfg)
     seen = len(read_jsonl(out_dir / "metrics.jsonl")) if cfg.resume else 0
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
@@ -347,8 +362,9 @@ def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, ti
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:
-            seen = follow_run(runner, out_dir, on_row, timeout, seen=seen, on_timeout=lambda: SimulationFailed(
-                f"the run exceeded its {timeout:.0f}s limit; see {log_path}"))
+            seen = follow_run(runner, out_dir, on_row, timeout, seen=seen, progress=progress,
+                              on_timeout=lambda: SimulationFailed(f"the run exceeded its {timeout:.0f}s limit; "
+                                                                  f"see {log_path}"))
         finally:
             stop_process_group(runner)
     rows = read_jsonl(out_dir / "metrics.jsonl")

@@ -62,6 +62,47 @@ from fl_defense.task import client_indices, examples_used, load_data, new_model,
 from strategies.wrapper import StrategyWrapper
 
 MAX_IMAGE_STEPS = 256  # the hook attacks uploads of at most this many images x local steps
+#: The file (in the run folder) the hook writes its progress line to while an attack runs.
+PROGRESS_FILE = "attack/progress.txt"
+
+
+class Heartbeat:
+    """While it is entered, a daemon thread writes ``<what>: <phase>, <seconds> s`` to a file
+    every ``every`` seconds (atomically), so that a launcher can show progress inside a
+    round; :meth:`phase` sets the phase.  The file is removed on exit."""
+
+    def __init__(self, path: Path, what: str, every: float = 3.0) -> None:
+        import threading
+
+        self.path, self.what, self.every = Path(path), what, every
+        self._phase = "starting"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def phase(self, text: str) -> None:
+        self._phase = text
+
+    def _write(self, elapsed: float) -> None:
+        from fl_defense.io import atomic_write_text
+
+        try:
+            atomic_write_text(self.path, f"{self.what}: {self._phase}, {elapsed:.0f} s\n")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.wait(self.every):
+            self._write(time.perf_counter() - start)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)
 
 
 class TrainingImageOracle:
@@ -161,8 +202,9 @@ class AttackHook(StrategyWrapper):
             log(WARNING, "round %s: no upload small enough to attack (N x K > %s)", server_round, MAX_IMAGE_STEPS)
             return row
         client_ids = [client_id_of(chosen[i][1].metrics) for i in kept]
-        result = invert_updates(self.model, [threats[i] for i in kept], self.input_shape, self.num_classes,
-                                self.attack_config, self.options)
+        with Heartbeat(self.out_dir / PROGRESS_FILE, f"round {server_round}: attack") as beat:
+            result = invert_updates(self.model, [threats[i] for i in kept], self.input_shape, self.num_classes,
+                                    self.attack_config, self.options, progress=beat.phase)
         attack_seconds = time.perf_counter() - start
         # ------------------------------------------------------------ scoring side
         if self.cfg.secure_aggregation:  # one target: every participant's images

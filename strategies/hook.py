@@ -71,7 +71,7 @@ class Heartbeat:
     every ``every`` seconds (atomically), so that a launcher can show progress inside a
     round; :meth:`phase` sets the phase.  The file is removed on exit."""
 
-    def __init__(self, path: Path, what: str, every: float = 3.0) -> None:
+    def __init__(self, path: Path, what: str, every: float = 5.0) -> None:
         import threading
 
         self.path, self.what, self.every = Path(path), what, every

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import mkdocs_gen_files
@@ -56,6 +57,12 @@ def fill_markers() -> None:
 
 
 def main() -> None:
+    with warnings.catch_warnings():  # the deprecation notices of Flower's dependencies, on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pages()
+
+
+def pages() -> None:
     write("reference/cli.md", reference.cli_reference())
     write("reference/config.md", reference.config_reference())
     write("reference/registries.md", reference.registries_page())

@@ -9,7 +9,9 @@ docstring, this extension
   Returns, Raises ...) into ``name`` with the description on the next line, indented, so
   that the description lands in the description column instead of the type column;
 * turns Sphinx roles into code spans (``:func:`a.b``` -> ```a.b```; ``~a.b.C`` -> ``C``;
-  ``text <target>`` -> ``text``).
+  ``text <target>`` -> ``text``);
+* ends a paragraph that introduces a literal block with one colon (RST's ``::``): the
+  indented block after it is a code block in Markdown as it is.
 
 Only the rendered text changes; the source keeps its docstrings.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import griffe
 
-__all__ = ["ProjectDocstrings", "rst_roles_to_markdown", "numpydoc_entries"]
+__all__ = ["ProjectDocstrings", "rst_roles_to_markdown", "numpydoc_entries", "rst_literal_markers"]
 
 ROLE = re.compile(r":(?:py:)?(class|func|meth|mod|attr|data|exc|obj|const|ref|term):`([^`]+)`", re.S)
 SECTIONS = {"parameters", "other parameters", "attributes", "returns", "yields", "raises", "warns",
@@ -42,6 +44,12 @@ def _role(match: re.Match) -> str:
 def rst_roles_to_markdown(text: str) -> str:
     """Sphinx cross-reference roles as Markdown code spans."""
     return ROLE.sub(_role, text)
+
+
+def rst_literal_markers(text: str) -> str:
+    """``text::`` -> ``text:`` and a lone ``::`` dropped, at the end of a line."""
+    text = re.sub(r"(?m)(\S)::[ \t]*$", r"\1:", text)
+    return re.sub(r"(?m)[ \t]+::[ \t]*$", "", text)
 
 
 def numpydoc_entries(text: str) -> str:
@@ -77,4 +85,4 @@ class ProjectDocstrings(griffe.Extension):
     def on_instance(self, *, obj: Any, **kwargs: Any) -> None:  # griffe >= 1
         docstring = getattr(obj, "docstring", None)
         if docstring is not None and docstring.value:
-            docstring.value = rst_roles_to_markdown(numpydoc_entries(docstring.value))
+            docstring.value = rst_literal_markers(rst_roles_to_markdown(numpydoc_entries(docstring.value)))

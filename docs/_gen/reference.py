@@ -67,7 +67,7 @@ def _help_cell(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     parts = [esc(text)] if text else []
     if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
         parts.append("choices: " + ", ".join(code(c) for c in action.choices))
-    if isinstance(action, argparse._AppendAction):
+    if isinstance(action, argparse._AppendAction) and "repeatable" not in text:
         parts.append("repeatable")
     return "; ".join(parts)
 

@@ -93,7 +93,7 @@ def fixed(value, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def same_root_link(res: Result, filename: str, page_depth: int = 0) -> str:
+def same_root_link(res: Result, filename: str) -> str:
     """The path from a results page (``results/<page>.md``) to a file of a result folder."""
     return f"{res.name}/{filename}"
 
@@ -438,17 +438,17 @@ PAGES: dict[str, tuple[str, Callable[[Path], str]]] = {
 
 
 def index_page(results_dir: Path) -> str:
-    entries = [("null-floor.md", "Null floor", [find(results_dir, "null_floor", "null_floor.json")]),
-               ("leak-map.md", "Leak map", [find(results_dir, "leak_map", "leak_map.json")]),
-               ("sweeps.md", "Experiment 1: thresholds",
+    entries = [("null-floor.md", "Null floor", "null_floor", [find(results_dir, "null_floor", "null_floor.json")]),
+               ("leak-map.md", "Leak map", "leak_map", [find(results_dir, "leak_map", "leak_map.json")]),
+               ("sweeps.md", "Experiment 1: thresholds", "sweep-<kind>",
                 [find(results_dir, p.name) for p in sorted(results_dir.glob("sweep-*")) if p.is_dir()]
                 if results_dir.is_dir() else []),
-               ("training-grid.md", "Experiment 2: the training grid", [find(results_dir, "grid")])]
+               ("training-grid.md", "Experiment 2: the training grid", "grid", [find(results_dir, "grid")])]
     rows = []
-    for page, title, found in entries:
+    for page, title, folder, found in entries:
         found = [r for r in found if r.measured]
         if not found:
-            rows.append([f"[{title}]({page})", "-", NOT_MEASURED.lower(), "-"])
+            rows.append([f"[{title}]({page})", code(f"docs/results/{folder}"), NOT_MEASURED.lower(), "-"])
         for r in found:
             rows.append([f"[{title}]({page})", code(f"docs/results/{r.name}"), esc(r.date or "not recorded"),
                          code(r.command) if r.command else "not recorded"])

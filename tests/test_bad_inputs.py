@@ -1,7 +1,7 @@
 """Bad inputs refused before any work: exit code 2, a message that names the file (or key),
 nothing written, no traceback.  Image folders (through ``attack --images`` and
 ``run --dataset folder:DIR``), torchvision archives, ``train --thresholds`` files and
-``run --resume`` folders.  The count of cases is in docs/notes/issue-14.md."""
+``run --resume`` folders."""
 
 from __future__ import annotations
 
@@ -322,12 +322,28 @@ def test_train_refuses_bad_thresholds_file(tmp_path, capsys, content, words):
     check_refused(capsys, rc, [str(path), *words], out)
 
 
-def test_the_sweeps_thresholds_file_is_read():
-    """The sweep's own thresholds.csv (the README's run, docs/figures) passes, an empty
-    threshold (no strength stopped the attacker) is left out."""
+# a thresholds.csv as the sweep writes it (its required columns and more), with an empty
+# threshold where no strength of the grid stopped the attacker
+SWEEP_THRESHOLDS = """\
+dataset,defense,attacker,threshold,leak_rate,ssim_mean,ssim_adjusted_mean,n,undefended_leak_rate,strongest_tested
+mnist-embedded,clipping,aware,,,,,,1.0,1e-07
+mnist-embedded,masking,aware,0.99,0.0,0.0896041803265605,0.10228266490241518,8,1.0,0.99
+mnist-embedded,noising,aware,0.01,0.0,0.14521357498657705,0.16290791249038347,8,1.0,0.03
+mnist-embedded,pruning,aware,0.99,0.0,0.11337147591363089,0.11561017860390896,8,1.0,0.99
+mnist-embedded,clipping,naive,0.001,0.0,0.11676972295673561,0.129931914245162,8,1.0,1e-07
+mnist-embedded,masking,naive,0.3,0.0,0.13682881891245527,0.15182840910238052,8,1.0,0.99
+mnist-embedded,noising,naive,0.01,0.0,0.14521357498657705,0.16290791249038347,8,1.0,0.03
+mnist-embedded,pruning,naive,0.9,0.0,0.0930080103202468,0.10660533420920815,8,1.0,0.99
+"""
+
+
+def test_the_sweeps_thresholds_file_is_read(tmp_path):
+    """A sweep's thresholds.csv passes, an empty threshold (no strength stopped the
+    attacker) is left out."""
     from experiments.thresholds import read_thresholds
 
-    path = ROOT / "docs" / "figures" / "thresholds.csv"
+    path = tmp_path / "thresholds.csv"
+    path.write_text(SWEEP_THRESHOLDS)
     assert read_thresholds(path, "mnist-embedded", "naive") == {"clipping": 0.001, "masking": 0.3,
                                                                   "noising": 0.01, "pruning": 0.9}
     assert "clipping" not in read_thresholds(path, "mnist-embedded", "aware")

@@ -82,7 +82,7 @@ def test_client_process_killed_mid_round(tmp_path, monkeypatch):
     `slow-clients` fault): the round completes with the failure counted, the next round
     goes on, and the run finishes.  Flower 1.42 puts the dead actor back into its pool (it
     offers no setting for actor restarts), so later messages routed to it fail at once:
-    that is counted too (docs/notes/issue-14.md)."""
+    that is counted too."""
     import os
     import signal
     import subprocess

@@ -1,0 +1,462 @@
+"""The Results pages, rendered from the result files committed under ``docs/results/``.
+
+Every result folder holds the experiment's own files (CSV, JSON, figures) and a
+``meta.json`` with the command that made it and its date (``{"command": ..., "date":
+"YYYY-MM-DD"}``; the benchmarks' JSON files carry both too).  A page shows each result's
+command and date, its tables (rendered from the CSV/JSON, never typed), its figures, and a
+sentence of reading only where it is computed from the data.  A folder that is missing
+renders as "not yet measured".
+
+Folders (``docs/results/<name>/``):
+
+* ``null_floor/`` -- ``null_floor.json`` (``python -m benchmarks.null_floor --out DIR``);
+* ``leak_map/`` -- ``leak_map.json`` and ``leak_map.png`` (``python -m benchmarks.leak_map``);
+* ``sweep-<kind>/`` -- a sweep's ``thresholds.csv``, ``cells.csv``, ``leak_vs_strength.png``,
+  ``config.json`` (``python run_sim.py sweep``);
+* ``grid/`` -- a training grid's ``final_accuracy.csv``, ``hook.csv``, ``curves.png``,
+  ``frontier.png``, ``frontier_later.png``, ``hook_leak.png`` (``python run_sim.py train``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from _gen.text import code, esc, fmt_number, pct, table
+
+NOT_MEASURED = "Not yet measured"
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class Result:
+    """One result folder as found on disk (``folder`` is ``None`` when it is missing)."""
+
+    name: str                       # the folder's name under docs/results
+    folder: Path | None
+    command: str | None = None
+    date: str | None = None
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def measured(self) -> bool:
+        return self.folder is not None
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def find(results_dir: Path, name: str, data_file: str | None = None) -> Result:
+    """The result folder ``name``: its command and date from ``meta.json``, else from the
+    benchmark's own JSON file (``data_file``), else unknown."""
+    folder = results_dir / name
+    if not folder.is_dir():
+        return Result(name, None)
+    res = Result(name, folder, files=sorted(p.name for p in folder.iterdir() if p.is_file()))
+    sources = [folder / "meta.json"] + ([folder / data_file] if data_file else [])
+    for path in sources:
+        if path.is_file() and path.suffix == ".json":
+            data = read_json(path)
+            if isinstance(data, dict):
+                res.command = res.command or data.get("command")
+                res.date = res.date or data.get("date")
+    return res
+
+
+def to_int(value) -> int | None:
+    if value in (None, ""):
+        return None
+    return int(float(value))
+
+
+def to_float(value) -> float | None:
+    if value in (None, ""):
+        return None
+    v = float(value)
+    return None if v != v else v
+
+
+def fixed(value, digits: int) -> str:
+    """A number with ``digits`` decimals; a dash when missing."""
+    v = to_float(value)
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def same_root_link(res: Result, filename: str) -> str:
+    """The path from a results page (``results/<page>.md``) to a file of a result folder."""
+    return f"{res.name}/{filename}"
+
+
+# ------------------------------------------------------------------------------ blocks
+
+
+def provenance(res: Result) -> str:
+    """The command and the date of a result, and its files (links into the site)."""
+    lines = []
+    lines.append(f"**Date:** {esc(res.date) if res.date else 'not recorded'}")
+    lines.append("")
+    if res.command:
+        lines += ["**Command:**", "", "```bash", res.command, "```"]
+    else:
+        lines.append("**Command:** not recorded")
+    data = [f for f in res.files if f != "meta.json" and not f.endswith(".md")]
+    if data:
+        lines += ["", "**Files:** " + ", ".join(f"[{esc(f)}]({same_root_link(res, f)})" for f in data)]
+    return "\n".join(lines) + "\n"
+
+
+def not_measured(what: str, command: str) -> str:
+    return (f"!!! note \"{NOT_MEASURED}\"\n\n    No result folder `{what}` is committed yet.  It is made by\n\n"
+            f"    ```bash\n    {command}\n    ```\n")
+
+
+def figure(res: Result, filename: str, caption: str) -> str:
+    if filename not in res.files:
+        return ""
+    return f"![{esc(caption)}]({same_root_link(res, filename)})\n\n*{esc(caption)}*\n"
+
+
+def rate_ci(k, n, low, high) -> str:
+    """``12.5% (1/8; 95% CI 0.3%-52.7%)``."""
+    k, n = to_int(k), to_int(n)
+    if k is None or not n:
+        return "-"
+    return f"{pct(k / n)} ({k}/{n}; 95% CI {pct(low)}-{pct(high)})"
+
+
+def leak_bound(k, n, upper) -> str:
+    """``0/64 (<= 5.6%)``: a count with the 95% Clopper-Pearson upper bound of its rate."""
+    k, n = to_int(k), to_int(n)
+    if k is None or not n:
+        return "-"
+    return f"{k}/{n} (<= {pct(upper)})"
+
+
+# ------------------------------------------------------------------------------ null floor
+
+NULL_FLOOR_COMMAND = "python -m benchmarks.null_floor --n 256 --out docs/results/null_floor"
+CRITERIA_NULL = (("paper", "paper criterion"), ("identification", "identification"),
+                 ("identification_same_label", "identification, same-label decoys"))
+
+
+def null_floor_page(results_dir: Path) -> str:
+    res = find(results_dir, "null_floor", "null_floor.json")
+    head = ["# Null floor", "",
+            "How often each leak criterion fires on \"reconstructions\" that hold nothing of the private "
+            "image: a blank, a grey or a noise image, the mean public image, the mean public image of the "
+            "private image's label (an attacker that recovers the label and inverts nothing) and the public "
+            "image most similar to the private one (the best a copy of public data can do).  See "
+            "[the leak criteria](../concepts/leak-criteria.md) and `benchmarks/null_floor.py`.", ""]
+    path = res.folder / "null_floor.json" if res.folder else None
+    if not res.measured or not path.is_file():
+        return "\n".join(head) + "\n" + not_measured("docs/results/null_floor", NULL_FLOOR_COMMAND)
+    rows = read_json(path)["rows"]
+    body = [provenance(res)]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        kr = [r for r in rows if r["kind"] == kind]
+        threshold = kr[0].get("leak_threshold")
+        body += [f"## {esc(kind)} (`{esc(kr[0]['dataset'])}`)", "",
+                 f"Decoy pool: {esc(kr[0]['decoys'])}.  Leak threshold: adjusted SSIM >= "
+                 f"{fmt_number(threshold)}.", "",
+                 table(["null reconstruction", "images", *[c for _, c in CRITERIA_NULL]],
+                       [[esc(r["null"]), r["n"], *[rate_ci(r[f"{k}_leaked"], r["n"], r[f"{k}_ci95_low"],
+                                                          r[f"{k}_ci95_high"]) for k, _ in CRITERIA_NULL]]
+                        for r in kr])]
+    body += ["## Reading", "", null_floor_reading(rows), ""]
+    return "\n".join(head + body)
+
+
+def _where(rows: list[dict], key: str, value: float) -> str:
+    return "; ".join(f"{r['kind']}, {r['null']}" for r in rows if r[key] == value)
+
+
+def null_floor_reading(rows: list[dict]) -> str:
+    """What the rows themselves say: the most often each criterion fires on a null row."""
+    ident = max(r["identification_rate"] for r in rows)
+    paper = max(r["paper_rate"] for r in rows)
+    top = max(r["identification_ci95_high"] for r in rows)
+    first = (f"Identification fires on at most {pct(ident)} of the images of any null row "
+             f"({esc(_where(rows, 'identification_rate', ident))})" if ident > 0 else
+             "Identification fires on none of the images of any null row")
+    return (f"{first}; the upper end of a row's 95% interval is at most {pct(top)}.  The paper criterion alone "
+            + (f"fires on up to {pct(paper)} of a null row's images ({esc(_where(rows, 'paper_rate', paper))})."
+               if paper > 0 else "fires on none of them."))
+
+
+# ------------------------------------------------------------------------------ leak map
+
+LEAK_MAP_COMMAND = "python -m benchmarks.leak_map --out docs/results/leak_map"
+SETTING_COLUMNS = (("model", "model"), ("lr", "lr"), ("attack_max_iter", "attack-max-iter"),
+                   ("attack_restarts", "attack-restarts"), ("attack_tv", "attack-tv"), ("decoys", "decoys"))
+
+
+def leak_map_page(results_dir: Path) -> str:
+    res = find(results_dir, "leak_map", "leak_map.json")
+    head = ["# Leak map", "",
+            "Where leakage stops for this attack, over the batch size B and the number of local steps K: "
+            "clients train K SGD steps of B over N = K B images (one epoch), no defense, and the server "
+            "inverts every upload with labels inferred; every image is scored by both criteria against the "
+            "data set's test split.  See `benchmarks/leak_map.py`.", ""]
+    path = res.folder / "leak_map.json" if res.folder else None
+    if not res.measured or not path.is_file():
+        return "\n".join(head) + "\n" + not_measured("docs/results/leak_map", LEAK_MAP_COMMAND)
+    rows = read_json(path)["rows"]
+    body = [provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        kr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: (r["K"], r["B"]))
+        shared = [(label, kr[0].get(key)) for key, label in SETTING_COLUMNS
+                  if all(r.get(key) == kr[0].get(key) for r in kr)]
+        varying = [(key, label) for key, label in SETTING_COLUMNS if (label, kr[0].get(key)) not in shared]
+        body += [f"## {esc(kind)} (`{esc(kr[0]['dataset'])}`)", ""]
+        if shared:
+            body += ["Setting of every cell: " + "; ".join(f"{label} {esc(fmt_number(v) if not isinstance(v, str) else v)}"
+                                                           for label, v in shared) + ".", ""]
+        body.append(table(["B", "K", "N", "clients", "identified", "paper criterion", "failed", "label accuracy",
+                           "s per client", *[label for _, label in varying]],
+                          [[r["B"], r["K"], r["N"], r.get("clients", "-"),
+                            rate_ci(r["leaked"], r["n"], r["ci95_low"], r["ci95_high"]),
+                            rate_ci(r["leaked_paper"], r["n"], r["ci95_low_paper"], r["ci95_high_paper"]),
+                            r.get("failed", "-"), fixed(r.get("label_acc"), 2),
+                            fixed(r.get("seconds_per_client"), 1),
+                            *[esc(fmt_number(r.get(key))) for key, _ in varying]] for r in kr]))
+        lo = min(kr, key=lambda r: r["leak_rate"])
+        hi = max(kr, key=lambda r: r["leak_rate"])
+        if lo["leak_rate"] == hi["leak_rate"]:
+            body += [f"The identified share is {pct(lo['leak_rate'])} in each of the {len(kr)} cells.", ""]
+        else:
+            body += [f"The identified share ranges from {pct(lo['leak_rate'])} (B={lo['B']}, K={lo['K']}) to "
+                     f"{pct(hi['leak_rate'])} (B={hi['B']}, K={hi['K']}) over the {len(kr)} cells.", ""]
+    return "\n".join(head + body)
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+SWEEP_COMMAND = "python run_sim.py sweep --out docs/results/sweep-<kind> ..."
+
+
+def _fmt_strength(value) -> str:
+    v = to_float(value)
+    return "-" if v is None else f"{v:g}"
+
+
+def threshold_text(row: dict, suffix: str) -> str:
+    """A threshold as the sweep's own ``thresholds.md`` writes it: ``0.7 (0/64, <= 5.6%)``,
+    ``> 0.99`` (no strength tested stopped the attacker) or ``<= 0.1 (...)`` (the weakest
+    strength tested already did)."""
+    thr = to_float(row.get(f"threshold{suffix}"))
+    tested = [float(v) for v in (row.get("tested") or "").split(";") if v.strip()]
+    if thr is None:
+        if suffix == "" and row.get("leaked", "") == "" and not row.get("decoys"):
+            return "no decoys"
+        return f"> {_fmt_strength(row.get('strongest_tested'))}"
+    below = "<= " if tested and thr == tested[0] else ""
+    k, n = to_int(row.get(f"leaked{suffix}")), to_int(row.get(f"n{suffix}"))
+    if k is None or not n:
+        return f"{below}{thr:g}"
+    return f"{below}{thr:g} ({k}/{n}, <= {pct(to_float(row.get(f'leak_upper95{suffix}')))})"
+
+
+def _setting_table(config: dict) -> str:
+    setting = config.get("setting", {})
+    rows = [[code(k), code(v)] for k, v in setting.items() if v not in ("", None)]
+    extra = [("defenses", ", ".join(config.get("defenses", []))), ("attackers", ", ".join(config.get("attackers", []))),
+             ("images per cell (--n)", config.get("n")), ("--max-leak-rate", config.get("max_leak_rate")),
+             ("preset (--setting)", config.get("preset"))]
+    rows += [[esc(k), code(v)] for k, v in extra if v not in ("", None)]
+    for name, grid in (config.get("grids") or {}).items():
+        rows.append([esc(f"grid of {name}"), code(", ".join(f"{v:g}" for v in grid))])
+    return table(["key", "value"], rows)
+
+
+def _cell_order(cell: dict, config: dict) -> tuple:
+    """Attackers and defenses in the sweep's order (no defense first), strengths weakest first."""
+    attackers = list(config.get("attackers") or [])
+    defenses = list(config.get("defenses") or [])
+    grid = [float(v) for v in (config.get("grids") or {}).get(cell["defense"], [])]
+    strength = to_float(cell["strength"]) or 0.0
+    return (attackers.index(cell["attacker"]) if cell["attacker"] in attackers else len(attackers), cell["attacker"],
+            -1 if cell["defense"] == "none" else defenses.index(cell["defense"]) if cell["defense"] in defenses
+            else len(defenses), cell["defense"], grid.index(strength) if strength in grid else strength)
+
+
+def _cells_table(cells: list[dict]) -> str:
+    return table(["attacker", "defense", "strength", "identified", "paper criterion", "failed", "mean SSIM",
+                  "mean adj. SSIM", "label accuracy", "s"],
+                 [[esc(c["attacker"]) + (" (= naive)" if c.get("same_as") else ""), esc(c["defense"]),
+                   "-" if c["defense"] == "none" else _fmt_strength(c["strength"]),
+                   leak_bound(c.get("leaked"), c["n"], to_float(c.get("leak_upper95"))),
+                   leak_bound(c.get("leaked_paper"), c["n"], to_float(c.get("leak_upper95_paper"))),
+                   c.get("failed", "-"), fixed(c.get("ssim_mean"), 3), fixed(c.get("ssim_adjusted_mean"), 3),
+                   fixed(c.get("label_acc"), 2), fixed(c.get("seconds"), 1)] for c in cells])
+
+
+def sweep_section(res: Result) -> str:
+    folder = res.folder
+    out = [f"## {esc(res.name.removeprefix('sweep-'))}", "", provenance(res)]
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if config:
+        out += ["### Setting", "", _setting_table(config)]
+    thresholds = read_csv(folder / "thresholds.csv") if (folder / "thresholds.csv").is_file() else []
+    cells = read_csv(folder / "cells.csv") if (folder / "cells.csv").is_file() else []
+    for ds in dict.fromkeys([r["dataset"] for r in thresholds] + [c["dataset"] for c in cells]):
+        rows = [r for r in thresholds if r["dataset"] == ds]
+        dcells = [c for c in cells if c["dataset"] == ds]
+        out += [f"### Thresholds: `{esc(ds)}`", ""]
+        if rows:
+            rows = sorted(rows, key=lambda r: _cell_order({**r, "strength": 0}, config)[2:4] + _cell_order(
+                {**r, "strength": 0}, config)[:2])
+            out += ["The weakest strength at which a defense stops the attacker and that stays stopped at every "
+                    "stronger strength tested, under both criteria, with its cell's leaked/n and the 95% "
+                    "Clopper-Pearson upper bound of its leak rate; `> X`: no strength up to X stopped the "
+                    "attacker; `<= X`: the weakest strength tested already did.", "",
+                    table(["defense", "attacker", "threshold (identification)", "threshold (paper criterion)",
+                           "undefended leak rate (identification / paper)", "strengths tested"],
+                          [[esc(r["defense"]), esc(r["attacker"]), threshold_text(r, ""),
+                            threshold_text(r, "_paper"),
+                            f"{pct(r.get('undefended_leak_rate'))} / {pct(r.get('undefended_leak_rate_paper'))}",
+                            esc(", ".join(v for v in (r.get("tested") or "").split(";") if v))] for r in rows])]
+            found = sum(1 for r in rows if to_float(r.get("threshold")) is not None)
+            found_paper = sum(1 for r in rows if to_float(r.get("threshold_paper")) is not None)
+            out += [f"A threshold was found for {found} of the {len(rows)} (defense, attacker) pairs under "
+                    f"identification and for {found_paper} under the paper criterion.", ""]
+        if dcells:
+            dcells = sorted(dcells, key=lambda c: _cell_order(c, config))
+            out += [f"??? info \"Every cell of `{esc(ds)}` ({len(dcells)})\"", "",
+                    _indent(_cells_table(dcells)), ""]
+    out.append(figure(res, "leak_vs_strength.png", "leak rate against strength, per defense and attacker, "
+                      "both criteria (band: 95% upper bound; dashed: no defense)"))
+    return "\n".join(out)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(("    " + line) if line else "" for line in text.split("\n"))
+
+
+def sweeps_page(results_dir: Path) -> str:
+    head = ["# Experiment 1: thresholds (sweeps)", "",
+            "Per defense, attacker and kind of data, the weakest strength at which the attack stops leaking, "
+            "measured on the uploads the federation trains with (see [Experiments](../experiments.md#sweep)). "
+            "One section per committed sweep folder `docs/results/sweep-<kind>/`.", ""]
+    folders = sorted(p.name for p in results_dir.glob("sweep-*") if p.is_dir()) if results_dir.is_dir() else []
+    if not folders:
+        return "\n".join(head) + "\n" + not_measured("docs/results/sweep-<kind>", SWEEP_COMMAND)
+    return "\n".join(head) + "\n" + "\n".join(sweep_section(find(results_dir, name)) for name in folders)
+
+
+# ------------------------------------------------------------------------------ training grid
+
+GRID_COMMAND = "python run_sim.py train --out docs/results/grid --thresholds docs/results/sweep-<kind>/thresholds.csv ..."
+
+
+def _panels(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(p, a) for p in dict.fromkeys(r["partition"] for r in rows)
+            for a in dict.fromkeys(r["aggregation"] for r in rows)]
+
+
+def grid_page(results_dir: Path) -> str:
+    res = find(results_dir, "grid")
+    head = ["# Experiment 2: the training grid", "",
+            "Final test accuracy of real Flower runs, per partition and aggregation, with no defense and each "
+            "defense at the strengths around its sweep thresholds, beside the leak the sweep measured at the same "
+            "strength in the same setting (see [Experiments](../experiments.md#train)).", ""]
+    path = res.folder / "final_accuracy.csv" if res.folder else None
+    if not res.measured or not path.is_file():
+        return "\n".join(head) + "\n" + not_measured("docs/results/grid", GRID_COMMAND)
+    rows = read_csv(path)
+    panels = _panels(rows)
+    later = any(k.endswith("_later") for k in rows[0])
+    body = [provenance(res), "## Final accuracy", "",
+            "Leak: identified images / images attacked by the sweep at that strength (round 1), with the 95% "
+            "Clopper-Pearson upper bound of the rate" + ("; *later*: the sweep of a trained checkpoint" if later
+                                                         else "") + "; hook: the share of the images the hook "
+            "identified during training (mean over its attacks).", ""]
+    headers = ["defense", "leak naive (round 1)", "leak aware (round 1)"]
+    if later:
+        headers += ["leak naive (later)", "leak aware (later)"]
+    headers += ["hook", *[f"{esc(p)} / {esc(a)}" for p, a in panels]]
+    lines = []
+    for spec in dict.fromkeys(r["spec"] for r in rows):
+        first = next(r for r in rows if r["spec"] == spec)
+        cells = [esc(spec)]
+        for suffix in ("", "_later") if later else ("",):
+            for attacker in ("naive", "aware"):
+                cells.append(leak_bound(first.get(f"leaked_{attacker}{suffix}"), first.get(f"n_{attacker}{suffix}"),
+                                        to_float(first.get(f"leak_upper95_{attacker}{suffix}"))))
+        hooks = [to_float(r.get("hook_leak_rate")) for r in rows if r["spec"] == spec]
+        hooks = [h for h in hooks if h is not None]
+        cells.append(pct(sum(hooks) / len(hooks)) if hooks else "-")
+        for p, a in panels:
+            r = next((r for r in rows if r["spec"] == spec and r["partition"] == p and r["aggregation"] == a), None)
+            cells.append("-" if r is None or not r.get("final_accuracy") else
+                         f"{float(r['final_accuracy']):.4f}")
+        lines.append(cells)
+    body.append(table(headers, lines))
+    accs = [(float(r["final_accuracy"]), r) for r in rows if r.get("final_accuracy")]
+    if accs:
+        lo, hi = min(accs, key=lambda x: x[0]), max(accs, key=lambda x: x[0])
+        body += [f"Final accuracy ranges from {lo[0]:.4f} ({esc(lo[1]['spec'])}, {esc(lo[1]['partition'])} / "
+                 f"{esc(lo[1]['aggregation'])}) to {hi[0]:.4f} ({esc(hi[1]['spec'])}, {esc(hi[1]['partition'])} / "
+                 f"{esc(hi[1]['aggregation'])}) over {len(accs)} cells.", ""]
+    body += ["## Figures", "",
+             figure(res, "curves.png", "test accuracy against round, a curve per defense and strength"),
+             figure(res, "frontier.png", "final accuracy against the identified leak rate of round 1"),
+             figure(res, "frontier_later.png", "final accuracy against the identified leak rate of a later round"),
+             figure(res, "hook_leak.png", "the hook's identified share of the attacked images during training")]
+    hook_path = res.folder / "hook.csv"
+    if hook_path.is_file():
+        hook = read_csv(hook_path)
+        body += ["## The hook during training", "",
+                 f"??? info \"Every attack of the hook ({len(hook)})\"", "",
+                 _indent(table(["defense", "partition", "aggregation", "round", "identified", "paper criterion",
+                                "mean adj. SSIM"],
+                               [[esc(h["defense"]), esc(h["partition"]), esc(h["aggregation"]), h["round"],
+                                 f"{h.get('attack_leaked') or '-'}/{h.get('attack_images') or '-'}",
+                                 f"{h.get('attack_leaked_paper') or '-'}/{h.get('attack_images') or '-'}",
+                                 fixed(h.get("attack_ssim_adjusted_mean"), 3)] for h in hook])), ""]
+    return "\n".join(head + body)
+
+
+# ------------------------------------------------------------------------------ overview
+
+PAGES: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "results/null-floor.md": ("Null floor", null_floor_page),
+    "results/leak-map.md": ("Leak map", leak_map_page),
+    "results/sweeps.md": ("Experiment 1: thresholds", sweeps_page),
+    "results/training-grid.md": ("Experiment 2: the training grid", grid_page),
+}
+
+
+def index_page(results_dir: Path) -> str:
+    entries = [("null-floor.md", "Null floor", "null_floor", [find(results_dir, "null_floor", "null_floor.json")]),
+               ("leak-map.md", "Leak map", "leak_map", [find(results_dir, "leak_map", "leak_map.json")]),
+               ("sweeps.md", "Experiment 1: thresholds", "sweep-<kind>",
+                [find(results_dir, p.name) for p in sorted(results_dir.glob("sweep-*")) if p.is_dir()]
+                if results_dir.is_dir() else []),
+               ("training-grid.md", "Experiment 2: the training grid", "grid", [find(results_dir, "grid")])]
+    rows = []
+    for page, title, folder, found in entries:
+        found = [r for r in found if r.measured]
+        if not found:
+            rows.append([f"[{title}]({page})", code(f"docs/results/{folder}"), NOT_MEASURED.lower(), "-"])
+        for r in found:
+            rows.append([f"[{title}]({page})", code(f"docs/results/{r.name}"), esc(r.date or "not recorded"),
+                         code(r.command) if r.command else "not recorded"])
+    return "\n".join([
+        "# Results", "",
+        "Every page of this section is rendered, when the site is built, from the result files committed under "
+        "`docs/results/` (each folder: the experiment's own CSV/JSON and figures, and a `meta.json` with the "
+        "command that made it and its date).  No number on these pages is typed by hand; a result not yet "
+        "committed reads \"not yet measured\".  [About these docs](../about-the-docs.md#results) says how to add "
+        "one.", "",
+        table(["page", "folder", "date", "command"], rows)])

@@ -1,0 +1,118 @@
+"""The manual builds strictly (``mkdocs build --strict``: a broken link, a missing page, an
+unreadable docstring or a generated table the code no longer supports fails), and the
+Results pages render the result files in the formats the experiments write them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_MODULES = {"mkdocs": "mkdocs", "material": "mkdocs-material", "mkdocstrings": "mkdocstrings",
+                "mkdocstrings_handlers.python": "mkdocstrings-python", "mkdocs_gen_files": "mkdocs-gen-files"}
+
+
+def _missing_docs_packages() -> list[str]:
+    missing = []
+    for module, package in DOCS_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+def test_the_manual_builds_strictly(tmp_path):
+    missing = _missing_docs_packages()
+    if missing:
+        pytest.fail(f"the manual's build needs the docs extra (pip install -e '.[docs]'); missing: "
+                    f"{', '.join(missing)}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"}
+    site = tmp_path / "site"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
+                           str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    for page in ("index.html", "reference/cli/index.html", "reference/config/index.html",
+                 "reference/registries/index.html", "defenses/index.html", "results/index.html",
+                 "reference/api/fl_defense.scoring/index.html"):
+        assert (site / page).is_file(), page
+    cli = (site / "reference/cli/index.html").read_text(encoding="utf-8")
+    assert "--grid-masking" in cli and "--resume" in cli  # generated from the parsers
+    assert seconds < 300, f"the build took {seconds:.0f} s"
+
+
+# ------------------------------------------------------------------ the Results pages
+
+
+def _results_module():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from _gen import results
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    return results
+
+
+def _sweep_folder(folder: Path) -> None:
+    """A sweep folder written by the sweep's own report functions from fabricated cells."""
+    from experiments.setting import SETTING_KEYS
+    from experiments.sweep_cells import cell_counts, thresholds_from_cells
+    from experiments.sweep_report import CELL_FIELDS, THRESHOLD_FIELDS, _csv
+
+    setting = {"dataset": "mnist-embedded", "model": "tanhcnn", "lr": 0.3}
+    grids = {"masking": [0.5, 0.9]}
+    cells = []
+    for attacker in ("naive", "aware"):
+        for defense, strength, leaks in (("none", 0.0, 4), ("masking", 0.5, 1), ("masking", 0.9, 0)):
+            rows = [{"leaked": i < leaks, "leaked_paper": i < leaks + 1, "failed": False} for i in range(4)]
+            cells.append({"dataset": "mnist-embedded", "attacker": attacker, "defense": defense,
+                          "strength": strength, "spec": defense, "setting": setting, "decoys": "pool",
+                          "ssim_mean": 0.5, "ssim_adjusted_mean": 0.6, "label_acc": 1.0, "clients": 1,
+                          "seconds": 2.0, **cell_counts(rows)})
+    folder.mkdir(parents=True)
+    _csv(folder / "cells.csv", cells, CELL_FIELDS)
+    _csv(folder / "thresholds.csv", thresholds_from_cells(cells, grids, 0.0),
+         THRESHOLD_FIELDS + [k for k in SETTING_KEYS if k != "dataset"])
+    (folder / "config.json").write_text(json.dumps({"setting": setting, "defenses": ["masking"],
+                                                    "attackers": ["naive", "aware"], "grids": grids, "n": 4}))
+    (folder / "meta.json").write_text(json.dumps({"command": "python run_sim.py sweep --n 4", "date": "2025-01-02"}))
+
+
+def test_results_pages_render_the_result_files(tmp_path):
+    results = _results_module()
+    empty = tmp_path / "none"
+    for name, (_, render) in results.PAGES.items():
+        assert results.NOT_MEASURED in render(empty), name
+
+    d = tmp_path / "results"
+    (d / "null_floor").mkdir(parents=True)
+    row = {"kind": "digits", "dataset": "mnist-embedded", "null": "label-only", "n": 8, "decoys": "pool",
+           "leak_threshold": 0.4}
+    for c, k in (("paper", 3), ("identification", 1), ("identification_same_label", 2)):
+        row.update({f"{c}_leaked": k, f"{c}_rate": k / 8, f"{c}_ci95_low": 0.01, f"{c}_ci95_high": 0.5})
+    (d / "null_floor" / "null_floor.json").write_text(json.dumps(
+        {"command": "python -m benchmarks.null_floor --n 8", "date": "2025-01-01", "rows": [row]}))
+    page = results.null_floor_page(d)
+    assert "python -m benchmarks.null_floor --n 8" in page and "2025-01-01" in page
+    assert "12.5% (1/8" in page and "at most 12.5%" in page
+
+    _sweep_folder(d / "sweep-digits")
+    page = results.sweeps_page(d)
+    assert "python run_sim.py sweep --n 4" in page and "2025-01-02" in page
+    assert "0.9 (0/4, <= 60.2%)" in page  # the threshold with its cell's count and 95% bound
+    assert results.NOT_MEASURED in results.grid_page(d)
+    index = results.index_page(d)
+    assert "docs/results/sweep-digits" in index and "docs/results/null_floor" in index

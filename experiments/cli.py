@@ -164,6 +164,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop_superlink(args: argparse.Namespace) -> int:
+    """``run_sim.py stop-superlink``: stop the local SuperLink of a FLWR_HOME, by PID."""
+    import os
+
+    from experiments.processes import stop_local_superlink
+
+    home = Path(args.flwr_home or os.environ.get("FLWR_HOME") or "~/.flwr").expanduser()
+    stopped = stop_local_superlink(home)
+    print(f"stopped the local SuperLink of {home} (pid {', '.join(map(str, stopped))}) and its processes"
+          if stopped else f"no local SuperLink of {home} is running")
+    return 0
+
+
 def progress_line(text: str) -> None:
     """A line of progress from inside a round (the attack's), to stderr."""
     print(f"  ... {text}", file=sys.stderr, flush=True)
@@ -277,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in (attack_cmd, sweep, train, rescore, listings):
         command.register(sub)
+    stop = sub.add_parser("stop-superlink", help="stop, by PID, the local SuperLink that `flwr run .` started "
+                                                 "(and the processes it started)")
+    stop.add_argument("--flwr-home", dest="flwr_home", default=None,
+                      help="the FLWR_HOME the run used (default: $FLWR_HOME, else ~/.flwr)")
+    stop.set_defaults(func=cmd_stop_superlink)
     parser.epilog = "the run's flags (`run_sim.py run --help` prints the same):\n\n" + p_run.format_help()
     return parser
 

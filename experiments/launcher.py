@@ -55,6 +55,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from experiments.processes import alive, marked_processes, proc_start_time, sweep, zombie
 from fl_defense.config import ConfigError, ExperimentConfig, parse_run_config
 from fl_defense.io import read_jsonl, write_json, write_jsonl
+from fl_defense.quiet import quiet_third_party
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: The environment variable that marks every process of one run (value: a fresh uuid).
@@ -93,6 +94,7 @@ def _toml_value(value: Any) -> str:
 def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str | None = None,
                threads: int | None = None) -> dict[str, str]:
     env = os.environ.copy()
+    quiet_third_party(env)
     if marker:
         env[RUN_MARK] = marker
     if threads:  # the CPU threads of every process of the run (torch reads them at import)

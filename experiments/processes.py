@@ -133,6 +133,44 @@ def watch(pid: int, start: str | None, variable: str, marker: str, cleanup: Sequ
     return found
 
 
+def local_superlinks(flwr_home: Path) -> list[int]:
+    """PIDs of the local SuperLinks that ``flwr run`` started for ``flwr_home``: the
+    ``flower-superlink`` processes whose command line logs to
+    ``<flwr_home>/local-superlink/superlink.log`` (the path Flower 1.42 gives the SuperLink it
+    starts when a run names the local federation)."""
+    log = str(Path(flwr_home).resolve() / "local-superlink" / "superlink.log")
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args if a]
+        if any(w.endswith("flower-superlink") for w in words[:2]) and "--log-file" in words \
+                and words[words.index("--log-file") + 1:words.index("--log-file") + 2] == [log]:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_local_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
+    """Stop, by PID, every local SuperLink ``flwr run`` started for ``flwr_home`` and what it
+    started (its session's process group: SuperExec, the simulation, Ray): SIGTERM, then
+    SIGKILL after ``grace`` seconds.  Returns the SuperLinks' PIDs."""
+    pids = {pid: proc_start_time(pid) for pid in local_superlinks(flwr_home)}
+    for pid, start in pids.items():
+        if alive(pid, start):
+            kill_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p, s) and not zombie(p) for p, s in pids.items()):
+        time.sleep(0.2)
+    for pid, start in pids.items():
+        if alive(pid, start) and not zombie(pid):
+            kill_group(pid, signal.SIGKILL)
+    return list(pids)
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.processes")
     sub = parser.add_subparsers(dest="command", required=True)

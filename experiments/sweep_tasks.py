@@ -234,6 +234,10 @@ def run_groups(groups: list[dict], cfgs: dict[str, dict], folders: dict[str, str
             return
         import ray
 
+        from fl_defense.quiet import quiet_third_party
+
+        quiet_third_party()
+
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH"))
                                                           if p),
                             "OMP_NUM_THREADS": "1"}}

@@ -15,6 +15,7 @@ from flwr.server import LegacyContext, ServerConfig
 from flwr.serverapp import Grid, ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
+from fl_defense.quiet import quiet_third_party
 from fl_defense.io import write_json
 from fl_defense.task import check_run_inputs, get_weights, new_model
 from strategies.checkpoint import CHECKPOINT, checkpoint_for, recorded_config
@@ -32,15 +33,34 @@ def resolve_out_dir(cfg: ExperimentConfig, run_id: int | None = None) -> Path:
     return Path.home() / "fl-defense-runs" / f"{stamp}-{run_id or 0}"
 
 
+quiet_third_party()  # before Flower's simulation starts Ray in this process
 app = ServerApp()
+
+
+def checked_config(run_config) -> ExperimentConfig:
+    """The validated config of a run, or, for a bad one, one clear error line in Flower's log
+    and ``SystemExit(2)`` (no traceback: Flower logs the traceback of an exception it catches,
+    but not of ``SystemExit``, which ends the ServerApp's process with status 2)."""
+    from logging import ERROR
+
+    from flwr.supercore import log
+
+    from fl_defense.errors import ConfigError
+
+    try:
+        cfg = parse_run_config(run_config)
+        check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        log(ERROR, "fl-defense: the run config is invalid: %s", exc)
+        raise SystemExit(2) from None
+    return cfg
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from strategies.secagg import run_workflow
 
-    cfg = parse_run_config(context.run_config)
-    check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
+    cfg = checked_config(context.run_config)
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
     checkpoint = None
     if cfg.resume:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.setting import add_setting_flags, setting_overrides
+from experiments.setting import add_setting_flags, attack_setting
 from experiments.targets import SPLITS, dataset_targets, decoy_pool, folder_targets
-from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig, parse_run_config
+from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig
 from fl_defense.models import MODELS
 
 
@@ -39,24 +39,6 @@ def label_count_accuracy(true_sets, pred_sets, num_classes: int) -> float:
         hit += int(np.minimum(np.bincount(t, minlength=num_classes), np.bincount(p, minlength=num_classes)).sum())
         total += len(t)
     return hit / max(total, 1)
-
-
-def attack_config(args) -> ExperimentConfig:
-    """The validated setting of this attack: the preset and setting flags, then the attack's."""
-    overrides = setting_overrides(args)
-    overrides.update({"defense": args.defense, "attacker": args.attacker, "attack-method": args.method,
-                      "leak-threshold": args.leak_threshold, "decoy-pool-size": args.decoy_pool_size})
-    if args.max_iter is not None:
-        overrides["attack-max-iter"] = args.max_iter
-    if args.restarts is not None:
-        overrides["attack-restarts"] = args.restarts
-    if args.tv is not None:
-        overrides["attack-tv"] = args.tv
-    cfg = parse_run_config(overrides)
-    if cfg.images_per_client < 1:
-        raise ConfigError("the attack's clients train on images-per-client images each; give --images-per-client "
-                          "N (>= 1)")
-    return cfg
 
 
 def leak_line(summary: dict, n: int) -> str:
@@ -85,7 +67,7 @@ def cmd_attack(args) -> int:
         raise ConfigError(f"--chunk must be >= 1, got {args.chunk!r}")
     if args.images is not None and args.split != "evaluation":
         raise ConfigError("--split applies to a data set, not to --images (a folder has no splits)")
-    cfg = attack_config(args)
+    cfg = attack_setting(args, defense=args.defense, attacker=args.attacker)
     per_client = cfg.images_per_client
     dataset = None if args.images is not None else cfg.dataset
     if dataset is not None:

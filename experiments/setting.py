@@ -132,3 +132,24 @@ def setting_mismatches(recorded: Mapping[str, Any], cfg: ExperimentConfig,
         elif not _same(recorded[key], here[key]):
             out.append(f"{key}: {recorded[key]!r} there, {here[key]!r} here")
     return out
+
+
+def attack_setting(args: argparse.Namespace, **keys: Any) -> ExperimentConfig:
+    """The validated setting of an attack experiment (``attack``, ``sweep``): the preset and
+    the setting flags, the attack flags every such command takes (``--method``,
+    ``--leak-threshold``, ``--max-iter``, ``--restarts``, ``--tv``, ``--decoy-pool-size``;
+    a flag left out keeps its config key's default), then ``keys`` by config key.  Its
+    clients must train on ``images-per-client`` >= 1 images."""
+    from fl_defense.config import parse_run_config
+
+    overrides = setting_overrides(args)
+    flags = {"method": "attack-method", "leak_threshold": "leak-threshold", "max_iter": "attack-max-iter",
+             "restarts": "attack-restarts", "tv": "attack-tv", "decoy_pool_size": "decoy-pool-size"}
+    for flag, key in flags.items():
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    cfg = parse_run_config({**overrides, **keys})
+    if cfg.images_per_client < 1:
+        raise ConfigError("the attack's clients train on images-per-client images each round; give "
+                          "--images-per-client N (>= 1)")
+    return cfg

@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 from experiments.common import parse_list
-from experiments.setting import add_setting_flags, defense_as_applied, setting_of, setting_overrides
+from experiments.setting import add_setting_flags, attack_setting, defense_as_applied, setting_of
 from experiments.sweep_cells import sweep_cell_path
 from experiments.sweep_report import summarise_sweep
-from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig, parse_run_config
+from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig
 from fl_defense.errors import suggest
 from fl_defense.io import write_json
 
@@ -93,18 +93,7 @@ def _grid_dest(defense: str) -> str:
 
 def sweep_config(args) -> ExperimentConfig:
     """The validated setting of this sweep: the setting flags, then the attack flags."""
-    overrides = setting_overrides(args)
-    overrides.update({"attack-method": args.method, "leak-threshold": args.leak_threshold})
-    if args.max_iter is not None:
-        overrides["attack-max-iter"] = args.max_iter
-    if args.restarts is not None:
-        overrides["attack-restarts"] = args.restarts
-    overrides["decoy-pool-size"] = args.decoy_pool_size
-    cfg = parse_run_config(overrides)
-    if cfg.images_per_client < 1:
-        raise ConfigError("the sweep attacks clients that train on images-per-client images each round; "
-                          "give --images-per-client N (>= 1)")
-    return cfg
+    return attack_setting(args)
 
 
 def same_as_naive(defense: str, model: str) -> bool:

@@ -70,14 +70,22 @@ def _to_numpy(x: object, name: str) -> np.ndarray:
 
 def _check_image(x: object, name: str) -> np.ndarray:
     """Validate one image ``[C, H, W]`` in [0, 1]; return it as float64 numpy."""
+    return _checked(x, name, 3)
+
+
+def _checked(x: object, name: str, ndim: int) -> np.ndarray:
+    """Validate an image (``ndim`` 3: ``[C, H, W]``) or a set of images (4: ``[N, C, H, W]``)
+    in [0, 1] with C in (1, 3); return it as float64 numpy, clipped to [0, 1] (float rounding)."""
     arr = _to_numpy(x, name)
-    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
-        raise ValueError(f"{name} must have shape [C, H, W] with C in (1, 3); got shape {arr.shape}")
+    shape = "[C, H, W]" if ndim == 3 else "[N, C, H, W]"
+    if arr.ndim != ndim or arr.shape[-3] not in (1, 3):
+        raise ValueError(f"{name} must have shape {shape} with C in (1, 3); got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-        raise ValueError(f"{name} must lie in [0, 1]; got values in [{lo:.6g}, {hi:.6g}]")
+    if arr.size:
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+            raise ValueError(f"{name} must lie in [0, 1]; got values in [{lo:.6g}, {hi:.6g}]")
     return np.clip(arr, 0.0, 1.0)
 
 
@@ -150,16 +158,7 @@ def _stretch(r: np.ndarray) -> np.ndarray:
 
 
 def _check_set(images: object, name: str) -> np.ndarray:
-    arr = _to_numpy(images, name)
-    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise ValueError(f"{name} must have shape [N, C, H, W] with C in (1, 3); got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    if arr.size:
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-            raise ValueError(f"{name} must lie in [0, 1]; got values in [{lo:.6g}, {hi:.6g}]")
-    return np.clip(arr, 0.0, 1.0)
+    return _checked(images, name, 4)
 
 
 @dataclass(frozen=True, eq=False)

@@ -162,12 +162,16 @@ class AttackHook(StrategyWrapper):
         return self.aggregate_inner(server_round, results, failures, figures)
 
     # ------------------------------------------------------------------ attack side
-    def _targets(self, results):
-        """The ``attack-clients`` uploads of the lowest client ids (clients that dropped out
-        of the round, or trained on nothing, uploaded no update and are left out)."""
+    @staticmethod
+    def _live(results):
+        """The uploads that carry an update (clients that dropped out of the round, or trained
+        on nothing, uploaded none), in client-id order."""
         live = [r for r in results if r[1].num_examples > 0 and not was_dropped(r[1].metrics)]
-        chosen = sorted(live, key=lambda r: client_order(r[1].metrics, r[0].cid))
-        return chosen[: self.cfg.attack_clients]
+        return sorted(live, key=lambda r: client_order(r[1].metrics, r[0].cid))
+
+    def _targets(self, results):
+        """The ``attack-clients`` uploads of the lowest client ids."""
+        return self._live(results)[: self.cfg.attack_clients]
 
     def _aggregate_target(self, results):
         """Under SecAgg+: every live ``FitRes`` carries the same aggregate, the
@@ -176,8 +180,7 @@ class AttackHook(StrategyWrapper):
         aggregate is one step of one batch of all the participants' images (N = the sum of
         their ``num_examples``); the config refuses the hook under SecAgg+ otherwise.
         Returns ``([(None, FitRes of the aggregate)], [ThreatModel])``."""
-        live = sorted((r for r in results if r[1].num_examples > 0 and not was_dropped(r[1].metrics)),
-                      key=lambda r: client_order(r[1].metrics, r[0].cid))
+        live = self._live(results)
         if not live:
             return [], []
         n = int(sum(res.num_examples for _, res in live))

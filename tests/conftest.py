@@ -30,6 +30,41 @@ def processes_with_marker(marker: str) -> list[str]:
     return found
 
 
+def leftover_processes() -> list[str]:
+    """The processes of this test (the ``mark_processes`` fixture's marker) still alive."""
+    return processes_with_marker(os.environ["FL_DEFENSE_TEST_MARK"])
+
+
+def _fixtures():
+    import pytest
+
+    @pytest.fixture
+    def mark_processes(monkeypatch):
+        """Tag every process the test starts (``FL_DEFENSE_TEST_MARK``), so that
+        :func:`leftover_processes` sees only its own."""
+        import uuid
+
+        marker = uuid.uuid4().hex
+        monkeypatch.setenv("FL_DEFENSE_TEST_MARK", marker)
+        return marker
+
+    @pytest.fixture(scope="module")
+    def one_thread():
+        """The attack runs thousands of tiny ops; on a shared 2-core machine, intra-op threads
+        that wait for each other at every op make it many times slower.  One thread here."""
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+    return mark_processes, one_thread
+
+
+mark_processes, one_thread = _fixtures()
+
+
 # ---------------------------------------------------------------- sampling the slow tests
 #
 # The slow tests (real Flower simulations, deployments, full attacks) take most of the

@@ -18,14 +18,7 @@ from fl_defense.metrics import per_image, ssim
 from fl_defense.models import BNCNN, LeNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The attack runs thousands of tiny ops; on a shared 2-core machine, intra-op threads
-    that wait for each other at every op make it many times slower.  One thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ from fl_defense.models import BNCNN, LeNet, state_kinds
 from fl_defense.task import get_weights, local_batches, make_payload, payload_to_weights, train_steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +341,6 @@ def test_invert_updates_flags_unusable_uploads_and_checks_arguments(digits):
         invert_updates(model, [good], (1, 28, 28), 10, labels=[y[:2].numpy()])
     with pytest.raises(ValueError, match="at least one"):
         invert_updates(model, [], (1, 28, 28), 10)
-
 
 
 def test_retries_screen_the_best_tries_labels_again(digits, monkeypatch):

@@ -11,27 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import leftover_processes
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("mark_processes")
 TIMING_KEYS = {"seconds", "attack_seconds"}
 # 4 rounds of 3 clients; 2 sampled per round (seeded sampling across the resume too);
 # client 0 sleeps 1.5 s in fit so that a round lasts long enough to be killed in
 RUN = ["--rounds", "4", "--clients", "3", "--defense", "masking:0.3", "--set", "local-steps=3", "--attack-every", "0",
        "--set", "fraction-fit=0.7", "--set", "slow-clients=0", "--set", "slow-seconds=1.5"]
-
-
-@pytest.fixture(autouse=True)
-def mark_processes(monkeypatch):
-    import uuid
-
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv("FL_DEFENSE_TEST_MARK", marker)
-    return marker
-
-
-def leftover_processes() -> list[str]:
-    from conftest import processes_with_marker
-
-    return processes_with_marker(os.environ["FL_DEFENSE_TEST_MARK"])
 
 
 def run_sim(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,23 +11,10 @@ import pytest
 
 from experiments.launcher import SimulationFailed, run_simulation
 
+from conftest import leftover_processes
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def mark_processes(monkeypatch):
-    """Tag every process this test starts, so that the leftover check sees only ours."""
-    import uuid
-
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv("FL_DEFENSE_TEST_MARK", marker)
-    return marker
-
-
-def leftover_processes() -> list[str]:
-    from conftest import processes_with_marker
-
-    return processes_with_marker(os.environ["FL_DEFENSE_TEST_MARK"])
+pytestmark = pytest.mark.usefixtures("mark_processes")
 
 
 @pytest.mark.slow(seconds=70)

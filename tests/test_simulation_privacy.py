@@ -14,20 +14,10 @@ import pytest
 
 from fl_defense.privacy import gaussian_epsilon
 
+from conftest import leftover_processes
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def mark_processes(monkeypatch):
-    import uuid
-
-    monkeypatch.setenv("FL_DEFENSE_TEST_MARK", uuid.uuid4().hex)
-
-
-def leftover_processes() -> list[str]:
-    from conftest import processes_with_marker
-
-    return processes_with_marker(os.environ["FL_DEFENSE_TEST_MARK"])
+pytestmark = pytest.mark.usefixtures("mark_processes")
 
 
 def run_sim(out: Path, *argv: str) -> list[dict]:

@@ -40,6 +40,7 @@ def cell_path(out: Path, kind: str, b: int, k: int) -> Path:
 def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict) -> dict:
     """Attack one cell; its row (see the module docstring)."""
     from experiments.client_attack import attack_clients
+    from experiments.setting import EXPERIMENT_MAX_ITER
     from experiments.targets import dataset_targets
     from fl_defense.config import parse_run_config
     from fl_defense.decoys import pool_for_dataset
@@ -48,8 +49,8 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict) -> d
     per = k * b
     clients = math.ceil(n / per)
     dataset = KINDS[kind]
-    cfg = parse_run_config({**overrides, "dataset": dataset, "local-steps": k, "batch-size": b,
-                            "images-per-client": per, "seed": seed})
+    cfg = parse_run_config({"attack-max-iter": EXPERIMENT_MAX_ITER, **overrides, "dataset": dataset,
+                            "local-steps": k, "batch-size": b, "images-per-client": per, "seed": seed})
     t = dataset_targets(dataset, clients * per, seed, cfg.data_dir, shuffle=True)
     pool = pool_for_dataset(dataset, cfg.data_dir, seed, cfg.decoy_pool_size)
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.setting import add_setting_flags, attack_setting
+from experiments.setting import EXPERIMENT_MAX_ITER, add_setting_flags, attack_setting
 from experiments.targets import SPLITS, dataset_targets, decoy_pool, folder_targets
 from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig
 from fl_defense.models import MODELS
@@ -155,7 +155,8 @@ def register(sub) -> None:
                    help="naive: the papers' L2 matching; aware: picks the objective that fits the defense")
     a.add_argument("--method", default=d.attack_method, choices=ATTACK_METHODS)
     a.add_argument("--max-iter", dest="max_iter", type=int, default=None,
-                   help=f"L-BFGS iterations per try (default attack-max-iter, {d.attack_max_iter})")
+                   help=f"L-BFGS iterations per try (default {EXPERIMENT_MAX_ITER}, at least the hook's "
+                        f"attack-max-iter, {d.attack_max_iter})")
     a.add_argument("--restarts", type=int, default=None, help=f"default attack-restarts, {d.attack_restarts}")
     a.add_argument("--tv", type=float, default=None,
                    help=f"weight of the total-variation prior (default attack-tv, {d.attack_tv:g}; 0: off)")

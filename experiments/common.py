@@ -16,3 +16,18 @@ def parse_list(text: str, what: str) -> list[str]:
     if not items:
         raise ConfigError(f"{what} is empty, got {text!r}")
     return items
+
+
+def write_meta(out, argv=None) -> None:
+    """``meta.json`` in a result folder: the command line that made it and the date, which
+    the documentation's results pages show beside the numbers."""
+    import datetime
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from fl_defense.io import write_json
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    write_json(Path(out) / "meta.json", {"command": "python run_sim.py " + shlex.join(words),
+                                         "date": datetime.date.today().isoformat()})

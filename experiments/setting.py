@@ -39,6 +39,9 @@ from fl_defense.models import MODELS
 UPDATE_KEYS = ("dataset", "model", "lr", "local-steps", "batch-size", "images-per-client")
 CONTEXT_KEYS = ("partition", "num-clients", "seed")
 ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts", "attack-tv")
+#: The attack experiments' iteration budget per try (``attack``, ``sweep``, the leak map): at
+#: least the hook's (config key ``attack-max-iter``), whose default fits a first run.
+EXPERIMENT_MAX_ITER = 2000
 SETTING_KEYS = UPDATE_KEYS + CONTEXT_KEYS + ATTACK_KEYS
 
 #: Named settings: config keys over the defaults.  ``shared`` is the defaults themselves.
@@ -138,11 +141,12 @@ def attack_setting(args: argparse.Namespace, **keys: Any) -> ExperimentConfig:
     """The validated setting of an attack experiment (``attack``, ``sweep``): the preset and
     the setting flags, the attack flags every such command takes (``--method``,
     ``--leak-threshold``, ``--max-iter``, ``--restarts``, ``--tv``, ``--decoy-pool-size``;
-    a flag left out keeps its config key's default), then ``keys`` by config key.  Its
+    a flag left out keeps its config key's default, but the budget per try is
+    :data:`EXPERIMENT_MAX_ITER` unless given), then ``keys`` by config key.  Its
     clients must train on ``images-per-client`` >= 1 images."""
     from fl_defense.config import parse_run_config
 
-    overrides = setting_overrides(args)
+    overrides = {"attack-max-iter": EXPERIMENT_MAX_ITER, **setting_overrides(args)}
     flags = {"method": "attack-method", "leak_threshold": "leak-threshold", "max_iter": "attack-max-iter",
              "restarts": "attack-restarts", "tv": "attack-tv", "decoy_pool_size": "decoy-pool-size"}
     for flag, key in flags.items():

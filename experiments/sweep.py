@@ -33,8 +33,8 @@ import json
 import time
 from pathlib import Path
 
-from experiments.common import parse_list
-from experiments.setting import add_setting_flags, attack_setting, defense_as_applied, setting_of
+from experiments.common import parse_list, write_meta
+from experiments.setting import EXPERIMENT_MAX_ITER, add_setting_flags, attack_setting, defense_as_applied, setting_of
 from experiments.sweep_cells import sweep_cell_path
 from experiments.sweep_report import summarise_sweep
 from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig
@@ -202,6 +202,7 @@ def cmd_sweep(args) -> int:
     for kind, defense, strength in copies:
         _copy_as_aware(out, kind, defense, strength)
     summarise_sweep(out, list(sources), defenses, attackers, grids, args.max_leak_rate, cfg.leak_threshold)
+    write_meta(out)
     print(f"sweep done in {time.perf_counter() - start:.0f}s (this invocation); wrote "
           f"{out / 'thresholds.csv'}, thresholds.md, cells.csv, leak_vs_strength.png, grids/")
     print((out / "thresholds.md").read_text())
@@ -240,7 +241,8 @@ def register(sub) -> None:
     a = p.add_argument_group("the attack")
     a.add_argument("--method", default=d.attack_method, choices=ATTACK_METHODS)
     a.add_argument("--max-iter", dest="max_iter", type=int, default=None,
-                   help=f"L-BFGS iterations per try (default: attack-max-iter, {d.attack_max_iter})")
+                   help=f"L-BFGS iterations per try (default {EXPERIMENT_MAX_ITER}, at least the hook's "
+                        f"attack-max-iter, {d.attack_max_iter})")
     a.add_argument("--restarts", type=int, default=None,
                    help=f"tries after the first (default: attack-restarts, {d.attack_restarts}, the hook's)")
     a.add_argument("--leak-threshold", dest="leak_threshold", type=float, default=d.leak_threshold)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.common import fmt_strength, parse_list
+from experiments.common import fmt_strength, parse_list, write_meta
 from experiments.thresholds import threshold_rows, tested_strengths
 from experiments.setting import (add_setting_flags, defense_as_applied, setting_mismatches, setting_of,
                                  setting_overrides)
@@ -170,6 +170,7 @@ def cmd_train(args) -> int:
               f"same command again to resume", flush=True)
         return 1
     summarise_train(out, cells, cfg, args.thresholds, args.threshold_dataset or cfg.dataset)
+    write_meta(out)
     print(f"train done in {time.perf_counter() - start:.0f}s (this invocation); wrote final_accuracy.csv, "
           f"curves.png, frontier.png, hook_leak.png, hook.csv in {out}")
     print((out / "final_accuracy.md").read_text())

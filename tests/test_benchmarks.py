@@ -71,7 +71,7 @@ def test_bench_federation_process_helpers():
     assert bench_federation.main(["--rounds", "1"]) == 2
 
 
-@pytest.mark.slow(seconds=11)
+@pytest.mark.slow
 def test_bench_federation_plain_reference_trains_like_flower_clients(tmp_path):
     """The plain reference (its own process) runs two rounds of 4 clients and reports its
     round times, accuracy and peak memory."""

@@ -137,7 +137,7 @@ def test_connection_name_is_written_to_private_flower_config(tmp_path):
 # ---------------------------------------------------------------------------- slow
 
 
-@pytest.mark.slow(seconds=4)
+@pytest.mark.slow
 def test_superlink_speaks_only_tls_and_is_stopped_on_error(tmp_path):
     import httpx
 
@@ -160,7 +160,7 @@ def test_superlink_speaks_only_tls_and_is_stopped_on_error(tmp_path):
     assert deployment_processes(dep) == []
 
 
-@pytest.mark.slow(seconds=62)
+@pytest.mark.slow
 def test_deployment_two_rounds_with_tls_and_supernode_auth(tmp_path):
     creds = generate_credentials(tmp_path / "credentials", 2)
     rogue = generate_supernode_key(tmp_path / "rogue" / "key", tmp_path / "rogue" / "key.pub")

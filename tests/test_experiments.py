@@ -119,7 +119,7 @@ def test_sweep_writes_tables_and_resumes(tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.slow(seconds=65)
+@pytest.mark.slow
 def test_train_grid_side_by_side_writes_tables_and_resumes(tmp_path):
     """Two cells of the grid as two Flower simulations at once (--workers 2): both finish,
     the tables and figures are written, and a second call finds both done."""

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow
 def test_a_bad_config_prints_one_error_line_and_the_superlink_is_stopped(tmp_path):
     from experiments.processes import local_superlinks
 

@@ -248,8 +248,8 @@ def test_quantisation_range_and_max_weight():
 
 
 @pytest.mark.parametrize("overrides", [
-    pytest.param({}, marks=pytest.mark.slow(seconds=4)), {"local-steps": 1, "batch-size": 1},
-    pytest.param({"model": "bncnn", "lr": 0.05}, marks=pytest.mark.slow(seconds=1)),
+    pytest.param({}, marks=pytest.mark.slow), {"local-steps": 1, "batch-size": 1},
+    pytest.param({"model": "bncnn", "lr": 0.05}, marks=pytest.mark.slow),
     {"model": "bncnn", "lr": 0.05, "local-steps": 1, "batch-size": 1}])
 def test_quantisation_range_covers_real_updates(overrides):
     """B covers every coordinate of the real round-1 updates (what SecAgg+ would clip)."""

@@ -66,7 +66,7 @@ def install_plugin(tmp: Path) -> Path:
     return site
 
 
-@pytest.mark.slow(seconds=65)
+@pytest.mark.slow
 def test_a_plugin_defense_is_listed_and_runs_in_a_simulation(tmp_path):
     site = install_plugin(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}

@@ -49,7 +49,7 @@ def kill_launcher_mid_run(out: Path, log: Path, after_rows: int) -> None:
     launcher.wait(timeout=30)
 
 
-@pytest.mark.slow(seconds=122)
+@pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_process_and_resume_equals_uninterrupted(tmp_path):
     reference = run_sim("--out", str(tmp_path / "ref"), *RUN)
     assert reference.returncode == 0, reference.stdout + reference.stderr

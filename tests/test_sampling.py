@@ -70,7 +70,7 @@ def test_partition_ids_are_asked_once_and_only_for_a_subset():
     assert len(metrics[SAMPLED].split(",")) == 3
 
 
-@pytest.mark.slow(seconds=87)
+@pytest.mark.slow
 def test_fraction_fit_0_3_gives_identical_metrics_twice(tmp_path):
     from experiments.launcher import run_simulation
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("mark_processes")
 
 
-@pytest.mark.slow(seconds=70)
+@pytest.mark.slow
 def test_run_sim_two_rounds_median_noniid(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--out", str(out), "--rounds", "2",
@@ -47,7 +47,7 @@ def test_run_sim_two_rounds_median_noniid(tmp_path):
     assert not leftover_processes()
 
 
-@pytest.mark.slow(seconds=38)
+@pytest.mark.slow
 def test_failed_run_is_reported_and_cleaned_up(tmp_path):
     """`flwr run --stream` exits 0 even when the run fails; the launcher must not."""
     project = tmp_path / "broken"
@@ -64,7 +64,7 @@ def test_failed_run_is_reported_and_cleaned_up(tmp_path):
     assert not leftover_processes()
 
 
-@pytest.mark.slow(seconds=36)
+@pytest.mark.slow
 def test_flwr_run_directly_rejects_bad_config(tmp_path):
     """Through `flwr run . --run-config`: an unknown key is refused by Flower itself; a bad
     value stops our ServerApp before round 1 with our message, and nothing is recorded."""

@@ -53,7 +53,7 @@ def exact_round_one(overrides: dict, clients) -> tuple[float, float]:
     return evaluate_model(model, test.images, test.labels, select_device())
 
 
-@pytest.mark.slow(seconds=51)
+@pytest.mark.slow
 def test_secagg_two_rounds_three_clients(tmp_path):
     """Client 2 fails in fit every round: SecAgg+ removes its masks with the others' shares."""
     out = tmp_path / "secagg"
@@ -75,7 +75,7 @@ def test_secagg_two_rounds_three_clients(tmp_path):
     assert abs(rows[0]["accuracy"] - acc) <= 0.002
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow
 def test_dp_gaussian_run_writes_epsilon_every_round(tmp_path):
     out = tmp_path / "dp"
     rows = run_sim(out, "--defense", "dp-gaussian:1.5", "--set", "dp-clip=0.5", "--set", "dp-delta=1e-6",
@@ -91,7 +91,7 @@ def test_dp_gaussian_run_writes_epsilon_every_round(tmp_path):
     assert summary["final"]["epsilon"] == rows[-1]["epsilon"]
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow
 def test_client_side_dp_wrapper_clips_on_the_client_and_the_hook_sees_it(tmp_path):
     out = tmp_path / "wrapper"
     rows = run_sim(out, "--rounds", "1", "--clients", "2", "--set", "local-steps=1", "--set", "batch-size=1",

@@ -12,6 +12,7 @@ travels as the job's working directory) and otherwise starts Ray on this machine
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -244,9 +245,10 @@ def run_groups(groups: list[dict], cfgs: dict[str, dict], folders: dict[str, str
         if os.environ.get("RAY_ADDRESS"):
             env["working_dir"] = str(PROJECT_DIR)
             env["excludes"] = [".git", ".flwr", "runs", "docs", ".hypothesis", "__pycache__"]
-            ray.init(runtime_env=env, log_to_driver=False)
+            ray.init(runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
+            ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env, log_to_driver=False,
+                     logging_level=logging.WARNING)
         try:
             task = ray.remote(num_cpus=1)(attack_group)
             pending = {task.remote(g, cfgs[g["kind"]], folders.get(g["kind"]), threads=1, **common): g

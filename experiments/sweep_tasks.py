@@ -184,11 +184,17 @@ def sweep_start(cfg: ExperimentConfig, checkpoint: str | None):
     ``checkpoint``) and the round after it."""
     if not checkpoint:
         return None, 1
+    from fl_defense.task import get_weights, new_model
     from strategies.checkpoint import load_checkpoint
 
     found = load_checkpoint(Path(checkpoint))
     if found is None:
         raise ConfigError(f"--checkpoint {checkpoint}: the folder holds no checkpoint.npz")
+    want = [w.shape for w in get_weights(new_model(cfg))]
+    got = [np.asarray(w).shape for w in found.weights]
+    if got != want:
+        raise ConfigError(f"--checkpoint {checkpoint}: its weights have shapes {got}, the setting's model "
+                          f"{cfg.model} on {cfg.dataset} has {want}")
     return [np.asarray(w) for w in found.weights], int(found.round) + 1
 
 

@@ -138,3 +138,31 @@ def test_train_grid_side_by_side_writes_tables_and_resumes(tmp_path):
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "2 cells (2 already done)" in again.stdout
+
+
+def test_sweep_from_a_checkpoint_attacks_the_rounds_after_it(tmp_path):
+    """``sweep --checkpoint RUN`` makes the uploads from the checkpoint's global model, in the
+    rounds after it, records it in the setting, and refuses a checkpoint of another model."""
+    from fl_defense.config import parse_run_config
+    from fl_defense.task import get_weights, new_model
+    from strategies.checkpoint import Checkpoint, save_checkpoint
+
+    cfg = parse_run_config({})
+    weights = [w * 0.5 for w in get_weights(new_model(cfg))]
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run, Checkpoint(round=40, num_rounds=100, weights=weights, config={}, state={}))
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--n", "4", "--defenses", "masking", "--grid-masking", "0.5",
+            "--attackers", "naive", "--max-iter", "10", "--restarts", "0", "--workers", "0", "--quiet",
+            "--checkpoint", str(run)]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "cells" / "mnist-embedded" / "naive" / "masking=0.5.jsonl")
+            .read_text().splitlines()]
+    assert {r["round"] for r in rows} == {41}
+    assert json.loads((out / "config.json").read_text())["setting"]["checkpoint"] == str(run.resolve())
+    assert main([a for a in argv if a not in ("--checkpoint", str(run))]) == 2  # another starting point
+    other = tmp_path / "other"
+    other.mkdir()
+    save_checkpoint(other, Checkpoint(round=1, num_rounds=2, weights=weights[:-1], config={}, state={}))
+    assert main([*argv[:-1], str(other), "--out", str(tmp_path / "s2")]) == 2

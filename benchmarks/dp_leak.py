@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 
-from experiments.cli import parse_set_value
+from experiments.setting import parse_sets
 from experiments.launcher import run_simulation
 
 SETTINGS = {
@@ -47,9 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     base = {"num-server-rounds": args.rounds, "num-clients": args.clients, "attack-every": 1,
             "attack-clients": args.clients, "dp-clip": args.clip, "dp-noise-multiplier": args.z}
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        base[key.strip()] = parse_set_value(value.strip())
+    base.update(parse_sets(args.sets))
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
     for name in names:
         if name not in SETTINGS:

@@ -121,15 +121,10 @@ def main(argv=None) -> int:
         bad = [s for s in kinds if s not in KINDS]
         if bad or min(bs + ks) < 1 or args.n < 1:
             raise ValueError(f"kinds must be among {', '.join(KINDS)} (got {bad}); B, K and n >= 1")
-        from experiments.run_flags import parse_set_value
+        from experiments.setting import parse_sets
         from fl_defense.config import parse_run_config
 
-        overrides = {}
-        for item in args.sets:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
-            overrides[key.strip()] = parse_set_value(value.strip())
+        overrides = parse_sets(args.sets)
         parse_run_config(overrides)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

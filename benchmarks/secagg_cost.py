@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 
-from experiments.cli import parse_set_value
+from experiments.setting import parse_sets
 from experiments.launcher import run_simulation
 
 
@@ -33,9 +33,7 @@ def main(argv=None) -> int:
                     help="any config key, for both runs")
     args = ap.parse_args(argv)
     base = {"num-server-rounds": args.rounds, "num-clients": args.clients}
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        base[key.strip()] = parse_set_value(value.strip())
+    base.update(parse_sets(args.sets))
     runs = {False: [], True: []}
     for rep in range(args.repeats):
         for secagg in (False, True):

@@ -26,7 +26,7 @@ import numpy as np
 
 
 from clients.mods import update_of
-from experiments.cli import parse_set_value
+from experiments.setting import parse_sets
 from fl_defense.config import parse_run_config
 from fl_defense.models import state_kinds
 from fl_defense.task import (client_indices, defended_payload, get_weights, load_data, new_model,
@@ -62,9 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="NumPy's global seed (SecAgg+'s stochastic rounding)")
     args = ap.parse_args(argv)
     overrides = {}
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = parse_set_value(value.strip())
+    overrides.update(parse_sets(args.sets))
     cfg = parse_run_config(overrides)
     np.random.seed(args.seed)  # Flower's stochastic rounding draws from the global generator
     train, _ = load_data(cfg)

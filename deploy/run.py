@@ -73,7 +73,8 @@ def _sigterm_to_keyboard_interrupt(signum, frame):  # pragma: no cover - signal 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from experiments.cli import format_row
-    from experiments.run_flags import parse_set_value
+    from experiments.setting import parse_sets
+    from fl_defense.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="python -m deploy.local_deployment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,11 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="fl-defense-deploy-"))).resolve()
     out = (args.out or work / "out").resolve()
     overrides: dict[str, Any] = {"num-clients": args.supernodes}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            parser.error(f"--set wants KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_set_value(value.strip())
+    try:
+        overrides.update(parse_sets(args.set))
+    except ConfigError as exc:
+        parser.error(str(exc))
     overrides["out-dir"] = str(out)
     # Ctrl-C and SIGTERM stop the deployment cleanly (also when started from a script,
     # where a background job inherits SIGINT as ignored).

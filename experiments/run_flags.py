@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from experiments.setting import PRESETS
-from fl_defense.config import ConfigError, is_text_key
+from experiments.setting import PRESETS, parse_sets
+from fl_defense.config import ConfigError
 from fl_defense.datasets import DATASETS
 from fl_defense.defenses import DEFENSES
 from fl_defense.models import MODELS
@@ -42,15 +41,6 @@ def defense_choices_text() -> str:
     """``none | masking:P | ...``: every registered defense with its strength's symbol."""
     return " | ".join(d.name if d.value_name is None else f"{d.name}:{d.value_name.upper()}"
                       for d in DEFENSES.entries())
-
-
-def parse_set_value(text: str) -> Any:
-    """A ``--set KEY=VALUE`` value, read as TOML (``3``, ``0.5``, ``true``, ``"x"``) or
-    else as a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def default_out_dir(kind: str) -> Path:
@@ -100,15 +90,9 @@ def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
-        if key.strip() == "resume":
-            raise ConfigError("resume is not set with --set: use --resume DIR")
-        value = parse_set_value(value.strip())
-        if is_text_key(key.strip()) and not isinstance(value, str):  # fail-clients=3 is the text "3"
-            value = item.partition("=")[2].strip()
-        overrides[key.strip()] = value
+    sets = parse_sets(args.sets)
+    if "resume" in sets:
+        raise ConfigError("resume is not set with --set: use --resume DIR")
+    overrides.update(sets)
     overrides["out-dir"] = str(out.resolve())
     return overrides

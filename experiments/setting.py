@@ -31,9 +31,10 @@ step, the DLG LeNet, lr 0.1.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+import tomllib
+from typing import Any, Iterable, Mapping
 
-from fl_defense.config import ConfigError, ExperimentConfig
+from fl_defense.config import ConfigError, ExperimentConfig, is_text_key
 from fl_defense.models import MODELS
 
 UPDATE_KEYS = ("dataset", "model", "lr", "local-steps", "batch-size", "images-per-client")
@@ -79,22 +80,44 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
                    help="any other key of [tool.flwr.app.config]")
 
 
+def _parse_set_value(text: str) -> Any:
+    """A ``--set KEY=VALUE`` value, read as TOML (``3``, ``0.5``, ``true``, ``"x"``) or
+    else as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """The config keys of repeated ``--set KEY=VALUE`` flags, later ones winning.
+
+    A text key keeps its text as typed (``--set fail-clients=3`` is the text ``"3"``).
+
+    Raises
+    ------
+    ConfigError
+        An item without ``=`` or with an empty key, named as typed.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
+        out[key] = text if is_text_key(key) else _parse_set_value(text)
+    return out
+
+
 def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the preset (``--setting``), the setting flags and ``--set`` give, in
     that order of precedence (later wins)."""
-    from experiments.run_flags import parse_set_value
-
     out: dict[str, Any] = dict(PRESETS[getattr(args, "setting", None) or "shared"])
     for flag, key in SETTING_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value
-    for item in getattr(args, "sets", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_set_value(value.strip())
-    return out
+    return out | parse_sets(getattr(args, "sets", []))
 
 
 def setting_of(cfg: ExperimentConfig) -> dict[str, Any]:

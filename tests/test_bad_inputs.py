@@ -413,12 +413,11 @@ def test_run_sim_process_prints_no_traceback_for_a_corrupt_image(tmp_path):
         assert not out.exists()
 
 
-def test_server_app_refuses_a_bad_folder_before_writing(tmp_path):
+def test_server_app_refuses_a_bad_folder_before_writing(tmp_path, caplog):
     """Through `flwr run` directly the ServerApp is the boundary: the same check, before
-    config.json or anything else is written."""
+    config.json or anything else is written, one error line and status 2."""
     from types import SimpleNamespace
 
-    from fl_defense.errors import ConfigError
     from strategies.server_app import main as server_main
 
     folder = good_folder(tmp_path / "images")
@@ -426,6 +425,8 @@ def test_server_app_refuses_a_bad_folder_before_writing(tmp_path):
     out = tmp_path / "out"
     context = SimpleNamespace(run_config={"dataset": f"folder:{folder}", "num-clients": 2, "out-dir": str(out)},
                               run_id=1)
-    with pytest.raises(ConfigError, match="bad_1.png is empty"):
+    with pytest.raises(SystemExit) as stop:
         server_main(None, context)
+    assert stop.value.code == 2
+    assert "bad_1.png is empty" in caplog.text
     assert not out.exists()

@@ -55,8 +55,9 @@ def test_failed_run_is_reported_and_cleaned_up(tmp_path):
                                                                  ".hypothesis", ".pytest_cache"))
     server = project / "strategies" / "server_app.py"
     server.write_text(server.read_text().replace(
-        "    cfg = parse_run_config(context.run_config)\n",
-        "    cfg = parse_run_config(context.run_config)\n    raise RuntimeError('broken on purpose')\n", 1))
+        "    cfg = checked_config(context.run_config)\n",
+        "    cfg = checked_config(context.run_config)\n    raise RuntimeError('broken on purpose')\n", 1))
+    assert "broken on purpose" in server.read_text()
     with pytest.raises(SimulationFailed, match="did not complete"):
         run_simulation({"out-dir": str(tmp_path / "out"), "num-server-rounds": 1, "num-clients": 2},
                        project_dir=project, timeout=300)

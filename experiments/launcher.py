@@ -33,6 +33,10 @@ Environment given to Flower (and why):
 * ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT`` -- the
   private SuperLink's ports.
 * ``FLWR_DISABLE_UPDATE_CHECK=1`` -- no network look-up.
+
+``FL_DEFENSE_FLOWER_POLL`` (inherited from this process's environment) sets how often the
+simulation polls for messages (:mod:`fl_defense.flower_polling`); a bad value is refused
+before anything starts.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from experiments.processes import alive, marked_processes, proc_start_time, sweep, zombie
 from fl_defense.config import ConfigError, ExperimentConfig, parse_run_config
+from fl_defense.flower_polling import poll_interval
 from fl_defense.io import read_jsonl, write_json, write_jsonl
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -315,10 +320,12 @@ def run_simulation(run_config: Mapping[str, Any], *,
     and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
     goes on from its checkpoint, and ``on_row`` sees only the rows after it.  Raises
     :class:`~fl_defense.config.ConfigError` before anything starts when the config is
-    invalid or the folder is in use by another launcher, :class:`SimulationFailed` when
+    invalid (``FL_DEFENSE_FLOWER_POLL`` included) or the folder is in use by another
+    launcher, :class:`SimulationFailed` when
     the run does not complete.
     """
     cfg = parse_run_config(run_config, require_out_dir=True)
+    poll_interval()  # FL_DEFENSE_FLOWER_POLL, which the run's processes read, refused here when bad
     out_dir = Path(cfg.out_dir)
     marker = uuid.uuid4().hex
     claim_out_dir(out_dir, marker)

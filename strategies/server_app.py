@@ -3,7 +3,9 @@ set's files, the partitions), writes ``config.json``, and runs the strategy stac
 :func:`strategies.factory.build_strategy` in Flower's ``DefaultWorkflow`` (with
 ``SecAggPlusWorkflow`` for the fit rounds under ``secure-aggregation``;
 :mod:`strategies.secagg`) -- from round 1, or, with ``resume = true``, from the checkpoint
-in ``out-dir`` (:mod:`strategies.checkpoint`)."""
+in ``out-dir`` (:mod:`strategies.checkpoint`).  In a simulation the grid it is given
+pulls replies at :func:`fl_defense.flower_polling.poll_interval`
+(:func:`~fl_defense.flower_polling.shorten_grid_polling`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from flwr.server import LegacyContext, ServerConfig
 from flwr.serverapp import Grid, ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
+from fl_defense.flower_polling import shorten_grid_polling
 from fl_defense.io import write_json
 from fl_defense.task import check_run_inputs, get_weights, new_model
 from strategies.checkpoint import CHECKPOINT, checkpoint_for, recorded_config
@@ -40,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     from strategies.secagg import run_workflow
 
     cfg = parse_run_config(context.run_config)
+    shorten_grid_polling(grid)  # in a simulation: replies pulled every few ms instead of 0.1 s
     check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
     checkpoint = None

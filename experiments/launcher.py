@@ -37,6 +37,15 @@ Environment given to Flower (and why):
 ``FL_DEFENSE_FLOWER_POLL`` (inherited from this process's environment) sets how often the
 simulation polls for messages (:mod:`fl_defense.flower_polling`); a bad value is refused
 before anything starts.
+
+An existing Ray cluster: ``run_simulation(..., ray_address="HOST:PORT")`` gives the run
+``RAY_ADDRESS=HOST:PORT``, which ``ray.init`` (called by Flower's Ray backend without an
+address) joins instead of starting a Ray of its own; Flower then sizes the actor pool from
+the resources of every node of the cluster (one actor per ``client-resources-num-cpus`` =
+1 CPU), so the run's clients are spread over the nodes.  Without it, a ``RAY_ADDRESS`` in
+this process's environment is inherited and has the same effect.  The cluster is not the
+run's: the launcher's clean-up stops only the processes the run started (the cluster's
+raylets stop the run's workers when its driver, the simulation process, ends).
 """
 
 from __future__ import annotations
@@ -87,6 +96,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_ray_address(address: str, flag: str = "--ray-address", timeout: float = 5.0) -> str:
+    """The ``HOST:PORT`` of a running Ray cluster's head (what ``ray start --head`` prints
+    as its address), checked before any work.
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT``, the head's GCS address (``ray://`` client addresses are not
+        supported: Flower's backend needs a driver on a node of the cluster).
+    flag : str
+        The name the messages give the value.
+    timeout : float
+        Seconds to wait for the head to accept a connection.
+
+    Returns
+    -------
+    str
+        ``address`` without surrounding blanks.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``flag`` and the value: not ``HOST:PORT``, or nothing accepts a
+        connection there.
+    """
+    text = str(address).strip()
+    host, sep, port_text = text.rpartition(":")
+    if "://" in text or not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{flag} {address!r}: want HOST:PORT, the address of a running Ray cluster's head "
+                          f"(as `ray start --head` prints it, e.g. 10.0.0.1:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {text}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                          f"with `ray start --head --port={port_text}` on {host}, or fix the address") from None
+    return text
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -96,10 +144,12 @@ def _toml_value(value: Any) -> str:
 
 
 def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str | None = None,
-               threads: int | None = None) -> dict[str, str]:
+               threads: int | None = None, ray_address: str | None = None) -> dict[str, str]:
     env = os.environ.copy()
     if marker:
         env[RUN_MARK] = marker
+    if ray_address:  # ray.init() in Flower's Ray backend joins this cluster
+        env["RAY_ADDRESS"] = ray_address
     if threads:  # the CPU threads of every process of the run (torch reads them at import)
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     env.update({
@@ -191,7 +241,7 @@ def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
 
 @contextlib.contextmanager
 def private_superlink(flwr_home: Path, log, marker: str | None = None,
-                      threads: int | None = None) -> Iterator[dict[str, str]]:
+                      threads: int | None = None, ray_address: str | None = None) -> Iterator[dict[str, str]]:
     """Start a simulation SuperLink on free loopback ports; yield the environment under
     which ``flwr run`` talks to it (with ``FL_DEFENSE_RUN_MARK=<marker>``, a fresh one
     unless given); on exit stop its whole process group, sweep every process that
@@ -199,7 +249,7 @@ def private_superlink(flwr_home: Path, log, marker: str | None = None,
     process is killed."""
     marker = marker or uuid.uuid4().hex
     http_port, control_port = free_port(), free_port()
-    env = flower_env(flwr_home, http_port, control_port, marker, threads)
+    env = flower_env(flwr_home, http_port, control_port, marker, threads, ray_address)
     cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--simulation",
            "--isolation", "subprocess",
            "--control-api-address", f"127.0.0.1:{control_port}",
@@ -309,12 +359,15 @@ def run_simulation(run_config: Mapping[str, Any], *,
                    on_row: Callable[[dict[str, Any]], None] | None = None,
                    log_path: Path | None = None,
                    timeout: float | None = None,
-                   project_dir: Path = PROJECT_DIR, threads: int | None = None) -> RunResult:
+                   project_dir: Path = PROJECT_DIR, threads: int | None = None,
+                   ray_address: str | None = None) -> RunResult:
     """Run one experiment through ``flwr run`` and return its per-round rows.
 
     ``threads`` caps the CPU threads of every process of the run (``OMP_NUM_THREADS``;
     default: torch's own choice); runs side by side set it so that their attacks do not
-    oversubscribe the cores.
+    oversubscribe the cores.  ``ray_address`` (``HOST:PORT`` of a running Ray cluster's
+    head, see :func:`check_ray_address`) runs the clients on that cluster instead of a Ray
+    of the run's own.
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
     and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
@@ -330,13 +383,13 @@ def run_simulation(run_config: Mapping[str, Any], *,
     marker = uuid.uuid4().hex
     claim_out_dir(out_dir, marker)
     try:
-        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads)
+        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads, ray_address)
     finally:
         release_out_dir(out_dir)
 
 
 def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir,
-         threads: int | None = None) -> RunResult:
+         threads: int | None = None, ray_address: str | None = None) -> RunResult:
     prepare_out_dir(cfg)
     seen = len(read_jsonl(out_dir / "metrics.jsonl")) if cfg.resume else 0
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
@@ -350,7 +403,7 @@ def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, ti
 
     run_cmd = flwr_run_command(project_dir, cfg.num_clients, ["--run-config", str(config_file)])
     start = time.perf_counter()
-    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker, threads) as env:
+    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker, threads, ray_address) as env:
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:

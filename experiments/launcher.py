@@ -370,12 +370,12 @@ def run_simulation(run_config: Mapping[str, Any], *,
     of the run's own.
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
-    and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
+    and must hold an absolute ``out-dir``; a relative ``data-dir`` is taken relative to
+    this process's working directory; with ``resume = true`` the run in ``out-dir``
     goes on from its checkpoint, and ``on_row`` sees only the rows after it.  Raises
     :class:`~fl_defense.config.ConfigError` before anything starts when the config is
     invalid (``FL_DEFENSE_FLOWER_POLL`` included) or the folder is in use by another
-    launcher, :class:`SimulationFailed` when
-    the run does not complete.
+    launcher, :class:`SimulationFailed` when the run does not complete.
     """
     cfg = parse_run_config(run_config, require_out_dir=True)
     poll_interval()  # FL_DEFENSE_FLOWER_POLL, which the run's processes read, refused here when bad
@@ -398,6 +398,8 @@ def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, ti
     flwr_home = Path(tempfile.mkdtemp(prefix="run-", dir=flwr_root))
 
     overrides = cfg.to_run_config()
+    if overrides.get("data-dir"):  # Flower's processes run elsewhere: a relative folder means this one's
+        overrides["data-dir"] = str(Path(overrides["data-dir"]).expanduser().resolve())
     config_file = flwr_home / "run-config.toml"
     config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in overrides.items()))
 

@@ -33,6 +33,11 @@ Environment given to Flower (and why):
 * ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT`` -- the
   private SuperLink's ports.
 * ``FLWR_DISABLE_UPDATE_CHECK=1`` -- no network look-up.
+* ``RAY_worker_niceness=0`` (unless set already) -- the Ray that Flower starts runs its
+  workers, the ClientApp actors, at the niceness of its own daemons and of the
+  simulation process instead of 15 above them: at 15 the clients, which are a round's
+  critical path, yield the cores to the simulation's threads, Ray's daemons and any
+  other job.  (A cluster joined with ``ray_address`` keeps its own setting.)
 
 ``FL_DEFENSE_FLOWER_POLL`` (inherited from this process's environment) sets how often the
 simulation polls for messages (:mod:`fl_defense.flower_polling`); a bad value is refused
@@ -152,6 +157,7 @@ def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str |
         env["RAY_ADDRESS"] = ray_address
     if threads:  # the CPU threads of every process of the run (torch reads them at import)
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    env.setdefault("RAY_worker_niceness", "0")
     env.update({
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

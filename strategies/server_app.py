@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     from strategies.secagg import run_workflow
 
     cfg = parse_run_config(context.run_config)
-    shorten_grid_polling(grid)  # in a simulation: replies pulled every few ms instead of 0.1 s
+    shorten_grid_polling(grid)  # a simulation's grid pulls replies at FL_DEFENSE_FLOWER_POLL's interval
     check_run_inputs(cfg)  # a bad image file or an impossible partition stops here, named
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
     checkpoint = None

@@ -33,11 +33,17 @@ Environment given to Flower (and why):
 * ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT`` -- the
   private SuperLink's ports.
 * ``FLWR_DISABLE_UPDATE_CHECK=1`` -- no network look-up.
-* ``RAY_worker_niceness=0`` (unless set already) -- the Ray that Flower starts runs its
-  workers, the ClientApp actors, at the niceness of its own daemons and of the
-  simulation process instead of 15 above them: at 15 the clients, which are a round's
-  critical path, yield the cores to the simulation's threads, Ray's daemons and any
-  other job.  (A cluster joined with ``ray_address`` keeps its own setting.)
+* Two settings of the Ray that Flower starts (each unless set already; a cluster joined
+  with ``ray_address`` or ``RAY_ADDRESS`` keeps its own):
+
+  - ``RAY_worker_niceness=0`` -- Ray's workers, the ClientApp actors, run at the
+    niceness of its daemons and of the simulation process instead of 15 above them: at
+    15 the clients, which are a round's critical path, yield the cores to the
+    simulation's threads, Ray's daemons and any other job;
+  - ``RAY_max_direct_call_object_size`` = :data:`RAY_INLINE_BYTES` -- a message to or
+    from a ClientApp actor (the model's arrays and the context) travels inside the call
+    up to that size, instead of through Ray's shared-memory object store above Ray's
+    default of 100 KiB (the shared setting's model alone is 113 KiB).
 
 ``FL_DEFENSE_FLOWER_POLL`` (inherited from this process's environment) sets how often the
 simulation polls for messages (:mod:`fl_defense.flower_polling`); a bad value is refused
@@ -80,6 +86,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_MARK = "FL_DEFENSE_RUN_MARK"
 #: The file in the output folder that names the launcher writing it.
 OWNER_FILE = "launcher.json"
+#: Ray's ``max_direct_call_object_size`` in the Ray that Flower starts: the largest task
+#: argument or result passed inside the call rather than through the object store.
+RAY_INLINE_BYTES = 4 * 2**20
 
 
 class SimulationFailed(RuntimeError):
@@ -157,7 +166,9 @@ def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str |
         env["RAY_ADDRESS"] = ray_address
     if threads:  # the CPU threads of every process of the run (torch reads them at import)
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    env.setdefault("RAY_worker_niceness", "0")
+    if not env.get("RAY_ADDRESS"):  # the Ray that Flower starts (see the module docstring)
+        env.setdefault("RAY_worker_niceness", "0")
+        env.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
     env.update({
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

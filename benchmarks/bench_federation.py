@@ -28,8 +28,16 @@ and the plain reference draws the round's clients with the same rule
 (``max(int(fraction * clients), 1)``), so both train the same clients every round and their
 final accuracies must agree.
 
+Flower's polling (:mod:`fl_defense.flower_polling`): ``--flower-poll`` runs the Flower side
+once per value given, each a row of the table against the same plain run: ``off`` is
+Flower's own polling (0.1 s), a number the interval in seconds; by default the
+environment's ``FL_DEFENSE_FLOWER_POLL`` (unset: 5 ms).
+
+Run it from the project's root, as a module:
+
     python -m benchmarks.bench_federation                     # 10, 100, 1000 clients, 5 rounds
     python -m benchmarks.bench_federation --sizes 10:1.0 --rounds 3
+    python -m benchmarks.bench_federation --sizes 10:1.0 --rounds 20 --flower-poll off,0.005
 """
 
 from __future__ import annotations
@@ -47,8 +55,6 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MARK_VARIABLE = "FL_DEFENSE_BENCH_MARK"
 DEFAULT_SIZES = "10:1.0,100:0.1,1000:0.01"
@@ -146,6 +152,25 @@ class MemorySampler(threading.Thread):
         return out
 
 
+def parse_polls(text: str | None) -> list[str | None]:
+    """``"off,0.005"`` -> ``["off", "0.005"]`` (each checked as ``FL_DEFENSE_FLOWER_POLL``
+    would be); ``None`` -> ``[None]`` (the environment's).  Raises ``ValueError`` naming
+    ``--flower-poll`` and the bad item."""
+    from fl_defense.flower_polling import ENV, poll_interval
+
+    if text is None:
+        return [None]
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"--flower-poll {text!r} names no value")
+    for item in items:
+        try:
+            poll_interval({ENV: item})
+        except ValueError as exc:
+            raise ValueError(f"--flower-poll item {item!r}: {exc}") from None
+    return items
+
+
 def run_config(num_clients: int, fraction: float, rounds: int, seed: int, out_dir: Path) -> dict:
     # the hook off: the benchmark measures the federation, which the plain reference mirrors
     return {"num-clients": num_clients, "fraction-fit": fraction, "num-server-rounds": rounds,
@@ -202,7 +227,7 @@ def run_plain(num_clients: int, fraction: float, rounds: int, seed: int, threads
     spec = {"config": run_config(num_clients, fraction, rounds, seed, Path(tempfile.gettempdir())),
             "threads": threads}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--plain-worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_federation", "--plain-worker", json.dumps(spec)],
                           capture_output=True, text=True, check=False, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"the plain reference failed:\n{proc.stderr[-3000:]}")
@@ -212,14 +237,18 @@ def run_plain(num_clients: int, fraction: float, rounds: int, seed: int, threads
 
 
 def run_flower(num_clients: int, fraction: float, rounds: int, seed: int, out_root: Path,
-               timeout: float) -> dict:
-    """The same federation through ``flwr run`` (experiments.launcher), memory sampled."""
+               timeout: float, poll: str | None = None) -> dict:
+    """The same federation through ``flwr run`` (experiments.launcher), memory sampled;
+    ``poll`` (when given) is the run's ``FL_DEFENSE_FLOWER_POLL``."""
     from experiments.launcher import run_simulation
+    from fl_defense.flower_polling import ENV
 
-    out_dir = out_root / f"flower-{num_clients}"
+    out_dir = out_root / f"flower-{num_clients}" if poll is None else out_root / f"flower-{num_clients}-poll-{poll}"
     marker = uuid.uuid4().hex
-    before = os.environ.get(MARK_VARIABLE)
+    saved = {name: os.environ.get(name) for name in (MARK_VARIABLE, ENV)}
     os.environ[MARK_VARIABLE] = marker  # inherited by SuperLink, ServerApp, Ray and its actors
+    if poll is not None:
+        os.environ[ENV] = poll
     sampler = MemorySampler(marker)
     sampler.start()
     start = time.perf_counter()
@@ -229,10 +258,11 @@ def run_flower(num_clients: int, fraction: float, rounds: int, seed: int, out_ro
     finally:
         wall = time.perf_counter() - start
         memory = sampler.stop()
-        if before is None:
-            os.environ.pop(MARK_VARIABLE, None)
-        else:
-            os.environ[MARK_VARIABLE] = before
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return {"seconds": [float(r["seconds"]) for r in result.rows],
             "accuracy": [float(r["accuracy"]) for r in result.rows],
             "clients_ok": [int(r.get("clients_ok", 0)) for r in result.rows],
@@ -244,7 +274,7 @@ def mib(b: float | None) -> str:
 
 
 def report(rows: list[dict], rounds: int) -> list[str]:
-    lines = [f"{'clients':>7} {'frac':>5} {'per round':>9} | {'plain s/round':>13} {'flower s/round':>14} "
+    lines = [f"{'clients':>7} {'frac':>5} {'per round':>9} {'poll':>6} | {'plain s/round':>13} {'flower s/round':>14} "
              f"{'ratio':>6} | {'plain start s':>13} {'flower start s':>14} | {'acc plain':>9} "
              f"{'acc flower':>10} | {'RSS MiB: plain':>14} {'server':>6} {'clients (each)':>18} {'other':>6}"]
     for r in rows:
@@ -254,8 +284,8 @@ def report(rows: list[dict], rounds: int) -> list[str]:
         clients = mem["client"]
         each = (f"{len(clients)} x {mib(min(clients))}-{mib(max(clients))}" if clients else "-")
         lines.append(
-            f"{r['clients']:>7} {r['fraction']:>5g} {r['sampled']:>9} | {ps:13.2f} {fs:14.2f} "
-            f"{fs / ps:5.2f}x | {p['wall'] - rounds * ps:13.1f} {f['wall'] - rounds * fs:14.1f} | "
+            f"{r['clients']:>7} {r['fraction']:>5g} {r['sampled']:>9} {r.get('poll') or '-':>6} | {ps:13.3f} "
+            f"{fs:14.3f} {fs / ps:5.2f}x | {p['wall'] - rounds * ps:13.1f} {f['wall'] - rounds * fs:14.1f} | "
             f"{p['accuracy'][-1]:9.4f} {f['accuracy'][-1]:10.4f} | {mib(p['peak_rss']):>14} "
             f"{mib(max(mem['server'])) if mem['server'] else '-':>6} {each:>18} "
             f"{mib(sum(mem['other'])) if mem['other'] else '-':>6}")
@@ -277,11 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per Flower run")
     ap.add_argument("--out", type=Path, default=None,
                     help="folder for the Flower runs' outputs (default: a temporary folder)")
+    ap.add_argument("--flower-poll", dest="flower_poll", default=None,
+                    help="comma-separated FL_DEFENSE_FLOWER_POLL values, a Flower run each (off: Flower's own "
+                         "0.1 s; SECONDS: the interval); default: the environment's (unset: 5 ms)")
     args = ap.parse_args(argv)
     try:
         sizes = parse_sizes(args.sizes)
         if args.rounds < 2:
             raise ValueError(f"--rounds must be >= 2 (round 1 holds the start-up); got {args.rounds}")
+        polls = parse_polls(args.flower_poll)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -295,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         plain = run_plain(num_clients, fraction, args.rounds, args.seed, args.plain_threads)
         print(f"  plain : {plain['wall']:.1f} s, rounds " + " ".join(f"{s:.2f}" for s in plain["seconds"])
               + f" (torch threads {plain['threads']}, {plain['device']})", flush=True)
-        flower = run_flower(num_clients, fraction, args.rounds, args.seed, out_root, args.timeout)
-        print(f"  flower: {flower['wall']:.1f} s, rounds " + " ".join(f"{s:.2f}" for s in flower["seconds"])
-              + f", clients ok per round {flower['clients_ok']}", flush=True)
-        rows.append({"clients": num_clients, "fraction": fraction, "sampled": k,
-                     "plain": plain, "flower": flower})
+        for poll in polls:
+            flower = run_flower(num_clients, fraction, args.rounds, args.seed, out_root, args.timeout, poll)
+            print(f"  flower{'' if poll is None else f' (poll {poll})'}: {flower['wall']:.1f} s, rounds "
+                  + " ".join(f"{s:.2f}" for s in flower["seconds"])
+                  + f", clients ok per round {flower['clients_ok']}", flush=True)
+            rows.append({"clients": num_clients, "fraction": fraction, "sampled": k, "poll": poll,
+                         "plain": plain, "flower": flower})
     print(f"\n# per-round time: median of rounds 2..{args.rounds}; start: wall - {args.rounds} x "
           f"that; RSS: peak resident memory (VmHWM); outputs under {out_root}")
     print("\n".join(report(rows, args.rounds)))

@@ -1,5 +1,10 @@
 """Flower ``ClientApp`` entry point: one :class:`clients.numpy_client.DefendedClient` per
-SuperNode, behind the mods of :mod:`clients.mods` (SecAgg+, Flower's client-side DP clipping)."""
+SuperNode, behind the mods of :mod:`clients.mods` (SecAgg+, Flower's client-side DP clipping).
+
+Importing this module in the simulation's process shortens the simulation engine's
+polling (:func:`fl_defense.flower_polling.shorten_engine_polling`): Flower imports the
+ClientApp there before its engine starts.  Elsewhere (Ray's workers, a deployed
+SuperNode) that call does nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from flwr.clientapp import ClientApp
 from clients.mods import secagg_update_mod, when
 from clients.numpy_client import DefendedClient
 from fl_defense.config import ConfigError, parse_run_config
+from fl_defense.flower_polling import shorten_engine_polling
+
+shorten_engine_polling()
 
 
 def client_fn(context: Context):

@@ -1,8 +1,14 @@
 """The defended client: a Flower ``NumPyClient`` that trains on its partition, applies the
-configured defense to its update, and uploads (faults injected by :mod:`clients.faults`)."""
+configured defense to its update, and uploads (faults injected by :mod:`clients.faults`).
+
+Flower builds a client per message (``client_fn``); the model it trains is built once per
+thread and configuration (:func:`client_model`) and reused, since every ``fit`` and
+``evaluate`` first loads the whole global state into it (``load_state_dict(strict=True)``)
+and ``fit`` makes a fresh optimizer: nothing of one message's model reaches the next."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from flwr.client import NumPyClient
@@ -15,6 +21,23 @@ from fl_defense.task import (client_indices, defended_payload, evaluate_model, l
                              payload_to_weights, select_device, set_weights)
 
 
+_models = threading.local()
+
+
+def client_model(cfg: ExperimentConfig, train):
+    """The model of a client of ``cfg`` (:func:`fl_defense.task.new_model`), one per thread
+    and configuration, reused by every client built in that thread."""
+    cache = getattr(_models, "by_config", None)
+    if cache is None:
+        cache = _models.by_config = {}
+    model = cache.get(cfg)
+    if model is None:
+        if len(cache) >= 4:  # runs of other configs in this process: keep the latest few
+            cache.pop(next(iter(cache)))
+        model = cache[cfg] = new_model(cfg, train)
+    return model
+
+
 class DefendedClient(NumPyClient):
     """Trains the global model for ``local-steps`` SGD steps, defends, uploads."""
 
@@ -24,7 +47,7 @@ class DefendedClient(NumPyClient):
         self.device = select_device()
         self.train, _ = load_data(cfg)
         self.indices = client_indices(cfg, client_id)
-        self.model = new_model(cfg, self.train)
+        self.model = client_model(cfg, self.train)
         self.kinds = state_kinds(self.model)
 
     def get_properties(self, config):

@@ -33,6 +33,30 @@ Environment given to Flower (and why):
 * ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT`` -- the
   private SuperLink's ports.
 * ``FLWR_DISABLE_UPDATE_CHECK=1`` -- no network look-up.
+* Two settings of the Ray that Flower starts (each unless set already; a cluster joined
+  with ``ray_address`` or ``RAY_ADDRESS`` keeps its own):
+
+  - ``RAY_worker_niceness=0`` -- Ray's workers, the ClientApp actors, run at the
+    niceness of its daemons and of the simulation process instead of 15 above them: at
+    15 the clients, which are a round's critical path, yield the cores to the
+    simulation's threads, Ray's daemons and any other job;
+  - ``RAY_max_direct_call_object_size`` = :data:`RAY_INLINE_BYTES` -- a message to or
+    from a ClientApp actor (the model's arrays and the context) travels inside the call
+    up to that size, instead of through Ray's shared-memory object store above Ray's
+    default of 100 KiB (the shared setting's model alone is 113 KiB).
+
+``FL_DEFENSE_FLOWER_POLL`` (inherited from this process's environment) sets how often the
+simulation polls for messages (:mod:`fl_defense.flower_polling`); a bad value is refused
+before anything starts.
+
+An existing Ray cluster: ``run_simulation(..., ray_address="HOST:PORT")`` gives the run
+``RAY_ADDRESS=HOST:PORT``, which ``ray.init`` (called by Flower's Ray backend without an
+address) joins instead of starting a Ray of its own; Flower then sizes the actor pool from
+the resources of every node of the cluster (one actor per ``client-resources-num-cpus`` =
+1 CPU), so the run's clients are spread over the nodes.  Without it, a ``RAY_ADDRESS`` in
+this process's environment is inherited and has the same effect.  The cluster is not the
+run's: the launcher's clean-up stops only the processes the run started (the cluster's
+raylets stop the run's workers when its driver, the simulation process, ends).
 """
 
 from __future__ import annotations
@@ -54,6 +78,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from experiments.processes import alive, marked_processes, proc_start_time, sweep, zombie
 from fl_defense.config import ConfigError, ExperimentConfig, parse_run_config
+from fl_defense.flower_polling import poll_interval
 from fl_defense.io import read_jsonl, write_json, write_jsonl
 from fl_defense.quiet import quiet_third_party
 
@@ -62,6 +87,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_MARK = "FL_DEFENSE_RUN_MARK"
 #: The file in the output folder that names the launcher writing it.
 OWNER_FILE = "launcher.json"
+#: Ray's ``max_direct_call_object_size`` in the Ray that Flower starts: the largest task
+#: argument or result passed inside the call rather than through the object store.
+RAY_INLINE_BYTES = 4 * 2**20
 
 
 class SimulationFailed(RuntimeError):
@@ -83,6 +111,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_ray_address(address: str, flag: str = "--ray-address", timeout: float = 5.0) -> str:
+    """The ``HOST:PORT`` of a running Ray cluster's head (what ``ray start --head`` prints
+    as its address), checked before any work.
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT``, the head's GCS address (``ray://`` client addresses are not
+        supported: Flower's backend needs a driver on a node of the cluster).
+    flag : str
+        The name the messages give the value.
+    timeout : float
+        Seconds to wait for the head to accept a connection.
+
+    Returns
+    -------
+    str
+        ``address`` without surrounding blanks.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``flag`` and the value: not ``HOST:PORT``, or nothing accepts a
+        connection there.
+    """
+    text = str(address).strip()
+    host, sep, port_text = text.rpartition(":")
+    if "://" in text or not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{flag} {address!r}: want HOST:PORT, the address of a running Ray cluster's head "
+                          f"(as `ray start --head` prints it, e.g. 10.0.0.1:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {text}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                          f"with `ray start --head --port={port_text}` on {host}, or fix the address") from None
+    return text
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -92,13 +159,18 @@ def _toml_value(value: Any) -> str:
 
 
 def flower_env(flwr_home: Path, http_port: int, control_port: int, marker: str | None = None,
-               threads: int | None = None) -> dict[str, str]:
+               threads: int | None = None, ray_address: str | None = None) -> dict[str, str]:
     env = os.environ.copy()
     quiet_third_party(env)
     if marker:
         env[RUN_MARK] = marker
+    if ray_address:  # ray.init() in Flower's Ray backend joins this cluster
+        env["RAY_ADDRESS"] = ray_address
     if threads:  # the CPU threads of every process of the run (torch reads them at import)
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    if not env.get("RAY_ADDRESS"):  # the Ray that Flower starts (see the module docstring)
+        env.setdefault("RAY_worker_niceness", "0")
+        env.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
     env.update({
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -188,7 +260,7 @@ def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
 
 @contextlib.contextmanager
 def private_superlink(flwr_home: Path, log, marker: str | None = None,
-                      threads: int | None = None) -> Iterator[dict[str, str]]:
+                      threads: int | None = None, ray_address: str | None = None) -> Iterator[dict[str, str]]:
     """Start a simulation SuperLink on free loopback ports; yield the environment under
     which ``flwr run`` talks to it (with ``FL_DEFENSE_RUN_MARK=<marker>``, a fresh one
     unless given); on exit stop its whole process group, sweep every process that
@@ -196,7 +268,7 @@ def private_superlink(flwr_home: Path, log, marker: str | None = None,
     process is killed."""
     marker = marker or uuid.uuid4().hex
     http_port, control_port = free_port(), free_port()
-    env = flower_env(flwr_home, http_port, control_port, marker, threads)
+    env = flower_env(flwr_home, http_port, control_port, marker, threads, ray_address)
     cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--simulation",
            "--isolation", "subprocess",
            "--control-api-address", f"127.0.0.1:{control_port}",
@@ -320,33 +392,40 @@ def run_simulation(run_config: Mapping[str, Any], *,
                    log_path: Path | None = None,
                    timeout: float | None = None,
                    project_dir: Path = PROJECT_DIR, threads: int | None = None,
+                   ray_address: str | None = None,
                    progress: Callable[[str], None] | None = None) -> RunResult:
     """Run one experiment through ``flwr run`` and return its per-round rows.
 
     ``threads`` caps the CPU threads of every process of the run (``OMP_NUM_THREADS``;
     default: torch's own choice); runs side by side set it so that their attacks do not
-    oversubscribe the cores.  ``progress`` gets the attack hook's progress lines (inside a
+    oversubscribe the cores.  ``ray_address`` (``HOST:PORT`` of a running Ray cluster's
+    head, see :func:`check_ray_address`) runs the clients on that cluster instead of a Ray
+    of the run's own.  ``progress`` gets the attack hook's progress lines (inside a
     round).
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
-    and must hold an absolute ``out-dir``; with ``resume = true`` the run in ``out-dir``
+    and must hold an absolute ``out-dir``; a relative ``data-dir`` is taken relative to
+    this process's working directory; with ``resume = true`` the run in ``out-dir``
     goes on from its checkpoint, and ``on_row`` sees only the rows after it.  Raises
     :class:`~fl_defense.config.ConfigError` before anything starts when the config is
-    invalid or the folder is in use by another launcher, :class:`SimulationFailed` when
-    the run does not complete.
+    invalid (``FL_DEFENSE_FLOWER_POLL`` included) or the folder is in use by another
+    launcher, :class:`SimulationFailed` when the run does not complete.
     """
     cfg = parse_run_config(run_config, require_out_dir=True)
+    poll_interval()  # FL_DEFENSE_FLOWER_POLL, which the run's processes read, refused here when bad
     out_dir = Path(cfg.out_dir)
     marker = uuid.uuid4().hex
     claim_out_dir(out_dir, marker)
     try:
-        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads, progress)
+        return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads, ray_address,
+                    progress)
     finally:
         release_out_dir(out_dir)
 
 
 def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir,
-         threads: int | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
+         threads: int | None = None, ray_address: str | None = None,
+         progress: Callable[[str], None] | None = None) -> RunResult:
     prepare_out_dir(cfg)
     seen = len(read_jsonl(out_dir / "metrics.jsonl")) if cfg.resume else 0
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
@@ -355,12 +434,14 @@ def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, ti
     flwr_home = Path(tempfile.mkdtemp(prefix="run-", dir=flwr_root))
 
     overrides = cfg.to_run_config()
+    if overrides.get("data-dir"):  # Flower's processes run elsewhere: a relative folder means this one's
+        overrides["data-dir"] = str(Path(overrides["data-dir"]).expanduser().resolve())
     config_file = flwr_home / "run-config.toml"
     config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in overrides.items()))
 
     run_cmd = flwr_run_command(project_dir, cfg.num_clients, ["--run-config", str(config_file)])
     start = time.perf_counter()
-    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker, threads) as env:
+    with open(log_path, "ab") as log, private_superlink(flwr_home, log, marker, threads, ray_address) as env:
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:

@@ -134,6 +134,10 @@ def cmd_train(args) -> int:
         raise ConfigError(f"unknown attacker {args.attacker!r}; choose {', '.join(ATTACKERS)}")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.ray_address is not None:
+        from experiments.launcher import check_ray_address
+
+        args.ray_address = check_ray_address(args.ray_address, "--ray-address")
     cfg = replace(train_config(args), attacker=args.attacker)
     out = Path(args.out).resolve()
     cells = plan_cells(args, cfg, out)
@@ -154,7 +158,8 @@ def cmd_train(args) -> int:
             if args.workers == 1:
                 bar.set_description(f"{cell['partition']} {cell['aggregation']} {cell['spec']}")
             try:
-                res = run_simulation(cell["config"], on_row=lambda row: bar.update(1), threads=threads)
+                res = run_simulation(cell["config"], on_row=lambda row: bar.update(1), threads=threads,
+                                     ray_address=args.ray_address)
             except SimulationFailed as exc:
                 failed.append(cell["dir"].name)
                 bar.write(f"{cell['dir'].name}: FAILED: {exc}")
@@ -198,6 +203,9 @@ def register(sub) -> None:
     t.add_argument("--workers", type=int, default=1,
                    help="cells run side by side (each a Flower simulation of its own; default 1). Flower's rounds "
                         "wait on its polling more than on the CPU, so 2 on 2 cores finish the grid sooner")
+    t.add_argument("--ray-address", dest="ray_address", metavar="HOST:PORT",
+                   help="run each cell's clients on this running Ray cluster (its head's address, as `ray start "
+                        "--head` prints it) instead of a Ray of the cell's own; one client per CPU of the cluster")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_setting_flags(t)
     t.set_defaults(func=cmd_train)

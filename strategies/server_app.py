@@ -3,7 +3,9 @@ set's files, the partitions), writes ``config.json``, and runs the strategy stac
 :func:`strategies.factory.build_strategy` in Flower's ``DefaultWorkflow`` (with
 ``SecAggPlusWorkflow`` for the fit rounds under ``secure-aggregation``;
 :mod:`strategies.secagg`) -- from round 1, or, with ``resume = true``, from the checkpoint
-in ``out-dir`` (:mod:`strategies.checkpoint`)."""
+in ``out-dir`` (:mod:`strategies.checkpoint`).  In a simulation the grid it is given
+pulls replies at :func:`fl_defense.flower_polling.poll_interval`
+(:func:`~fl_defense.flower_polling.shorten_grid_polling`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
 from fl_defense.quiet import quiet_third_party
+from fl_defense.flower_polling import shorten_grid_polling
 from fl_defense.io import write_json
 from fl_defense.task import check_run_inputs, get_weights, new_model
 from strategies.checkpoint import CHECKPOINT, checkpoint_for, recorded_config
@@ -61,6 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     from strategies.secagg import run_workflow
 
     cfg = checked_config(context.run_config)
+    shorten_grid_polling(grid)  # a simulation's grid pulls replies at FL_DEFENSE_FLOWER_POLL's interval
     out_dir = resolve_out_dir(cfg, getattr(context, "run_id", None))
     checkpoint = None
     if cfg.resume:

@@ -159,3 +159,47 @@ def forbid_downloads(monkeypatch: Any) -> list[str]:
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     return tried
+
+
+def write_md5_site(folder: Path, cifar10: dict[str, str]) -> Path:
+    """Write ``folder/sitecustomize.py``, which gives torchvision's ``CIFAR10`` the fake
+    files' md5s in every Python process that has ``folder`` on its ``PYTHONPATH`` (a Flower
+    simulation's processes and its Ray workers: monkeypatch reaches only this one).  The
+    md5s are set when ``torchvision.datasets.cifar`` is first imported; other processes
+    import nothing more than before.  Returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(f'''"""Fake CIFAR-10 md5s for torchvision (tests/fakedata_torchvision.py)."""
+import sys
+
+MD5S = {dict(cifar10)!r}
+MODULE = "torchvision.datasets.cifar"
+
+
+class _FakeCifarMd5s:
+    def find_spec(self, name, path=None, target=None):
+        if name != MODULE:
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            cls = module.CIFAR10
+            cls.train_list = [[f, MD5S[f]] for f, _ in cls.train_list]
+            cls.test_list = [[f, MD5S[f]] for f, _ in cls.test_list]
+            cls.meta = {{**cls.meta, "md5": MD5S["batches.meta"]}}
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+sys.meta_path.insert(0, _FakeCifarMd5s())
+''')
+    return folder

@@ -59,6 +59,27 @@ def test_bench_federation_sizes_and_sampling():
     assert bench_federation.sample_clients(0, 1, 10, 1.0) == list(range(10))
 
 
+def test_bench_federation_polling_values():
+    assert bench_federation.parse_polls(None) == [None]
+    assert bench_federation.parse_polls("off, 0.005") == ["off", "0.005"]
+    with pytest.raises(ValueError, match="--flower-poll item 'soon': FL_DEFENSE_FLOWER_POLL='soon'"):
+        bench_federation.parse_polls("off,soon")
+    assert bench_federation.main(["--flower-poll", "0"]) == 2
+
+
+def test_bench_federation_runs_as_a_module_without_path_edits():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(bench_federation.__file__).resolve().parent.parent
+    assert "sys.path" not in Path(bench_federation.__file__).read_text()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_federation", "--rounds", "1"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--rounds must be >= 2" in proc.stderr, proc.stderr
+
+
 def test_bench_federation_process_helpers():
     assert bench_federation.classify("ray::ClientAppActor.run") == "client"
     assert bench_federation.classify("/usr/bin/python3 /x/bin/flwr-simulation --app /a") == "server"

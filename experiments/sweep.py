@@ -240,9 +240,10 @@ def register(sub) -> None:
                        help=f"strengths of {name}, weakest first (default {','.join(f'{v:g}' for v in get_defense(name).grid)})")
     a = p.add_argument_group("the attack")
     a.add_argument("--method", default=d.attack_method, choices=ATTACK_METHODS)
-    a.add_argument("--max-iter", dest="max_iter", type=int, default=None,
-                   help=f"L-BFGS iterations per try (default {EXPERIMENT_MAX_ITER}, at least the hook's "
-                        f"attack-max-iter, {d.attack_max_iter})")
+    a.add_argument("--max-iter", dest="max_iter", type=int, default=d.attack_max_iter,
+                   help=f"L-BFGS iterations per try (default: the hook's attack-max-iter, {d.attack_max_iter}, "
+                        f"so that a threshold holds against the attacker the runs log; the attack "
+                        f"command's default is {EXPERIMENT_MAX_ITER})")
     a.add_argument("--restarts", type=int, default=None,
                    help=f"tries after the first (default: attack-restarts, {d.attack_restarts}, the hook's)")
     a.add_argument("--leak-threshold", dest="leak_threshold", type=float, default=d.leak_threshold)

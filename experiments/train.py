@@ -141,9 +141,16 @@ def cmd_train(args) -> int:
     cfg = replace(train_config(args), attacker=args.attacker)
     out = Path(args.out).resolve()
     cells = plan_cells(args, cfg, out)
+    if args.later_sweep:  # a sweep from a trained checkpoint, in this grid's setting
+        later = Path(args.later_sweep)
+        later_csv = later / "thresholds.csv" if later.is_dir() else later
+        if not later_csv.is_file():
+            raise ConfigError(f"--later-sweep {args.later_sweep}: no thresholds.csv there (give a sweep's folder)")
+        read_thresholds(later_csv, cfg, args.threshold_dataset or cfg.dataset)
     check_dataset_available(cfg.dataset, cfg.data_dir or None)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"command": "train", "setting": setting_of(cfg), "thresholds": args.thresholds,
+                                     "later_sweep": args.later_sweep,
                                      "cells": [{k: v for k, v in c.items() if k != "dir"} for c in cells]})
     todo = [c for c in cells if not (c["dir"] / "summary.json").exists()]
     print(f"train: {len(cells)} cells ({len(cells) - len(todo)} already done), {cfg.num_server_rounds} rounds x "
@@ -174,7 +181,7 @@ def cmd_train(args) -> int:
         print(f"train: {len(failed)} cell(s) failed: {', '.join(failed)}; the finished cells are kept, run the "
               f"same command again to resume", flush=True)
         return 1
-    summarise_train(out, cells, cfg, args.thresholds, args.threshold_dataset or cfg.dataset)
+    summarise_train(out, cells, cfg, args.thresholds, args.threshold_dataset or cfg.dataset, later=args.later_sweep)
     write_meta(out)
     print(f"train done in {time.perf_counter() - start:.0f}s (this invocation); wrote final_accuracy.csv, "
           f"curves.png, frontier.png, hook_leak.png, hook.csv in {out}")
@@ -189,6 +196,9 @@ def register(sub) -> None:
     t.add_argument("--thresholds", help="a sweep's thresholds.csv, measured in this grid's setting")
     t.add_argument("--threshold-dataset", dest="threshold_dataset",
                    help="whose rows of --thresholds to use (default: the setting's --dataset)")
+    t.add_argument("--later-sweep", dest="later_sweep", metavar="SWEEP_DIR",
+                   help="a sweep of uploads from a trained model (sweep --checkpoint), in this grid's setting: its "
+                        "leak rates beside round 1's (the _later columns, frontier_later.png)")
     t.add_argument("--defenses", help="comma-separated NAME:VALUE, trained besides (or instead of) --thresholds")
     t.add_argument("--attacker", default=d.attacker, help="the hook's attacker: naive | aware")
     t.add_argument("--aggregations", default="mean,median")

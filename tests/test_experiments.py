@@ -83,6 +83,7 @@ def test_attack_command_on_an_image_folder(tmp_path, capsys):
     (["sweep", "--attackers", "naive,clever", "--images-per-client", "1"], ["clever"]),
     (["train", "--thresholds", "/nonexistent/thresholds.csv"], ["/nonexistent/thresholds.csv"]),
     (["train", "--partitions", "iid,noniid"], ["noniid"]),
+    (["train", "--defenses", "masking:0.5", "--later-sweep", "/nonexistent/sweep"], ["--later-sweep", "/nonexistent/sweep"]),
 ])
 def test_bad_experiment_input_fails_before_work(tmp_path, capsys, argv, words):
     rc = main([*argv, "--out", str(tmp_path / "o")])

@@ -339,7 +339,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# per-round time: median of rounds 2..{args.rounds}; start: wall - {args.rounds} x "
           f"that; RSS: peak resident memory (VmHWM); outputs under {out_root}")
     print("\n".join(report(rows, args.rounds)))
+    write_results(out_root, rows, args.rounds, argv)
+    print(f"wrote {out_root / 'bench_federation.json'}")
     return 0
+
+
+def write_results(out: Path, rows: list[dict], rounds: int, argv: list[str] | None) -> None:
+    """``bench_federation.json`` (a row per federation and polling interval: the steady
+    seconds per round of each side, their ratio, the final accuracies) and ``meta.json``
+    (the command and the date) in ``out``, for the documentation's speed results."""
+    from experiments.common import write_meta
+    from fl_defense.flower_polling import DEFAULT_INTERVAL, ENV
+    from fl_defense.io import write_json
+
+    table = []
+    for r in rows:
+        ps, fs = steady(r["plain"]["seconds"]), steady(r["flower"]["seconds"])
+        table.append({"clients": r["clients"], "fraction": r["fraction"], "sampled": r["sampled"],
+                      "poll": r.get("poll") or os.environ.get(ENV) or str(DEFAULT_INTERVAL), "rounds": rounds, "plain_s_per_round": ps,
+                      "flower_s_per_round": fs, "ratio": fs / ps,
+                      "plain_accuracy": r["plain"]["accuracy"][-1], "flower_accuracy": r["flower"]["accuracy"][-1]})
+    write_json(out / "bench_federation.json", {"rows": table})
+    write_meta(out, argv, program="python -m benchmarks.bench_federation")
 
 
 if __name__ == "__main__":

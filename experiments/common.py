@@ -18,7 +18,7 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
-def write_meta(out, argv=None) -> None:
+def write_meta(out, argv=None, program: str = "python run_sim.py") -> None:
     """``meta.json`` in a result folder: the command line that made it and the date, which
     the documentation's results pages show beside the numbers."""
     import datetime
@@ -29,5 +29,5 @@ def write_meta(out, argv=None) -> None:
     from fl_defense.io import write_json
 
     words = list(sys.argv[1:] if argv is None else argv)
-    write_json(Path(out) / "meta.json", {"command": "python run_sim.py " + shlex.join(words),
+    write_json(Path(out) / "meta.json", {"command": f"{program} " + shlex.join(words),
                                          "date": datetime.date.today().isoformat()})

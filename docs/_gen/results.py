@@ -427,6 +427,69 @@ def grid_page(results_dir: Path) -> str:
     return "\n".join(head + body)
 
 
+# ------------------------------------------------------------------------------ speed
+
+BENCH_FEDERATION_COMMAND = ("python -m benchmarks.bench_federation --sizes 10:1.0,100:0.1,1000:0.01 --rounds 20 "
+                            "--flower-poll off,0.005 --out docs/results/bench_federation")
+MAIN_JOB_COMMAND = "python -m benchmarks.main_job --out docs/results/main_job --copies 2"
+
+
+def _federation_section(res: Result) -> str:
+    head = ["## Flower's round overhead", "",
+            "The same local training per round by plain PyTorch in one process and by the Flower simulation, "
+            "the same clients sampled each round (see [Speed](../speed.md#federations-of-10-to-1000-clients)); "
+            "`poll` is `FL_DEFENSE_FLOWER_POLL` (`off`: Flower's own 0.1 s polling).  Seconds per round are the "
+            "median of rounds 2 and after.", ""]
+    path = res.folder / "bench_federation.json" if res.folder else None
+    if not res.measured or not path.is_file():
+        return "\n".join(head) + "\n" + not_measured("docs/results/bench_federation", BENCH_FEDERATION_COMMAND)
+    rows = read_json(path)["rows"]
+    body = [provenance(res), table(
+        ["clients", "trained per round", "poll (s)", "rounds", "plain s/round", "Flower s/round", "ratio",
+         "accuracy plain", "accuracy Flower"],
+        [[r["clients"], r["sampled"], esc(r["poll"]), r["rounds"], fixed(r["plain_s_per_round"], 3),
+          fixed(r["flower_s_per_round"], 3), f"{r['ratio']:.2f}x", fixed(r["plain_accuracy"], 4),
+          fixed(r["flower_accuracy"], 4)] for r in rows])]
+    for clients in dict.fromkeys(r["clients"] for r in rows):
+        by_poll = {r["poll"]: r for r in rows if r["clients"] == clients}
+        if "off" in by_poll and len(by_poll) > 1:
+            other = next(r for p, r in by_poll.items() if p != "off")
+            body.append(f"At {clients} clients a round takes {fixed(by_poll['off']['flower_s_per_round'], 3)} s "
+                        f"with Flower's own polling and {fixed(other['flower_s_per_round'], 3)} s at "
+                        f"{esc(other['poll'])} s: {by_poll['off']['ratio']:.2f}x and {other['ratio']:.2f}x the "
+                        f"plain loop.\n")
+    return "\n".join(head + body)
+
+
+def _main_job_section(res: Result) -> str:
+    head = ["## The main job", "",
+            "`python run_sim.py` with its defaults, alone and beside copies of itself started at the same time, "
+            "each a fresh process as a user starts it; identified leaks of the hook per round as k/n.", ""]
+    path = res.folder / "main_job.json" if res.folder else None
+    if not res.measured or not path.is_file():
+        return "\n".join(head) + "\n" + not_measured("docs/results/main_job", MAIN_JOB_COMMAND)
+    data = read_json(path)
+    runs = [("alone", data["alone"])] + [(f"copy {i + 1} of {data['copies']}", r)
+                                         for i, r in enumerate(data["side_by_side"])]
+    body = [provenance(res), table(
+        ["run", "seconds", "rounds", "identified per round", "paper criterion per round", "final accuracy"],
+        [[esc(name), fixed(r["seconds"], 1), r["rounds"],
+          " ".join(f"{k}/{n}" for k, n in zip(r["leaked"], r["images"])) or "-",
+          " ".join(f"{k}/{n}" for k, n in zip(r["leaked_paper"], r["images"])) or "-",
+          fixed(r["final_accuracy"], 4)] for name, r in runs]),
+        f"Beside {data['copies'] - 1} other cop{'y' if data['copies'] == 2 else 'ies'} of itself the main job "
+        f"took {data['slowdown']:.2f}x its time alone (mean over the copies).", ""]
+    return "\n".join(head + body)
+
+
+def speed_page(results_dir: Path) -> str:
+    head = ["# Speed", "",
+            "Measured side by side in one invocation of each benchmark, on the machine and date shown; "
+            "[Speed](../speed.md) says what each benchmark does and how to run it.", ""]
+    return "\n".join(head + [_federation_section(find(results_dir, "bench_federation")),
+                              _main_job_section(find(results_dir, "main_job"))])
+
+
 # ------------------------------------------------------------------------------ overview
 
 PAGES: dict[str, tuple[str, Callable[[Path], str]]] = {
@@ -434,6 +497,7 @@ PAGES: dict[str, tuple[str, Callable[[Path], str]]] = {
     "results/leak-map.md": ("Leak map", leak_map_page),
     "results/sweeps.md": ("Experiment 1: thresholds", sweeps_page),
     "results/training-grid.md": ("Experiment 2: the training grid", grid_page),
+    "results/speed.md": ("Speed", speed_page),
 }
 
 
@@ -443,7 +507,9 @@ def index_page(results_dir: Path) -> str:
                ("sweeps.md", "Experiment 1: thresholds", "sweep-<kind>",
                 [find(results_dir, p.name) for p in sorted(results_dir.glob("sweep-*")) if p.is_dir()]
                 if results_dir.is_dir() else []),
-               ("training-grid.md", "Experiment 2: the training grid", "grid", [find(results_dir, "grid")])]
+               ("training-grid.md", "Experiment 2: the training grid", "grid", [find(results_dir, "grid")]),
+               ("speed.md", "Speed: Flower's rounds", "bench_federation", [find(results_dir, "bench_federation")]),
+               ("speed.md", "Speed: the main job", "main_job", [find(results_dir, "main_job")])]
     rows = []
     for page, title, folder, found in entries:
         found = [r for r in found if r.measured]

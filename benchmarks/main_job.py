@@ -1,0 +1,92 @@
+"""Benchmark: the main job (``python run_sim.py`` with its defaults) alone, and beside copies of
+itself.
+
+Runs the main job once alone, then ``--copies`` copies at the same time (each in a folder of
+its own), every one a fresh process exactly as a user starts it.  Prints each run's wall-clock
+seconds and the hook's identified leaks per round (``k/n``), and the slowdown of the copies:
+the mean wall-clock time of the side-by-side runs over the time alone, measured in this one
+invocation on this machine.  Writes ``main_job.json`` and ``meta.json`` in ``--out`` (the
+documentation's speed results render them).
+
+    python -m benchmarks.main_job --out DIR [--copies 2] [-- RUN_SIM_FLAGS...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(folder: Path, extra: list[str]) -> tuple[subprocess.Popen, float]:
+    """One main job writing to ``folder`` (its output to ``folder.log``), started now."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log = open(folder.with_suffix(".log"), "wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_sim.py"), "--out", str(folder), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    log.close()
+    return proc, time.perf_counter()
+
+
+def finish(folder: Path, proc: subprocess.Popen, began: float) -> dict:
+    """The run's wall-clock seconds and the hook's leaks per round, once ``proc`` has ended.
+    Raises ``RuntimeError`` naming the run's log when it failed."""
+    from fl_defense.io import read_jsonl
+
+    rc = proc.wait()
+    seconds = time.perf_counter() - began
+    if rc != 0:
+        raise RuntimeError(f"the main job in {folder} exited with status {rc}; see {folder.with_suffix('.log')}")
+    rows = read_jsonl(folder / "metrics.jsonl")
+    attacked = [r for r in rows if r.get("attack_images")]
+    return {"folder": str(folder), "seconds": seconds, "rounds": len(rows),
+            "leaked": [r.get("attack_leaked") for r in attacked],
+            "leaked_paper": [r.get("attack_leaked_paper") for r in attacked],
+            "images": [r["attack_images"] for r in attacked],
+            "attack_seconds": [r.get("attack_seconds") for r in attacked],
+            "final_accuracy": rows[-1].get("accuracy") if rows else None}
+
+
+def describe(name: str, run: dict) -> str:
+    leaks = " ".join(f"{k}/{n}" for k, n in zip(run["leaked"], run["images"]))
+    return f"{name}: {run['seconds']:.1f} s, {run['rounds']} rounds, hook identified per round {leaks or '-'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for the runs and main_job.json")
+    ap.add_argument("--copies", type=int, default=2, help="main jobs run side by side (default 2)")
+    ap.add_argument("extra", nargs="*", help="flags for every run_sim.py run (after --)")
+    args = ap.parse_args(argv)
+    if args.copies < 2:
+        print(f"error: --copies must be >= 2, got {args.copies}", file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    if out.exists() and any(out.iterdir()):
+        print(f"error: --out {out} is not empty", file=sys.stderr)
+        return 2
+    alone = finish(out / "alone", *start(out / "alone", args.extra))
+    print(describe("alone", alone), flush=True)
+    started = [(out / f"copy-{i + 1}", *start(out / f"copy-{i + 1}", args.extra)) for i in range(args.copies)]
+    copies = [finish(folder, proc, began) for folder, proc, began in started]
+    for i, run in enumerate(copies):
+        print(describe(f"copy {i + 1} of {args.copies}", run), flush=True)
+    slowdown = statistics.mean(r["seconds"] for r in copies) / alone["seconds"]
+    print(f"slowdown beside {args.copies - 1} other cop{'y' if args.copies == 2 else 'ies'}: {slowdown:.2f}x "
+          f"(mean wall-clock time side by side / alone)")
+    from experiments.common import write_meta
+    from fl_defense.io import write_json
+
+    write_json(out / "main_job.json", {"extra_flags": args.extra, "copies": args.copies, "alone": alone,
+                                       "side_by_side": copies, "slowdown": slowdown})
+    write_meta(out, argv, program="python -m benchmarks.main_job")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

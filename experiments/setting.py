@@ -92,7 +92,8 @@ def _parse_set_value(text: str) -> Any:
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:
     """The config keys of repeated ``--set KEY=VALUE`` flags, later ones winning.
 
-    A text key keeps its text as typed (``--set fail-clients=3`` is the text ``"3"``).
+    A text key keeps its text as typed when it does not read as a TOML string
+    (``--set fail-clients=3`` and ``--set fail-clients='"3"'`` are both the text ``"3"``).
 
     Raises
     ------
@@ -105,7 +106,8 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
         key, text = key.strip(), text.strip()
         if not sep or not key:
             raise ConfigError(f"--set wants KEY=VALUE, got {item!r}")
-        out[key] = text if is_text_key(key) else _parse_set_value(text)
+        value = _parse_set_value(text)
+        out[key] = text if is_text_key(key) and not isinstance(value, str) else value
     return out
 
 

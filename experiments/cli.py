@@ -120,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from experiments.launcher import SimulationFailed, run_simulation
     from fl_defense.task import check_run_inputs
 
+    threads = run_threads(args.threads)
     done: list[dict[str, Any]] = []
     if args.resume:
         resumed = resume_config(args)
@@ -151,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             board(row)
 
     try:
-        result = run_simulation(run_config, on_row=on_row, progress=None if args.quiet else progress_line)
+        result = run_simulation(run_config, on_row=on_row, progress=None if args.quiet else progress_line,
+                                threads=threads)
     except SimulationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -175,6 +177,18 @@ def cmd_stop_superlink(args: argparse.Namespace) -> int:
     print(f"stopped the local SuperLink of {home} (pid {', '.join(map(str, stopped))}) and its processes"
           if stopped else f"no local SuperLink of {home} is running")
     return 0
+
+
+def run_threads(flag: int | None) -> int | None:
+    """The ``--threads`` of a run: the flag, else ``None`` (the environment's) where
+    ``OMP_NUM_THREADS`` is set, else 1.  Raises :class:`ConfigError` below 1."""
+    import os
+
+    if flag is not None and flag < 1:
+        raise ConfigError(f"--threads must be >= 1, got {flag}")
+    if flag is not None:
+        return flag
+    return None if os.environ.get("OMP_NUM_THREADS") else 1
 
 
 def progress_line(text: str) -> None:

@@ -83,6 +83,9 @@ from fl_defense.io import read_jsonl, write_json, write_jsonl
 from fl_defense.quiet import quiet_third_party
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+#: Seconds ``flwr run`` gets to end by itself once the run's last file (``summary.json``, written
+#: after the last checkpoint) is there; then its processes are stopped, with nothing left to write.
+TEARDOWN_GRACE = 2.0
 #: The environment variable that marks every process of one run (value: a fresh uuid).
 RUN_MARK = "FL_DEFENSE_RUN_MARK"
 #: The file in the output folder that names the launcher writing it.
@@ -214,11 +217,12 @@ def stop_process_group(proc: subprocess.Popen | None, grace: float = 10.0) -> No
             break
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
+            proc.poll()  # reap the leader: a zombie still counts as a member of its group
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         else:
             continue
         break
@@ -349,8 +353,8 @@ def follow_run(runner: subprocess.Popen, out_dir: Path, on_row: Callable[[dict[s
                check: Callable[[], None] | None = None, seen: int = 0,
                progress: Callable[[str], None] | None = None) -> int:
     """Report each new row of ``metrics.jsonl`` (after the first ``seen``) while ``flwr run``
-    runs, until it exits or ``summary.json`` appears (then give it 30 s to close its
-    stream); and, to ``progress``, each new line the attack hook writes while it attacks
+    runs, until it exits or ``summary.json`` appears (then give it :data:`TEARDOWN_GRACE`
+    seconds to end by itself before it is stopped); and, to ``progress``, each new line the attack hook writes while it attacks
     (:data:`strategies.hook.PROGRESS_FILE`).  ``check`` runs every poll and may raise; past
     ``timeout`` seconds ``on_timeout()`` is raised.  Returns the number of rows seen."""
     from strategies.hook import PROGRESS_FILE
@@ -379,9 +383,9 @@ def follow_run(runner: subprocess.Popen, out_dir: Path, on_row: Callable[[dict[s
         if timeout and time.perf_counter() - start > timeout:
             raise on_timeout()
         time.sleep(0.5)
-    if (out_dir / "summary.json").exists():
+    if (out_dir / "summary.json").exists():  # the run's last file: what is left is Flower's teardown
         try:
-            runner.wait(timeout=30)
+            runner.wait(timeout=TEARDOWN_GRACE)
         except subprocess.TimeoutExpired:
             pass
     return seen

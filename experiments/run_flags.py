@@ -81,6 +81,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="also log the per-round numbers and the hook's reconstruction figures to TensorBoard in DIR "
                         "(pip install -e \".[tensorboard]\")")
     p.add_argument("--quiet", action="store_true", help="no legend and no progress lines, the table only")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of each process of the run (OMP_NUM_THREADS; default: the environment's "
+                        "OMP_NUM_THREADS, else 1: each client is a one-CPU actor already, and the hook's attack "
+                        "of one upload gains little from a second thread but slows any other job on the cores)")
 
 
 def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:

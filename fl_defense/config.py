@@ -72,8 +72,8 @@ class ExperimentConfig:
     attack_clients: int = 1
     attacker: str = "naive"
     attack_method: str = "idlg"
-    attack_max_iter: int = 500
-    attack_restarts: int = 2
+    attack_max_iter: int = 300
+    attack_restarts: int = 1
     attack_tv: float = 1e-3
     leak_threshold: float = 0.4
     decoys: str = ""

@@ -169,7 +169,9 @@ def checkpoint_for(out_dir: str | Path, cfg: ExperimentConfig, shapes) -> Checkp
 # ------------------------------------------------------------------ the wrapper
 class ResumableStrategy(StrategyWrapper):
     """The outermost wrapper: Flower's round ``r`` is round ``start + r`` for the whole
-    stack, and after each round's central evaluation the checkpoint is written."""
+    stack, and after each round's central evaluation the checkpoint is written; then the
+    layers with a ``finish()`` (the recorder's ``summary.json``) are called, so that the run's
+    last file follows its last checkpoint."""
 
     def __init__(self, inner: Strategy, cfg: ExperimentConfig, out_dir: str | Path, start: int = 0) -> None:
         super().__init__(inner)
@@ -177,6 +179,9 @@ class ResumableStrategy(StrategyWrapper):
         self.config = recorded_config(cfg)
         self.num_rounds = cfg.num_server_rounds
         self.start = int(start)
+        self._finishers = [layer for layer in stack_layers(inner) if hasattr(layer, "finish_deferred")]
+        for layer in self._finishers:
+            layer.finish_deferred = True
 
     def __repr__(self) -> str:
         return f"ResumableStrategy(start={self.start}, {self.inner!r})"
@@ -200,4 +205,6 @@ class ResumableStrategy(StrategyWrapper):
         save_checkpoint(self.out_dir, Checkpoint(self.start + server_round, self.num_rounds,
                                                  parameters_to_ndarrays(parameters), self.config,
                                                  stack_state(self.inner)))
+        for layer in self._finishers:
+            layer.finish()
         return result

@@ -5,7 +5,9 @@ failed, merges what the inner layers return from ``aggregate_fit`` (the aggregat
 metrics, ``clients_rejected``, ``clients_dropped``, the attack hook's ``attack_*`` figures)
 with the central evaluation, and rewrites ``metrics.jsonl`` atomically after every round
 (one JSON object per round; keys with ``-`` are written with ``_``).  When the last round is done it
-writes ``summary.json`` with ``"status": "completed"``.
+writes ``summary.json`` with ``"status": "completed"`` (:meth:`RecordingStrategy.finish`), the
+last file of a run: when a stack also checkpoints, the checkpointing layer calls it after the
+last checkpoint, so a launcher may stop the run's processes as soon as it appears.
 
 Its rows are the one state of the stack that lasts from round to round: ``state_dict`` /
 ``load_state_dict`` hand them to the checkpoint (:mod:`strategies.checkpoint`), and a
@@ -36,6 +38,8 @@ class RecordingStrategy(StrategyWrapper):
         self.rows: list[dict[str, Any]] = []
         self._pending: dict[str, Any] = {}
         self._t0 = time.perf_counter()
+        #: set by a layer that calls :meth:`finish` itself (after its own last write)
+        self.finish_deferred = False
 
     def state_dict(self) -> dict[str, Any]:
         """The rows recorded so far (what a resumed run goes on from)."""
@@ -83,10 +87,15 @@ class RecordingStrategy(StrategyWrapper):
         write_jsonl(self.out_dir / "metrics.jsonl", self.rows)
         log(INFO, "fl-defense round %s: %s", server_round,
             " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "round"))
-        if server_round == self.num_rounds:
-            write_json(self.out_dir / "summary.json", {"status": "completed", "rounds": server_round,
-                                                        "final": row})
+        if not self.finish_deferred:
+            self.finish()
         return result
+
+    def finish(self) -> None:
+        """Write ``summary.json`` once the last round's row is recorded (else nothing)."""
+        if self.rows and self.rows[-1].get("round") == self.num_rounds:
+            write_json(self.out_dir / "summary.json", {"status": "completed", "rounds": self.num_rounds,
+                                                        "final": self.rows[-1]})
 
 
 def _mean(values):

@@ -41,13 +41,11 @@ Engines (``AttackConfig.engine``):
   papers' way), same iteration budget, stopping rule and restarts.
 * ``"joint"``: one ``torch.optim.LBFGS`` over the concatenation of all targets (summed
   loss).  Kept for comparison only: the targets share one step and one curvature history,
-  and none can stop early.  Measured on 16 MNIST digits (one thread): same success (16/16)
-  but 1070 joint iterations (17120 target-iterations, 17.4 s) against 172-270 per target
-  (3601 target-iterations, 3.9 s) for ``"batched"``.
+  and none can stop early, so every target runs as many iterations as the slowest one
+  (``benchmarks/bench_attack.py`` compares the engines).
 
 Images are optimised unconstrained (no box constraint, as in the papers) from a uniform
-[0, 1] init (the papers draw a Gaussian; the uniform init converges faster, see
-:class:`AttackConfig`) and clamped to [0, 1] at the end.  An attack never raises on a
+[0, 1] init (the papers draw a Gaussian; see :class:`AttackConfig`) and clamped to [0, 1] at the end.  An attack never raises on a
 numerical failure: a target whose observed gradient is non-finite or all zero, or whose
 optimisation never reaches a finite relative loss below 1, is marked ``failed``.
 """

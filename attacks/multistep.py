@@ -409,12 +409,9 @@ class MultiStepProblem:
 
     def _chain_loss(self, x: Tensor, y: Tensor, p0: dict[str, Tensor], obs: list[Tensor], scale: Tensor) -> Tensor:
         """``[U]`` losses through :meth:`Simulator.run_targets` (a plain chain: no BatchNorm
-        statistics): for a few targets, cheaper than the vmap of :meth:`_target_loss`, with
-        the same values (``tests/test_multistep.py``).  Measured, one thread, DLG LeNet, 4
-        images: per evaluation 15.6 ms against 27.2 ms (vmap) for one client of 2 steps of 2,
-        and 40.7 against 71.5 ms for 4 full-batch steps (``benchmarks/bench_multistep.py
-        --eval-cost``); from about ``CHAIN_MAX`` image-steps per call on (4 full-batch steps:
-        4 clients; 2 steps of 2: 16 clients) vmap is as fast or faster."""
+        statistics), with the same values as the vmap of :meth:`_target_loss`
+        (``tests/test_multistep.py``); used up to ``CHAIN_MAX`` image-steps per call, above
+        which the vmap is used (``benchmarks/bench_multistep.py --eval-cost`` compares the two)."""
         pseudo = self.sim.run_targets(p0, self.shared, x, y)
         loss = matching_loss(pseudo, obs, self.cfg.objective)
         if self.tv_weight > 0:

@@ -1,4 +1,4 @@
-"""Tests of the benchmark scripts' helpers and of a tiny run of each (issue 13)."""
+"""Tests of the benchmark scripts' helpers and of a tiny run of each."""
 
 from __future__ import annotations
 

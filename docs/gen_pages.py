@@ -4,7 +4,7 @@
   argparse parsers, ``ExperimentConfig`` and ``pyproject.toml``, and the registries;
 * ``results/*.md``: from the result files committed under ``docs/results/``;
 * every hand-written page with a ``<!-- gen:NAME -->`` line: that line replaced by the
-  table or text ``NAME`` of ``_gen.reference.SNIPPETS`` (an unknown name stops the build).
+  table or text ``NAME`` of ``_gen.snippets.SNIPPETS`` (an unknown name stops the build).
 
 Nothing here is written to the repository: the pages exist only in the built site.
 """
@@ -24,7 +24,7 @@ for path in (str(DOCS), str(ROOT)):  # the helpers, and the project's code (this
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from _gen import reference, results  # noqa: E402
+from _gen import reference, results, snippets  # noqa: E402
 
 MARKER = re.compile(r"^(?P<indent>[ ]*)<!-- gen:(?P<name>[a-z0-9-]+) -->$", re.M)
 
@@ -46,10 +46,10 @@ def fill_markers() -> None:
 
         def one(match: re.Match) -> str:
             name, indent = match.group("name"), match.group("indent")
-            if name not in reference.SNIPPETS:
+            if name not in snippets.SNIPPETS:
                 raise KeyError(f"{rel}: unknown generated block <!-- gen:{name} -->; known: "
-                               f"{', '.join(reference.SNIPPETS)}")
-            block = reference.SNIPPETS[name]().strip()
+                               f"{', '.join(snippets.SNIPPETS)}")
+            block = snippets.SNIPPETS[name]().strip()
             return "\n".join(indent + line if line else "" for line in block.split("\n")) + "\n"
 
         write(rel, MARKER.sub(one, text))

@@ -65,7 +65,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -76,7 +75,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from experiments.processes import alive, marked_processes, proc_start_time, sweep, zombie
+from experiments.processes import (alive, marked_processes, proc_start_time, stop_process_group, stop_watchdog,
+                                   sweep, zombie)
 from fl_defense.config import ConfigError, ExperimentConfig, parse_run_config
 from fl_defense.flower_polling import poll_interval
 from fl_defense.io import read_jsonl, write_json, write_jsonl
@@ -201,37 +201,6 @@ def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> No
     raise SimulationFailed(f"the local SuperLink did not answer on port {port} within {timeout:.0f}s")
 
 
-def stop_process_group(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """SIGTERM the process group started with ``proc`` (it leads its own session), then
-    SIGKILL what is left after ``grace`` seconds."""
-    if proc is None:
-        return
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader: a zombie still counts as a member of its group
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            continue
-        break
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def flwr_run_command(project_dir: Path, num_supernodes: int, extra: Sequence[str] = ()) -> list[str]:
     """``flwr run <project> --stream`` with ``num_supernodes`` single-CPU SuperNodes."""
     return [str(Path(sys.executable).parent / "flwr"), "run", str(project_dir), "--stream", *extra,
@@ -249,17 +218,6 @@ def start_watchdog(marker: str, cleanup: Sequence[Path] = ()) -> subprocess.Pope
         cmd += ["--cleanup", str(folder)]
     return subprocess.Popen(cmd, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
-    if watchdog is None:
-        return
-    watchdog.terminate()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()
-        watchdog.wait(timeout=5)
 
 
 @contextlib.contextmanager

@@ -241,10 +241,15 @@ class GuidingParser(argparse.ArgumentParser):
         found = re.match(r"unrecognized arguments: (.*)", message)
         if found:
             options = sorted({o for a in _all_actions(self) for o in a.option_strings if o.startswith("--")})
+            owners = _flag_owners(self)
             hints = []
             for token in found.group(1).split():
                 flag = token.split("=", 1)[0]
-                if flag.startswith("--"):
+                if flag in owners:  # a flag of other commands, not of this one
+                    key = FLAG_KEYS.get(owners[flag][1])
+                    hints.append(f"{flag} (a flag of {', '.join(owners[flag][0])}"
+                                 + (f"; a run takes --set {key}=VALUE)" if key else ")"))
+                elif flag.startswith("--"):
                     close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
                     if close:
                         hints.append(f"{flag} (did you mean {close[0]}?)")
@@ -280,6 +285,19 @@ def name_the_flag(message: str, args: argparse.Namespace, parser: argparse.Argum
         if pattern.search(message):
             return pattern.sub(flag, message, count=1)
     return message
+
+
+def _flag_owners(parser: argparse.ArgumentParser) -> dict[str, tuple[list[str], str]]:
+    """``--flag -> ([subcommands that take it], its dest)`` over ``parser``'s subcommands."""
+    owners: dict[str, tuple[list[str], str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for a in _all_actions(sub):
+                    for o in a.option_strings:
+                        if o.startswith("--") and o != "--help":
+                            owners.setdefault(o, ([], a.dest))[0].append(name)
+    return owners
 
 
 def _all_actions(parser: argparse.ArgumentParser) -> list:

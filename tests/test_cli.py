@@ -112,6 +112,14 @@ def test_a_misspelled_flag_gets_the_nearest_one(capsys):
     assert "--defence (did you mean --defense?)" in capsys.readouterr().err
 
 
+def test_a_flag_of_another_command_names_its_commands_and_the_config_key(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--max-iter", "5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--max-iter (a flag of attack, sweep; a run takes --set attack-max-iter=VALUE)" in err
+
+
 def test_errors_name_the_flag_as_typed_and_its_key(tmp_path, capsys):
     assert main(["--rounds", "-3", "--out", str(tmp_path / "o")]) == 2
     assert "--rounds (config key num-server-rounds) must be >= 1, got -3" in capsys.readouterr().err

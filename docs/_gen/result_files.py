@@ -31,6 +31,11 @@ class Result:
     def measured(self) -> bool:
         return self.folder is not None
 
+    def data(self, filename: str) -> Path | None:
+        """The result's file ``filename``, or ``None`` when the folder or the file is missing."""
+        path = self.folder / filename if self.folder else None
+        return path if path is not None and path.is_file() else None
+
 
 def read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
@@ -98,6 +103,11 @@ def provenance(res: Result) -> str:
     if data:
         lines += ["", "**Files:** " + ", ".join(f"[{esc(f)}]({same_root_link(res, f)})" for f in data)]
     return "\n".join(lines) + "\n"
+
+
+def missing_page(head: list[str], res: Result, command: str) -> str:
+    """A page's (or section's) ``head`` followed by the "not yet measured" note for ``res``."""
+    return "\n".join(head) + "\n" + not_measured(f"docs/results/{res.name}", command)
 
 
 def not_measured(what: str, command: str) -> str:

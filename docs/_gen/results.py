@@ -22,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from _gen.result_files import (NOT_MEASURED, Result, figure, find, fixed, leak_bound, not_measured, provenance,
+from _gen.result_files import (NOT_MEASURED, Result, figure, find, fixed, leak_bound, missing_page, not_measured,
+                               provenance,
                                rate_ci, read_csv, read_json, to_float, to_int)
 from _gen.text import code, esc, fmt_number, pct, table
 
@@ -42,9 +43,9 @@ def null_floor_page(results_dir: Path) -> str:
             "private image's label (an attacker that recovers the label and inverts nothing) and the public "
             "image most similar to the private one (the best a copy of public data can do).  See "
             "[the leak criteria](../concepts/leak-criteria.md) and `benchmarks/null_floor.py`.", ""]
-    path = res.folder / "null_floor.json" if res.folder else None
-    if not res.measured or not path.is_file():
-        return "\n".join(head) + "\n" + not_measured("docs/results/null_floor", NULL_FLOOR_COMMAND)
+    path = res.data("null_floor.json")
+    if path is None:
+        return missing_page(head, res, NULL_FLOOR_COMMAND)
     rows = read_json(path)["rows"]
     body = [provenance(res)]
     for kind in dict.fromkeys(r["kind"] for r in rows):
@@ -92,9 +93,9 @@ def leak_map_page(results_dir: Path) -> str:
             "clients train K SGD steps of B over N = K B images (one epoch), no defense, and the server "
             "inverts every upload with labels inferred; every image is scored by both criteria against the "
             "data set's test split.  See `benchmarks/leak_map.py`.", ""]
-    path = res.folder / "leak_map.json" if res.folder else None
-    if not res.measured or not path.is_file():
-        return "\n".join(head) + "\n" + not_measured("docs/results/leak_map", LEAK_MAP_COMMAND)
+    path = res.data("leak_map.json")
+    if path is None:
+        return missing_page(head, res, LEAK_MAP_COMMAND)
     rows = read_json(path)["rows"]
     body = [provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
     for kind in dict.fromkeys(r["kind"] for r in rows):
@@ -254,9 +255,9 @@ def grid_page(results_dir: Path) -> str:
             "Final test accuracy of real Flower runs, per partition and aggregation, with no defense and each "
             "defense at the strengths around its sweep thresholds, beside the leak the sweep measured at the same "
             "strength in the same setting (see [Experiments](../experiments.md#train)).", ""]
-    path = res.folder / "final_accuracy.csv" if res.folder else None
-    if not res.measured or not path.is_file():
-        return "\n".join(head) + "\n" + not_measured("docs/results/grid", GRID_COMMAND)
+    path = res.data("final_accuracy.csv")
+    if path is None:
+        return missing_page(head, res, GRID_COMMAND)
     rows = read_csv(path)
     panels = _panels(rows)
     later = any(k.endswith("_later") for k in rows[0])
@@ -324,9 +325,9 @@ def _federation_section(res: Result) -> str:
             "the same clients sampled each round (see [Speed](../speed.md#federations-of-10-to-1000-clients)); "
             "`poll` is `FL_DEFENSE_FLOWER_POLL` (`off`: Flower's own 0.1 s polling).  Seconds per round are the "
             "median of rounds 2 and after.", ""]
-    path = res.folder / "bench_federation.json" if res.folder else None
-    if not res.measured or not path.is_file():
-        return "\n".join(head) + "\n" + not_measured("docs/results/bench_federation", BENCH_FEDERATION_COMMAND)
+    path = res.data("bench_federation.json")
+    if path is None:
+        return missing_page(head, res, BENCH_FEDERATION_COMMAND)
     rows = read_json(path)["rows"]
     body = [provenance(res), table(
         ["clients", "trained per round", "poll (s)", "rounds", "plain s/round", "Flower s/round", "ratio",
@@ -349,9 +350,9 @@ def _main_job_section(res: Result) -> str:
     head = ["## The main job", "",
             "`python run_sim.py` with its defaults, alone and beside copies of itself started at the same time, "
             "each a fresh process as a user starts it; identified leaks of the hook per round as k/n.", ""]
-    path = res.folder / "main_job.json" if res.folder else None
-    if not res.measured or not path.is_file():
-        return "\n".join(head) + "\n" + not_measured("docs/results/main_job", MAIN_JOB_COMMAND)
+    path = res.data("main_job.json")
+    if path is None:
+        return missing_page(head, res, MAIN_JOB_COMMAND)
     data = read_json(path)
     runs = [("alone", data["alone"])] + [(f"copy {i + 1} of {data['copies']}", r)
                                          for i, r in enumerate(data["side_by_side"])]

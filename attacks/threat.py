@@ -62,7 +62,8 @@ def attack_config(cfg: ExperimentConfig, device: str, batch_size: int = 64) -> A
     """The engine's settings for the attack a run or an experiment configures: method,
     objective (from the attacker and the defense's name), iteration budget, restarts, seed."""
     return AttackConfig(method=cfg.attack_method, objective=objective_for(cfg.attacker, defense_seen(cfg)),
-                        max_iter=cfg.attack_max_iter, restarts=cfg.attack_restarts, seed=cfg.seed,
+                        max_iter=cfg.attack_max_iter, restarts=cfg.attack_restarts, patience=cfg.attack_patience,
+                        seed=cfg.seed,
                         batch_size=batch_size, device=device)
 
 

@@ -39,7 +39,7 @@ from fl_defense.models import MODELS
 
 UPDATE_KEYS = ("dataset", "model", "lr", "local-steps", "batch-size", "images-per-client")
 CONTEXT_KEYS = ("partition", "num-clients", "seed")
-ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts", "attack-tv")
+ATTACK_KEYS = ("attack-method", "attack-max-iter", "attack-restarts", "attack-patience", "attack-tv")
 #: The attack experiments' iteration budget per try (``attack``, ``sweep``, the leak map): at
 #: least the hook's (config key ``attack-max-iter``), whose default fits a first run.
 EXPERIMENT_MAX_ITER = 2000

@@ -74,6 +74,7 @@ class ExperimentConfig:
     attack_method: str = "idlg"
     attack_max_iter: int = 300
     attack_restarts: int = 1
+    attack_patience: int = 100
     attack_tv: float = 1e-3
     leak_threshold: float = 0.4
     decoys: str = ""
@@ -249,6 +250,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _choice("attack-method", cfg.attack_method, ATTACK_METHODS)
     _check(cfg.attack_max_iter >= 1, "attack-max-iter", cfg.attack_max_iter, ">= 1")
     _check(cfg.attack_restarts >= 0, "attack-restarts", cfg.attack_restarts, ">= 0")
+    _check(cfg.attack_patience >= 1, "attack-patience", cfg.attack_patience, ">= 1")
     _check(cfg.attack_tv >= 0, "attack-tv", cfg.attack_tv, ">= 0 (0: no total-variation prior)")
     _check(0 < cfg.leak_threshold <= 1, "leak-threshold", cfg.leak_threshold, "in (0, 1]")
     _check(cfg.decoys in ("", "none") or Path(cfg.decoys).is_absolute(), "decoys", cfg.decoys,

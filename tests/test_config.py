@@ -74,6 +74,7 @@ BAD = [
     ({"fail-clients": "12"}, ["fail-clients", "12"]),
     ({"attack-every": -1}, ["attack-every", "-1"]),
     ({"attacker": "smart"}, ["attacker", "smart"]),
+    ({"attack-patience": 0}, ["attack-patience", "0"]),
     ({"leak-threshold": 0}, ["leak-threshold", "0"]),
     ({"seed": True}, ["seed", "True"]),
     ({"slow-clients": "x"}, ["slow-clients", "x"]),

@@ -177,6 +177,11 @@ def test_aware_attacker_matches_direction_under_client_side_clipping():
                          "cpu").objective == "l2"
 
 
+def test_the_attack_budget_comes_from_the_config():
+    acfg = attack_config(parse_run_config({"attack-max-iter": 77, "attack-restarts": 3, "attack-patience": 11}), "cpu")
+    assert (acfg.max_iter, acfg.restarts, acfg.patience) == (77, 3, 11)
+
+
 # ------------------------------------------------------------------------------ SecAgg+
 
 

@@ -18,9 +18,10 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
-def write_meta(out, argv=None, program: str = "python run_sim.py") -> None:
-    """``meta.json`` in a result folder: the command line that made it and the date, which
-    the documentation's results pages show beside the numbers."""
+def write_meta(out, argv=None, program: str = "python run_sim.py", seconds: float | None = None) -> None:
+    """``meta.json`` in a result folder: the command line that made it, the date and, when
+    given, the command's wall-clock ``seconds``, which the documentation's results pages
+    show beside the numbers."""
     import datetime
     import shlex
     import sys
@@ -29,5 +30,7 @@ def write_meta(out, argv=None, program: str = "python run_sim.py") -> None:
     from fl_defense.io import write_json
 
     words = list(sys.argv[1:] if argv is None else argv)
-    write_json(Path(out) / "meta.json", {"command": f"{program} " + shlex.join(words),
-                                         "date": datetime.date.today().isoformat()})
+    meta = {"command": f"{program} " + shlex.join(words), "date": datetime.date.today().isoformat()}
+    if seconds is not None:
+        meta["seconds"] = round(float(seconds), 1)
+    write_json(Path(out) / "meta.json", meta)

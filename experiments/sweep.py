@@ -20,10 +20,11 @@ A grid of independent cells (data set, attacker, defense, strength).  A finished
 stored as its own files, written atomically, with its setting; an invocation whose setting
 differs from the cells already in the folder is refused, and finished cells are never
 recomputed, so an interrupted sweep resumes where it stopped.  All missing strengths of
-one (data set, attacker, defense) are attacked in one vectorised call; these groups run as
-tasks on Ray (:mod:`experiments.sweep_tasks`) -- on this machine by default, on the
-cluster named by ``RAY_ADDRESS`` when it is set -- or in this process with
-``--workers 0``.  The tables and figures (:mod:`experiments.sweep_report`) are rebuilt
+one (data set, attacker, defense) are attacked in one vectorised call in this process
+with ``--workers 0``; otherwise every :data:`TASK_STRENGTHS` of them are a task on Ray
+(:mod:`experiments.sweep_tasks`) -- on this machine by default, on the cluster named by
+``RAY_ADDRESS`` when it is set -- so that no worker is left with a long group while the
+others idle.  The tables and figures (:mod:`experiments.sweep_report`) are rebuilt
 from the cells at the end of every invocation.
 """
 
@@ -40,6 +41,12 @@ from experiments.sweep_report import summarise_sweep
 from fl_defense.config import ATTACK_METHODS, ATTACKERS, ConfigError, ExperimentConfig
 from fl_defense.errors import suggest
 from fl_defense.io import write_json
+
+#: Strengths a Ray task attacks together: small enough that no worker is left with a long
+#: group while the others idle, large enough that a task's set-up (targets, decoys) is a
+#: small part of it.
+TASK_STRENGTHS = 2
+
 
 def sweepable() -> tuple[str, ...]:
     """The defenses the sweep can take: every registered one with a default grid."""
@@ -192,9 +199,14 @@ def cmd_sweep(args) -> int:
                 if attacker == "aware" and "naive" in attackers and same_as_naive(defense, cfg.model):
                     copies += [(kind, defense, s) for s in todo]
                 elif todo:
-                    groups.append({"kind": kind, "attacker": attacker, "defense": defense, "strengths": todo})
+                    # as Ray tasks, TASK_STRENGTHS strengths a task: the cores stay busy to the end
+                    size = TASK_STRENGTHS if args.workers > 0 else len(todo)
+                    pieces = [todo[i:i + size] for i in range(0, len(todo), size)]
+                    groups += [{"kind": kind, "attacker": attacker, "defense": defense, "strengths": piece}
+                               for piece in pieces]
     print(f"sweep: {total} cells ({done} already done, {len(copies)} the same attack as the naive one) x {args.n} "
-          f"images, {len(groups)} groups; setting " + " ".join(f"{k}={v}" for k, v in setting.items() if v != "")
+          f"images, {len(groups)} task(s); setting "
+          + " ".join(f"{k}={v}" for k, v in {**setting, "dataset": ",".join(sources)}.items() if v != "")
           + f"; output {out}", flush=True)
     start = time.perf_counter()
     run_groups(groups, {k: c.to_run_config() for k, c in sources.items()}, folders, out, args,
@@ -202,7 +214,7 @@ def cmd_sweep(args) -> int:
     for kind, defense, strength in copies:
         _copy_as_aware(out, kind, defense, strength)
     summarise_sweep(out, list(sources), defenses, attackers, grids, args.max_leak_rate, cfg.leak_threshold)
-    write_meta(out)
+    write_meta(out, seconds=time.perf_counter() - start)
     print(f"sweep done in {time.perf_counter() - start:.0f}s (this invocation); wrote "
           f"{out / 'thresholds.csv'}, thresholds.md, cells.csv, leak_vs_strength.png, grids/")
     print((out / "thresholds.md").read_text())

@@ -97,10 +97,11 @@ def test_bad_experiment_input_fails_before_work(tmp_path, capsys, argv, words):
 def test_sweep_writes_tables_and_resumes(tmp_path):
     out = tmp_path / "sweep"
     argv = [sys.executable, str(ROOT / "run_sim.py"), "sweep", "--out", str(out), "--n", "2", "--images-per-client", "1", "--local-steps", "1", "--batch-size", "1",
-            "--defenses", "masking,clipping", "--grid-masking", "0.5,0.99", "--grid-clipping", "1,1e-7",
+            "--defenses", "masking,clipping", "--grid-masking", "0.3,0.5,0.99", "--grid-clipping", "1,1e-7",
             "--attackers", "naive", "--max-iter", "20", "--restarts", "0", "--quiet"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
+    assert "x 2 images, 4 task(s)" in first.stdout  # none; masking 0.3,0.5 and 0.99; clipping
     for name in ("thresholds.csv", "thresholds.md", "cells.csv", "leak_vs_strength.png", "config.json"):
         assert (out / name).exists(), name
     rows = list(csv.DictReader((out / "thresholds.csv").read_text().splitlines()))
@@ -108,14 +109,14 @@ def test_sweep_writes_tables_and_resumes(tmp_path):
     assert {"dataset", "defense", "attacker", "threshold", "n", "leaked", "failed", "leak_upper95", "threshold_paper",
             "leak_upper95_paper", "decoys"} <= set(rows[0])
     cells = list(csv.DictReader((out / "cells.csv").read_text().splitlines()))
-    assert len(cells) == 5 and all(c["n"] == "2" and c["leak_upper95"] for c in cells)
+    assert len(cells) == 6 and all(c["n"] == "2" and c["leak_upper95"] for c in cells)
     assert "decoys: 1000 test-split images of mnist-embedded" in first.stdout
     assert (out / "cells" / "mnist-embedded" / "naive" / "masking=0.5.npz").exists()
     cell = out / "cells" / "mnist-embedded" / "naive" / "masking=0.5.json"
     stamp = cell.stat().st_mtime_ns
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
-    assert "5 cells (5 already done, 0 the same attack as the naive one)" in again.stdout
+    assert "6 cells (6 already done, 0 the same attack as the naive one)" in again.stdout
     assert cell.stat().st_mtime_ns == stamp  # a finished cell is never recomputed
     assert not list(out.rglob("*.tmp"))
 

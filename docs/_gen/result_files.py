@@ -25,6 +25,7 @@ class Result:
     folder: Path | None
     command: str | None = None
     date: str | None = None
+    seconds: float | None = None    # wall time of the invocation that wrote it, when recorded
     files: list[str] = field(default_factory=list)
 
     @property
@@ -60,6 +61,7 @@ def find(results_dir: Path, name: str, data_file: str | None = None) -> Result:
             if isinstance(data, dict):
                 res.command = res.command or data.get("command")
                 res.date = res.date or data.get("date")
+                res.seconds = res.seconds if res.seconds is not None else data.get("seconds")
     return res
 
 
@@ -95,6 +97,9 @@ def provenance(res: Result) -> str:
     lines = []
     lines.append(f"**Date:** {esc(res.date) if res.date else 'not recorded'}")
     lines.append("")
+    if res.seconds is not None:
+        lines += [f"**Wall time of the command:** {float(res.seconds):.0f} s ({float(res.seconds) / 60:.1f} min; "
+                  "a resumed command counts only the cells it computed)", ""]
     if res.command:
         lines += ["**Command:**", "", "```bash", res.command, "```"]
     else:

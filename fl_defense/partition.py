@@ -163,6 +163,69 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str,
     return parts
 
 
+#: The environment variable naming the folder of the on-disk partition memo
+#: (:func:`stored_partition_indices`); unset or empty: :data:`DEFAULT_CACHE_DIR`.
+CACHE_ENV = "FL_DEFENSE_CACHE_DIR"
+DEFAULT_CACHE_DIR = "~/.cache/fl-defense"
+
+
+def partition_key(labels: np.ndarray, num_partitions: int, scheme: str, param, seed: int) -> str:
+    """A digest of everything :func:`partition_indices` reads: the labels, the arguments and
+    the versions of flwr-datasets and numpy (whose generators draw the partitions)."""
+    import hashlib
+    from importlib.metadata import version
+
+    y = np.ascontiguousarray(np.asarray(labels))
+    h = hashlib.sha256()
+    h.update(repr((str(y.dtype), y.shape, int(num_partitions), str(scheme),
+                   None if param is None else float(param), int(seed),
+                   version("flwr-datasets"), np.__version__)).encode())
+    h.update(y.tobytes())
+    return h.hexdigest()[:32]
+
+
+def stored_partition_indices(labels: np.ndarray, num_partitions: int, scheme: str,
+                             param: float | int | None = None, seed: int = 0,
+                             cache_dir: str | None = None) -> list[np.ndarray]:
+    """:func:`partition_indices`, memoised on disk.
+
+    The partitions of one (labels, arguments, library versions) are computed once on a
+    machine and read back by every later process (a run's launcher, its ServerApp and
+    each ClientApp), which then need not import flwr-datasets and Hugging Face
+    ``datasets`` (seconds per process).  The memo is a folder ``partitions/`` under
+    ``cache_dir`` (default: the environment's :data:`CACHE_ENV`, else
+    :data:`DEFAULT_CACHE_DIR`), one ``.npz`` per :func:`partition_key`, written atomically;
+    a file that cannot be read, or does not hold ``num_partitions`` disjoint index arrays
+    within the labels, is computed again and replaced.  Where the folder cannot be
+    written, the partitions are computed and returned all the same."""
+    import io
+    import os
+    import zipfile
+    from pathlib import Path
+
+    from fl_defense.io import atomic_write_bytes
+
+    root = cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+    path = Path(root).expanduser() / "partitions" / f"{partition_key(labels, num_partitions, scheme, param, seed)}.npz"
+    n = int(np.asarray(labels).shape[0])
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            parts = [np.asarray(stored[f"p{i}"], dtype=np.int64) for i in range(num_partitions)]
+        flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if flat.size == np.unique(flat).size and (flat.size == 0 or (flat.min() >= 0 and flat.max() < n)):
+            return parts
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass
+    parts = partition_indices(labels, num_partitions, scheme, param, seed)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"p{i}": part for i, part in enumerate(parts)})
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass  # a read-only cache: computed every time
+    return parts
+
+
 def sample_positions(seed: int, server_round: int, available: int, k: int, *stream: int) -> np.ndarray:
     """The seeded client sampling rule: ``k`` distinct positions of ``0..available-1``
     (clients ordered by partition id), sorted, drawn with

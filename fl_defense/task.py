@@ -86,10 +86,10 @@ def load_data(cfg: ExperimentConfig):
 
 @lru_cache(maxsize=8)
 def _partitions(dataset: str, data_dir: str, seed: int, num_clients: int, partition: PartitionSpec):
-    from fl_defense.partition import partition_indices
+    from fl_defense.partition import stored_partition_indices
 
     train, _ = _load(dataset, data_dir, seed)
-    return tuple(partition_indices(train.labels, num_clients, partition.scheme, partition.param, seed))
+    return tuple(stored_partition_indices(train.labels, num_clients, partition.scheme, partition.param, seed))
 
 
 def client_indices(cfg: ExperimentConfig, client_id: int) -> np.ndarray:

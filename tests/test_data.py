@@ -4,6 +4,9 @@ folders and partitioning.  Nothing here touches the network (see forbid_download
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,6 +313,7 @@ def test_image_dataset_validates():
 
 # --------------------------------------------------------------------------- partitions
 
+ROOT = Path(__file__).resolve().parent.parent
 LABELS = np.repeat(np.arange(10), 40)  # 400 examples, 10 classes
 
 
@@ -395,3 +399,26 @@ def test_dirichlet_gives_up_when_min_partition_size_is_unreachable():
         partition_indices(LABELS, 4, "iid", None, seed=0, min_partition_size=5)
     with pytest.raises(ValueError, match="min_partition_size must be an int in 0..10; got 11"):
         partition_indices(LABELS, 40, "dirichlet", 1.0, seed=0, min_partition_size=11)
+
+
+def test_stored_partitions_are_the_computed_ones_and_are_read_back_without_flwr_datasets(tmp_path):
+    from fl_defense.partition import partition_key, stored_partition_indices
+
+    computed = partition_indices(LABELS, 5, "dirichlet", 0.5, seed=3)
+    first = stored_partition_indices(LABELS, 5, "dirichlet", 0.5, seed=3, cache_dir=str(tmp_path))
+    assert all(np.array_equal(a, b) for a, b in zip(computed, first)) and len(first) == 5
+    stored = tmp_path / "partitions" / f"{partition_key(LABELS, 5, 'dirichlet', 0.5, 3)}.npz"
+    assert stored.is_file() and not list(tmp_path.rglob("*.tmp"))
+    assert partition_key(LABELS, 5, "dirichlet", 0.5, 4) != partition_key(LABELS, 5, "dirichlet", 0.5, 3)
+    np.save(tmp_path / "labels.npy", LABELS)
+    code = ("import sys, numpy as np\n"
+            "from fl_defense.partition import stored_partition_indices\n"
+            f"parts = stored_partition_indices(np.load({str(tmp_path / 'labels.npy')!r}), 5, 'dirichlet', 0.5, 3,"
+            f" cache_dir={str(tmp_path)!r})\n"
+            "print(sum(len(p) for p in parts), 'flwr_datasets' in sys.modules, 'datasets' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.split() == [str(sum(len(p) for p in computed)), "False", "False"], out.stderr
+    stored.write_bytes(b"not an npz")  # a damaged memo is computed again and replaced
+    again = stored_partition_indices(LABELS, 5, "dirichlet", 0.5, seed=3, cache_dir=str(tmp_path))
+    assert all(np.array_equal(a, b) for a, b in zip(computed, again))
+    assert np.load(stored)["p0"].tolist() == computed[0].tolist()

@@ -98,8 +98,8 @@ def provenance(res: Result) -> str:
     lines.append(f"**Date:** {esc(res.date) if res.date else 'not recorded'}")
     lines.append("")
     if res.seconds is not None:
-        lines += [f"**Wall time of the command:** {float(res.seconds):.0f} s ({float(res.seconds) / 60:.1f} min; "
-                  "a resumed command counts only the cells it computed)", ""]
+        lines += [f"**Wall time:** {float(res.seconds):.0f} s ({float(res.seconds) / 60:.1f} min, as the command "
+                  "measured it; a resumed command counts only the cells it computed)", ""]
     if res.command:
         lines += ["**Command:**", "", "```bash", res.command, "```"]
     else:

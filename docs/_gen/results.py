@@ -215,6 +215,10 @@ def sweep_section(res: Result) -> str:
             found_paper = sum(1 for r in rows if to_float(r.get("threshold_paper")) is not None)
             out += [f"A threshold was found for {found} of the {len(rows)} (defense, attacker) pairs under "
                     f"identification and for {found_paper} under the paper criterion.", ""]
+            out += [_criteria_compared(rows), ""]
+            weak = _weak_attack(rows)
+            if weak:
+                out += [weak, ""]
         if dcells:
             dcells = sorted(dcells, key=lambda c: _cell_order(c, config))
             out += [f"??? info \"Every cell of `{esc(ds)}` ({len(dcells)})\"", "",
@@ -222,6 +226,29 @@ def sweep_section(res: Result) -> str:
     out.append(figure(res, "leak_vs_strength.png", "leak rate against strength, per defense and attacker, "
                       "both criteria (band: 95% upper bound; dashed: no defense)"))
     return "\n".join(out)
+
+
+def _criteria_compared(rows: list[dict]) -> str:
+    """What the identification criterion changes against the paper's, pair by pair."""
+    moved = [f"{esc(r['defense'])}/{esc(r['attacker'])}: {threshold_text(r, '').split(' (')[0]} against "
+             f"{threshold_text(r, '_paper').split(' (')[0]}" for r in rows
+             if to_float(r.get("threshold")) != to_float(r.get("threshold_paper"))]
+    if not moved:
+        return "The identification criterion and the paper's give the same threshold for every pair."
+    return ("Where the identification criterion and the paper's disagree (identification against paper): "
+            + "; ".join(moved) + ".")
+
+
+def _weak_attack(rows: list[dict]) -> str:
+    """A warning when the undefended attack identifies fewer than half of the images: the
+    thresholds then bound the attack's strength as much as the defense's."""
+    rates = [to_float(r.get("undefended_leak_rate")) for r in rows]
+    rates = [v for v in rates if v is not None]
+    if not rates or min(rates) >= 0.5:
+        return ""
+    return (f"!!! warning \"A weak attack on this kind of data\"\n\n    Without a defense the attack identifies only "
+            f"{pct(min(rates))} of these images at this budget: a threshold here says as much about the attack's "
+            "strength as about the defense's, and a stronger attack may need a stronger defense.")
 
 
 def _indent(text: str) -> str:

@@ -69,6 +69,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -355,7 +356,8 @@ def run_simulation(run_config: Mapping[str, Any], *,
                    timeout: float | None = None,
                    project_dir: Path = PROJECT_DIR, threads: int | None = None,
                    ray_address: str | None = None,
-                   progress: Callable[[str], None] | None = None) -> RunResult:
+                   progress: Callable[[str], None] | None = None,
+                   stop: threading.Event | None = None) -> RunResult:
     """Run one experiment through ``flwr run`` and return its per-round rows.
 
     ``threads`` caps the CPU threads of every process of the run (``OMP_NUM_THREADS``;
@@ -363,7 +365,8 @@ def run_simulation(run_config: Mapping[str, Any], *,
     oversubscribe the cores.  ``ray_address`` (``HOST:PORT`` of a running Ray cluster's
     head, see :func:`check_ray_address`) runs the clients on that cluster instead of a Ray
     of the run's own.  ``progress`` gets the attack hook's progress lines (inside a
-    round).
+    round).  ``stop``, when set (by another thread), ends the run within a poll: its
+    processes are stopped and :class:`SimulationFailed` is raised.
 
     ``run_config`` is a flat kebab-case mapping (overrides of ``[tool.flwr.app.config]``)
     and must hold an absolute ``out-dir``; a relative ``data-dir`` is taken relative to
@@ -380,14 +383,14 @@ def run_simulation(run_config: Mapping[str, Any], *,
     claim_out_dir(out_dir, marker)
     try:
         return _run(cfg, out_dir, marker, on_row, log_path, timeout, project_dir, threads, ray_address,
-                    progress)
+                    progress, stop)
     finally:
         release_out_dir(out_dir)
 
 
 def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, timeout, project_dir,
          threads: int | None = None, ray_address: str | None = None,
-         progress: Callable[[str], None] | None = None) -> RunResult:
+         progress: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> RunResult:
     prepare_out_dir(cfg)
     seen = len(read_jsonl(out_dir / "metrics.jsonl")) if cfg.resume else 0
     log_path = Path(log_path) if log_path else out_dir / "flower.log"
@@ -407,7 +410,11 @@ def _run(cfg: ExperimentConfig, out_dir: Path, marker: str, on_row, log_path, ti
         runner = subprocess.Popen(run_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=project_dir)
         try:
-            seen = follow_run(runner, out_dir, on_row, timeout, seen=seen, progress=progress,
+            def stopped() -> None:
+                if stop is not None and stop.is_set():
+                    raise SimulationFailed(f"stopped before the run completed; see {log_path}")
+
+            seen = follow_run(runner, out_dir, on_row, timeout, check=stopped, seen=seen, progress=progress,
                               on_timeout=lambda: SimulationFailed(f"the run exceeded its {timeout:.0f}s limit; "
                                                                   f"see {log_path}"))
         finally:

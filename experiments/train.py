@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -167,8 +168,10 @@ def cmd_train(args) -> int:
                 bar.set_description(f"{cell['partition']} {cell['aggregation']} {cell['spec']}")
             try:
                 res = run_simulation(cell["config"], on_row=lambda row: bar.update(1), threads=threads,
-                                     ray_address=args.ray_address)
+                                     ray_address=args.ray_address, stop=stop)
             except SimulationFailed as exc:
+                if stop.is_set():
+                    return
                 failed.append(cell["dir"].name)
                 bar.write(f"{cell['dir'].name}: FAILED: {exc}")
                 return
@@ -176,8 +179,18 @@ def cmd_train(args) -> int:
                       f"({res.seconds:.0f}s)")
 
         # each cell its own simulation (SuperLink, Ray, ports); a failed cell does not stop the others
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=args.workers)
+        try:
             list(pool.map(one, todo))
+        except KeyboardInterrupt:  # Ctrl-C: the running cells stop within a poll, the waiting ones never start
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            print(f"train: interrupted; the finished cells are kept in {out}, run the same command again to resume",
+                  file=sys.stderr, flush=True)
+            return 130
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     if failed:
         print(f"train: {len(failed)} cell(s) failed: {', '.join(failed)}; the finished cells are kept, run the "
               f"same command again to resume", flush=True)

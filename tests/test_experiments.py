@@ -2,14 +2,17 @@
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import leftover_processes
 from experiments.cli import main
 from experiments.sweep_cells import thresholds_from_cells
 
@@ -140,6 +143,32 @@ def test_train_grid_side_by_side_writes_tables_and_resumes(tmp_path):
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "2 cells (2 already done)" in again.stdout
+
+
+@pytest.mark.slow
+def test_train_stops_on_ctrl_c_and_leaves_nothing_running(tmp_path, mark_processes):
+    """Ctrl-C stops the running cells within a poll (not when they finish), never starts the
+    waiting ones, exits 130, and leaves no process of the grid behind."""
+    out = tmp_path / "grid"
+    argv = [sys.executable, str(ROOT / "run_sim.py"), "train", "--out", str(out), "--defenses", "masking:0.5",
+            "--partitions", "iid,dirichlet:0.5", "--aggregations", "mean", "--rounds", "500", "--clients", "3",
+            "--attack-every", "0", "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any(p.read_text().strip() for p in out.glob("cells/*/metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted" in stderr
+    assert not any((d / "summary.json").exists() for d in (out / "cells").iterdir())
+    assert len(list((out / "cells").iterdir())) == 2  # the two waiting cells never started
+    for _ in range(20):
+        if not leftover_processes():
+            break
+        time.sleep(0.5)
+    assert leftover_processes() == []
 
 
 def test_sweep_from_a_checkpoint_attacks_the_rounds_after_it(tmp_path):

@@ -58,7 +58,7 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict) -> d
     seconds = time.perf_counter() - start
     row = {"kind": kind, "dataset": dataset, "B": b, "K": k, "N": per, "clients": clients, "n": sc.n,
            "model": cfg.model, "lr": cfg.lr, "attack_max_iter": cfg.attack_max_iter,
-           "attack_restarts": cfg.attack_restarts, "attack_tv": cfg.attack_tv,
+           "attack_restarts": cfg.attack_restarts, "attack_patience": cfg.attack_patience, "attack_tv": cfg.attack_tv,
            "label_acc": float(np.mean(sc.label_pred == sc.label_true)), "failed": int(sc.failed.sum()),
            "seconds_per_client": seconds / clients, "decoys": pool.source}
     for name, flags in (("", sc.leaked), ("_paper", sc.leaked_paper)):

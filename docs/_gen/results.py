@@ -83,7 +83,8 @@ def null_floor_reading(rows: list[dict]) -> str:
 
 LEAK_MAP_COMMAND = "python -m benchmarks.leak_map --out docs/results/leak_map"
 SETTING_COLUMNS = (("model", "model"), ("lr", "lr"), ("attack_max_iter", "attack-max-iter"),
-                   ("attack_restarts", "attack-restarts"), ("attack_tv", "attack-tv"), ("decoys", "decoys"))
+                   ("attack_restarts", "attack-restarts"), ("attack_patience", "attack-patience"),
+                   ("attack_tv", "attack-tv"), ("decoys", "decoys"))
 
 
 def leak_map_page(results_dir: Path) -> str:
@@ -100,9 +101,10 @@ def leak_map_page(results_dir: Path) -> str:
     body = [provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
     for kind in dict.fromkeys(r["kind"] for r in rows):
         kr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: (r["K"], r["B"]))
-        shared = [(label, kr[0].get(key)) for key, label in SETTING_COLUMNS
+        recorded = [(key, label) for key, label in SETTING_COLUMNS if any(r.get(key) is not None for r in kr)]
+        shared = [(label, kr[0].get(key)) for key, label in recorded
                   if all(r.get(key) == kr[0].get(key) for r in kr)]
-        varying = [(key, label) for key, label in SETTING_COLUMNS if (label, kr[0].get(key)) not in shared]
+        varying = [(key, label) for key, label in recorded if (label, kr[0].get(key)) not in shared]
         body += [f"## {esc(kind)} (`{esc(kr[0]['dataset'])}`)", ""]
         if shared:
             body += ["Setting of every cell: " + "; ".join(f"{label} {esc(fmt_number(v) if not isinstance(v, str) else v)}"

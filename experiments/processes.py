@@ -122,15 +122,26 @@ def _signal(pid: int, start: str | None, sig: int) -> None:
             pass
 
 
+#: Seconds the watchdog goes on looking for marked processes after its first sweep: a dying
+#: Ray can still start one (a dashboard agent, a worker) after the others are gone.
+LINGER = 15.0
+
+
 def watch(pid: int, start: str | None, variable: str, marker: str, cleanup: Sequence[str] = (),
-          poll: float = 0.5) -> int:
+          poll: float = 0.5, linger: float = LINGER) -> int:
     """Wait until process ``pid`` (started at ``start``) is gone, then :func:`sweep` the
-    marked processes and delete the ``cleanup`` folders.  Returns the number swept."""
+    marked processes, delete the ``cleanup`` folders, and sweep again any marked process
+    that appears in the next ``linger`` seconds.  Returns the number swept."""
     while alive(pid, start) and not zombie(pid):
         time.sleep(poll)
     found = sweep(variable, marker)
     for folder in cleanup:
         shutil.rmtree(folder, ignore_errors=True)
+    deadline = time.monotonic() + linger
+    while time.monotonic() < deadline:
+        time.sleep(poll)
+        if marked_processes(variable, marker):
+            found += sweep(variable, marker, grace=1.0)
     return found
 
 

@@ -192,7 +192,7 @@ def stored_partition_indices(labels: np.ndarray, num_partitions: int, scheme: st
     The partitions of one (labels, arguments, library versions) are computed once on a
     machine and read back by every later process (a run's launcher, its ServerApp and
     each ClientApp), which then need not import flwr-datasets and Hugging Face
-    ``datasets`` (seconds per process).  The memo is a folder ``partitions/`` under
+    ``datasets``.  The memo is a folder ``partitions/`` under
     ``cache_dir`` (default: the environment's :data:`CACHE_ENV`, else
     :data:`DEFAULT_CACHE_DIR`), one ``.npz`` per :func:`partition_key`, written atomically;
     a file that cannot be read, or does not hold ``num_partitions`` disjoint index arrays

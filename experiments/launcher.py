@@ -247,7 +247,8 @@ def private_superlink(flwr_home: Path, log, marker: str | None = None,
         yield env
     finally:
         stop_process_group(superlink)
-        sweep(RUN_MARK, marker)  # what left the SuperLink's group (the simulation's session, Ray)
+        # what left the SuperLink's group, and what Ray started in its session while it was being stopped
+        sweep(RUN_MARK, marker, sessions=() if superlink is None else (superlink.pid,))
         stop_watchdog(watchdog)
         shutil.rmtree(flwr_home, ignore_errors=True)  # Flower's state and its copy of the app
 

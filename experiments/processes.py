@@ -50,10 +50,12 @@ def proc_table() -> dict[int, int]:
     return table
 
 
-def marked_processes(variable: str, marker: str) -> list[int]:
+def marked_processes(variable: str, marker: str, sessions: Sequence[int] = ()) -> list[int]:
     """PIDs of live processes whose environment holds ``<variable>=<marker>`` (every
-    process started with it, and their children, which inherit it).  Empty where
-    ``/proc`` is unavailable."""
+    process started with it, and their children, which inherit it), or that belong to one
+    of the ``sessions`` (session ids: a process that renames itself, as Ray's agents do,
+    can overwrite its environment where ``/proc`` reads it).  Empty where ``/proc`` is
+    unavailable."""
     if not marker:
         raise ValueError(f"marker must be a non-empty string, got {marker!r}")
     needle = f"{variable}={marker}".encode()
@@ -65,10 +67,10 @@ def marked_processes(variable: str, marker: str) -> list[int]:
             continue
         try:
             env = Path(f"/proc/{entry.name}/environ").read_bytes()
-            state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if state != "Z" and needle in env.split(b"\0"):
+        if fields[0] != "Z" and (needle in env.split(b"\0") or int(fields[3]) in sessions):
             found.append(int(entry.name))
     return sorted(found)
 
@@ -94,18 +96,19 @@ def kill_group(pid: int, sig: int) -> None:
         pass
 
 
-def sweep(variable: str, marker: str, grace: float = 5.0, attempts: int = 20) -> int:
-    """Stop every live process whose environment holds ``<variable>=<marker>``: SIGTERM,
-    up to ``grace`` seconds to exit, then SIGKILL until none is left (a dying Ray may
-    start a worker or two).  Returns how many were found."""
-    first = {pid: proc_start_time(pid) for pid in marked_processes(variable, marker)}
+def sweep(variable: str, marker: str, grace: float = 5.0, attempts: int = 20, sessions: Sequence[int] = ()) -> int:
+    """Stop every live process whose environment holds ``<variable>=<marker>`` or that
+    belongs to one of ``sessions`` (:func:`marked_processes`): SIGTERM, up to ``grace``
+    seconds to exit, then SIGKILL until none is left (a dying Ray may start a worker or
+    two).  Returns how many were found."""
+    first = {pid: proc_start_time(pid) for pid in marked_processes(variable, marker, sessions)}
     for pid, start in first.items():
         _signal(pid, start, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(p, s) and not zombie(p) for p, s in first.items()):
         time.sleep(0.2)
     for _ in range(attempts):
-        left = {pid: proc_start_time(pid) for pid in marked_processes(variable, marker)}
+        left = {pid: proc_start_time(pid) for pid in marked_processes(variable, marker, sessions)}
         if not left:
             break
         for pid, start in left.items():

@@ -221,3 +221,19 @@ def test_second_launcher_is_refused_while_the_first_lives(tmp_path):
     assert json.loads((tmp_path / OWNER_FILE).read_text())["pid"] == os.getpid()
     release_out_dir(tmp_path)
     assert not (tmp_path / OWNER_FILE).exists()
+
+
+def test_a_process_of_a_given_session_is_swept_without_the_marker():
+    """Ray's agents rename themselves and can overwrite their environment where /proc reads
+    it: the sweep also stops every process of the sessions it is given."""
+    from experiments.processes import marked_processes, sweep
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        marker = uuid.uuid4().hex
+        assert marked_processes("FL_DEFENSE_RUN_MARK", marker) == []
+        assert marked_processes("FL_DEFENSE_RUN_MARK", marker, sessions=(proc.pid,)) == [proc.pid]
+        assert sweep("FL_DEFENSE_RUN_MARK", marker, grace=2.0, sessions=(proc.pid,)) == 1
+        assert proc.wait(timeout=10) is not None
+    finally:
+        proc.kill()

@@ -209,14 +209,14 @@ def cmd_sweep(args) -> int:
           f"images, {len(groups)} task(s); setting "
           + " ".join(f"{k}={v}" for k, v in {**setting, "dataset": ",".join(sources)}.items() if v != "")
           + f"; output {out}", flush=True)
-    start = time.perf_counter()
     run_groups(groups, {k: c.to_run_config() for k, c in sources.items()}, folders, out, args,
                workers=args.workers, quiet=args.quiet)
     for kind, defense, strength in copies:
         _copy_as_aware(out, kind, defense, strength)
     summarise_sweep(out, list(sources), defenses, attackers, grids, args.max_leak_rate, cfg.leak_threshold)
-    write_meta(out, seconds=time.perf_counter() - began)
-    print(f"sweep done in {time.perf_counter() - start:.0f}s (this invocation); wrote "
+    seconds = time.perf_counter() - began
+    write_meta(out, seconds=seconds)
+    print(f"sweep done in {seconds:.0f}s (this invocation); wrote "
           f"{out / 'thresholds.csv'}, thresholds.md, cells.csv, leak_vs_strength.png, grids/")
     print((out / "thresholds.md").read_text())
     return 0

@@ -157,7 +157,6 @@ def cmd_train(args) -> int:
     todo = [c for c in cells if not (c["dir"] / "summary.json").exists()]
     print(f"train: {len(cells)} cells ({len(cells) - len(todo)} already done), {cfg.num_server_rounds} rounds x "
           f"{cfg.num_clients} clients each; output {out}", flush=True)
-    start = time.perf_counter()
     failed: list[str] = []
     # side by side, each run gets its share of the cores, so that the hooks' attacks of two runs
     # do not put four OpenMP threads on two cores
@@ -196,8 +195,9 @@ def cmd_train(args) -> int:
               f"same command again to resume", flush=True)
         return 1
     summarise_train(out, cells, cfg, args.thresholds, args.threshold_dataset or cfg.dataset, later=args.later_sweep)
-    write_meta(out, seconds=time.perf_counter() - began)
-    print(f"train done in {time.perf_counter() - start:.0f}s (this invocation); wrote final_accuracy.csv, "
+    seconds = time.perf_counter() - began
+    write_meta(out, seconds=seconds)
+    print(f"train done in {seconds:.0f}s (this invocation); wrote final_accuracy.csv, "
           f"curves.png, frontier.png, hook_leak.png, hook.csv in {out}")
     print((out / "final_accuracy.md").read_text())
     return 0

@@ -50,6 +50,22 @@ def proc_table() -> dict[int, int]:
     return table
 
 
+def marked_sessions(variable: str, marker: str) -> set[int]:
+    """Session ids led by a marked process (the sessions the launcher started its
+    SuperLink and ``flwr run`` in): what Ray starts there stays in the session even where
+    it overwrites the environment that carries the marker."""
+    marked = set(marked_processes(variable, marker))
+    found = set()
+    for pid in marked:
+        try:
+            sid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid in marked:
+            found.add(sid)
+    return found
+
+
 def marked_processes(variable: str, marker: str, sessions: Sequence[int] = ()) -> list[int]:
     """PIDs of live processes whose environment holds ``<variable>=<marker>`` (every
     process started with it, and their children, which inherit it), or that belong to one
@@ -131,20 +147,29 @@ LINGER = 15.0
 
 
 def watch(pid: int, start: str | None, variable: str, marker: str, cleanup: Sequence[str] = (),
-          poll: float = 0.5, linger: float = LINGER) -> int:
-    """Wait until process ``pid`` (started at ``start``) is gone, then :func:`sweep` the
-    marked processes, delete the ``cleanup`` folders, and sweep again any marked process
-    that appears in the next ``linger`` seconds.  Returns the number swept."""
+          poll: float = 0.5, linger: float = LINGER, scan_every: float = 2.0) -> int:
+    """Wait until process ``pid`` (started at ``start``) is gone, noting every ``scan_every``
+    seconds the sessions that marked processes lead (:func:`marked_sessions`); then
+    :func:`sweep` the marked processes and those sessions, delete the ``cleanup`` folders,
+    and sweep again whatever of them appears in the next ``linger`` seconds.  Returns the
+    number swept."""
+    sessions: set[int] = set()
+    scanned = -float("inf")
     while alive(pid, start) and not zombie(pid):
+        if time.monotonic() - scanned >= scan_every:
+            sessions |= marked_sessions(variable, marker)
+            scanned = time.monotonic()
         time.sleep(poll)
-    found = sweep(variable, marker)
+    sessions |= marked_sessions(variable, marker)  # the launcher is gone; its sessions' leaders live on
+    sessions.discard(os.getsid(0))
+    found = sweep(variable, marker, sessions=tuple(sessions))
     for folder in cleanup:
         shutil.rmtree(folder, ignore_errors=True)
     deadline = time.monotonic() + linger
     while time.monotonic() < deadline:
         time.sleep(poll)
-        if marked_processes(variable, marker):
-            found += sweep(variable, marker, grace=1.0)
+        if marked_processes(variable, marker, tuple(sessions)):
+            found += sweep(variable, marker, grace=1.0, sessions=tuple(sessions))
     return found
 
 
@@ -184,25 +209,6 @@ def stop_local_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
         if alive(pid, start) and not zombie(pid):
             kill_group(pid, signal.SIGKILL)
     return list(pids)
-
-
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.processes")
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("watch", help="when PID is gone, stop every process marked VARIABLE=MARKER")
-    w.add_argument("--pid", type=int, required=True)
-    w.add_argument("--start", default=None, help="the start time of PID (/proc/PID/stat field 22)")
-    w.add_argument("--variable", required=True)
-    w.add_argument("--marker", required=True)
-    w.add_argument("--cleanup", action="append", default=[], help="a folder to delete afterwards")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the launcher ended normally
-    watch(args.pid, args.start, args.variable, args.marker, args.cleanup)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
 
 
 def stop_process_group(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
@@ -245,3 +251,22 @@ def stop_watchdog(watchdog: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         watchdog.kill()
         watchdog.wait(timeout=5)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.processes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("watch", help="when PID is gone, stop every process marked VARIABLE=MARKER")
+    w.add_argument("--pid", type=int, required=True)
+    w.add_argument("--start", default=None, help="the start time of PID (/proc/PID/stat field 22)")
+    w.add_argument("--variable", required=True)
+    w.add_argument("--marker", required=True)
+    w.add_argument("--cleanup", action="append", default=[], help="a folder to delete afterwards")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the launcher ended normally
+    watch(args.pid, args.start, args.variable, args.marker, args.cleanup)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

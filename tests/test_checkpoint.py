@@ -160,10 +160,12 @@ def marked(marker: str) -> list[int]:
 def test_watchdog_stops_a_killed_launchers_processes(tmp_path):
     """A stand-in launcher starts marked processes in sessions of their own (as the
     SuperLink and `flwr run` are) and a watchdog; SIGKILL the launcher: the watchdog stops
-    them all, deletes the cleanup folder, and exits."""
+    them all, and what their sessions hold without the marker, deletes the cleanup folder,
+    and exits."""
     marker = uuid.uuid4().hex
     home = tmp_path / "flwr-home"
     home.mkdir()
+    unmarked = tmp_path / "unmarked.pid"
     script = f"""
 import os, subprocess, sys, time
 sys.path.insert(0, {str(ROOT)!r})
@@ -173,6 +175,12 @@ for _ in range(2):  # each in its own session, one with a child of its own
     subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                       "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"],
                      env=env, start_new_session=True)
+# a session leader whose child loses the marker (as a Ray agent that overwrites its environment)
+subprocess.Popen([sys.executable, "-c", "import os, subprocess, sys, time; "
+                  "env = {{k: v for k, v in os.environ.items() if k != 'FL_DEFENSE_RUN_MARK'}}; "
+                  "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], env=env); "
+                  "open({str(unmarked)!r}, 'w').write(str(child.pid)); time.sleep(300)"],
+                 env=env, start_new_session=True)
 start_watchdog({marker!r}, cleanup=[{str(home)!r}])
 print("ready", flush=True)
 time.sleep(300)
@@ -181,15 +189,21 @@ time.sleep(300)
                                 start_new_session=True)
     assert launcher.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 30
-    while len(marked(marker)) < 4 and time.monotonic() < deadline:
+    while (len(marked(marker)) < 5 or not unmarked.exists()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(marked(marker)) == 4
+    assert len(marked(marker)) == 5
+    time.sleep(0.5)
+    child = int(unmarked.read_text())
+    assert child not in marked(marker)
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     killed = time.monotonic()
-    while (marked(marker) or home.exists()) and time.monotonic() - killed < 30:
+    from experiments.processes import zombie  # gone, or dead and not yet reaped
+
+    while (marked(marker) or home.exists() or not zombie(child)) and time.monotonic() - killed < 30:
         time.sleep(0.2)
     assert marked(marker) == [] and not home.exists()
+    assert zombie(child), "the unmarked child of a marked session was left running"
     from conftest import processes_with_marker
 
     from experiments.processes import LINGER

@@ -134,10 +134,18 @@ class LabelSearch:
         total = torch.zeros(len(hyps), dtype=torch.float64, device=bias_pg.device)
         with torch.no_grad():
             for proxy in proxies:
-                probs = torch.cat([self._vprobs(p0, proxy, y[s:s + CHUNK]) for s in range(0, len(y), CHUNK)])
+                probs = self._hypothesis_probs(p0, proxy, y)
                 real = (probs.double() - self.size * d) * (self.n_images / self.appear)
                 total += ((real - counts) ** 2).sum(1)
         return total.cpu().numpy()
+
+    def _hypothesis_probs(self, p0: dict[str, Tensor], proxy: Tensor, y: Tensor) -> Tensor:
+        """``P_proxy(h)`` ``[H, classes]`` for every hypothesis of ``y`` ``[H, N]``.  One step
+        starts at the global weights, so its softmax does not depend on the labels: simulated
+        once and shared; several steps are simulated per hypothesis (vmapped)."""
+        if len(self.sim.batches) == 1:
+            return self._probs(p0, proxy, y[0]).expand(len(y), -1)
+        return torch.cat([self._vprobs(p0, proxy, y[s:s + CHUNK]) for s in range(0, len(y), CHUNK)])
 
     def presence(self, p0: dict[str, Tensor], weight_pg: Tensor, proxy: Tensor
                  ) -> tuple[list[int], list[int]]:

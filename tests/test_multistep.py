@@ -297,6 +297,32 @@ def test_label_hypotheses_hold_the_truth(digits, k, b):
     assert all(a[1] <= b_[1] for a, b_ in zip(ranked, ranked[1:]))
 
 
+@pytest.mark.parametrize("k,b", [(1, 4), (2, 2), (4, 4)])
+def test_residuals_equal_the_per_hypothesis_simulation(digits, k, b):
+    """The residual of every hypothesis equals the one simulated hypothesis by hypothesis
+    (for one step the softmax is simulated once and shared)."""
+    x, y = digits[0][:4], digits[1][:4]
+    model = _lenet()
+    names, params = _names_params(model)
+    batches = local_batches(4, k, b, seed=0, client_id=0, server_round=0)
+    gw, up = _upload(model, x, y, batches, 0.1)
+    pg = ThreatModel(tuple(gw), tuple(up), 0.1, k, b, 4).pseudo_gradient(model)
+    sim = Simulator(model, names, assumed_batches(4, k, b), 0.1, soft=False)
+    search = LabelSearch(sim, names.index("fc.bias"), 4, 10, weight_index=names.index("fc.weight"))
+    proxies = [torch.zeros(4, 1, 28, 28), torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))]
+    hyps = [tuple(int(v) for v in h) for h in np.random.default_rng(0).integers(0, 10, size=(40, 4))]
+    got = search.residuals(params, pg[search.bias_index], proxies, hyps)
+    d, appear = pg[search.bias_index].double(), search.appear
+    want = np.zeros(len(hyps))
+    with torch.no_grad():
+        for i, h in enumerate(hyps):
+            counts = torch.bincount(torch.tensor(h), minlength=10).double()
+            for proxy in proxies:
+                probs = sim.run(params, proxy, torch.tensor(h), stats=False, probs=True)[2].double()
+                want[i] += float((((probs - search.size * d) * (4 / appear) - counts) ** 2).sum())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- threat model and engine
 
 def test_threat_model_knows_only_public_facts():

@@ -30,7 +30,7 @@ scored against hundreds of images at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -168,6 +168,7 @@ class ImageSet:
     scored against it without computing them again."""
 
     stats: _Stats
+    _single: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, images: object, name: str = "truths") -> "ImageSet":
@@ -179,6 +180,14 @@ class ImageSet:
     @property
     def images(self) -> np.ndarray:
         return self.stats.images
+
+    def single(self) -> tuple[np.ndarray, np.ndarray]:
+        """The window means and variances in single precision (computed once): the
+        adjusted SSIM's per-candidate arithmetic runs in float32 (within 1e-6 of float64)."""
+        if self._single is None:
+            object.__setattr__(self, "_single", (self.stats.mean.astype(np.float32),
+                                                 self.stats.var.astype(np.float32)))
+        return self._single
 
     def __len__(self) -> int:
         return len(self.stats.images)
@@ -202,7 +211,7 @@ def ssim_many(truths: object, recon: object) -> np.ndarray:
 def ssim_adjusted_many(truths: object, recon: object) -> np.ndarray:
     """:func:`ssim_adjusted` of ``recon`` ``[C, H, W]`` to every image of ``truths``
     ``[P, C, H, W]`` (or an :class:`ImageSet`) in one batched computation: ``[P]``, with
-    ``ssim_adjusted_many(T, r)[p] == ssim_adjusted(T[p], r)``.
+    ``ssim_adjusted_many(T, r)[p]`` equal to ``ssim_adjusted(T[p], r)`` within 1e-6.
 
     The stretch and, where its clipping does not bind, the affine adjustment are affine maps
     of ``recon``, whose window statistics follow from those of ``recon`` itself; only the
@@ -214,11 +223,12 @@ def ssim_adjusted_many(truths: object, recon: object) -> np.ndarray:
     rs = _Stats.of(r[None])
     cross = _window_means(t.images * r[None])          # [P, C, h, w]: E[t r] per window
     cov_tr = _COV_NORM * (cross - t.mean * rs.mean)
+    mx, vx, cov32 = pool.single()[0], pool.single()[1], cov_tr.astype(np.float32)
+    mr, vr = rs.mean.astype(np.float32), rs.var.astype(np.float32)
 
     def ssim_of_affine(gain, offset):                  # SSIM(t, gain r + offset), no clipping
-        g, o = gain[:, None, None, None], offset[:, None, None, None]
-        mu = g * rs.mean + o
-        return _ssim_parts(t.mean, t.var, mu, g * g * rs.var, g * cov_tr)
+        g, o = _column(gain), _column(offset)
+        return _ssim_parts(mx, vx, g * mr + o, g * g * vr, g * cov32)
 
     one = np.ones(len(pool))
     identity = ssim_of_affine(one, 0 * one)
@@ -238,8 +248,8 @@ def ssim_adjusted_many(truths: object, recon: object) -> np.ndarray:
 def ssim_adjusted_to_many(truth: object, recons: object) -> np.ndarray:
     """:func:`ssim_adjusted` of every image of ``recons`` ``[P, C, H, W]`` (or an
     :class:`ImageSet`) to the one ``truth`` ``[C, H, W]``, in one batched computation:
-    ``[P]``, with ``ssim_adjusted_to_many(t, R)[p] == ssim_adjusted(t, R[p])`` (each image of
-    ``recons`` adjusted to ``truth``)."""
+    ``[P]``, with ``ssim_adjusted_to_many(t, R)[p]`` equal to ``ssim_adjusted(t, R[p])`` within
+    1e-6 (each image of ``recons`` adjusted to ``truth``)."""
     pool = recons if isinstance(recons, ImageSet) else ImageSet.of(recons, "recons")
     t = _check_image(truth, "truth")
     if pool.images.shape[1:] != t.shape:
@@ -249,10 +259,12 @@ def ssim_adjusted_to_many(truth: object, recons: object) -> np.ndarray:
     r = pool.stats
     ts = _Stats.of(t[None])
     cov_tr = _COV_NORM * (_window_means(r.images * t[None]) - ts.mean * r.mean)
+    mt, vt, cov32 = ts.mean.astype(np.float32), ts.var.astype(np.float32), cov_tr.astype(np.float32)
+    mr, vr = pool.single()
 
     def ssim_of_affine(gain, offset):                  # SSIM(t, gain r_p + offset), no clipping
-        g, o = gain[:, None, None, None], offset[:, None, None, None]
-        return _ssim_parts(ts.mean, ts.var, g * r.mean + o, g * g * r.var, g * cov_tr)
+        g, o = _column(gain), _column(offset)
+        return _ssim_parts(mt, vt, g * mr + o, g * g * vr, g * cov32)
 
     one = np.ones(len(pool))
     identity = ssim_of_affine(one, 0 * one)
@@ -277,10 +289,15 @@ def ssim_adjusted_to_many(truth: object, recons: object) -> np.ndarray:
     return np.maximum.reduce([identity, affine, stretch])
 
 
+def _column(v: np.ndarray) -> np.ndarray:
+    """Per-image scalars ``[P]`` as float32 ``[P, 1, 1, 1]``."""
+    return np.asarray(v, dtype=np.float32)[:, None, None, None]
+
+
 def _ssim_parts(mx, vx, my, vy, vxy) -> np.ndarray:
     c1, c2 = _K1 ** 2, _K2 ** 2
     s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(axis=(-3, -2, -1))
+    return s.mean(axis=(-3, -2, -1), dtype=np.float64)
 
 
 def ssim(truth: object, recon: object) -> float:

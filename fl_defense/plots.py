@@ -9,15 +9,28 @@ import numpy as np
 
 from fl_defense.io import save_figure
 
+_GAP = 0.12  # white space between tiles, as a fraction of a tile's side
+_CAPTION = 0.32  # space under each row for its caption, likewise
 
-def _show(ax, img: np.ndarray) -> None:
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """``[C, H, W]`` (C = 1 or 3) as an RGB array ``[H, W, 3]`` in [0, 1]."""
     img = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return np.repeat(img, 3, axis=0).transpose(1, 2, 0) if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def mosaic(rows: Sequence[Sequence[np.ndarray]], gap: int, caption: int) -> np.ndarray:
+    """The tiles ``rows[r][c]`` (``[C, H, W]``, all one size) on a white canvas, ``gap``
+    pixels apart and ``caption`` pixels of space under each row: ``[rows*(H+gap+caption),
+    cols*(W+gap), 3]``."""
+    h, w = rows[0][0].shape[-2:]
+    step_y, step_x = h + gap + caption, w + gap
+    canvas = np.ones((len(rows) * step_y, len(rows[0]) * step_x, 3), dtype=np.float32)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            y, x = r * step_y + gap // 2, c * step_x + gap // 2
+            canvas[y:y + h, x:x + w] = _rgb(img)
+    return canvas
 
 
 def reconstruction_grid(path: str | Path, truths: np.ndarray, recons: np.ndarray, adjusted: np.ndarray,
@@ -25,29 +38,29 @@ def reconstruction_grid(path: str | Path, truths: np.ndarray, recons: np.ndarray
                         max_rows: int = 16) -> Path:
     """A PNG with one row per target: truth | reconstruction | brightness-adjusted.
 
-    ``captions[t]`` is written under the reconstruction (e.g. its SSIM values).
+    ``captions[t]`` is written under the reconstruction (e.g. its SSIM values).  The tiles
+    are drawn as one image (nearest-neighbour, greyscale for one channel).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = min(len(truths), max_rows)
-    fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n + (0.4 if title else 0)), squeeze=False)
-    for t in range(n):
-        for c, (img, head) in enumerate(((truths[t], "truth"), (recons[t], "reconstruction"),
-                                          (adjusted[t], "brightness-adjusted"))):
-            ax = axes[t][c]
-            _show(ax, img)
-            if t == 0:
-                ax.set_title(head, fontsize=7)
-            if c == 1 and captions is not None:
-                ax.set_xlabel(captions[t], fontsize=6)
+    side = truths.shape[-1]
+    gap, cap = max(1, round(_GAP * side)), round(_CAPTION * side)
+    canvas = mosaic([(truths[t], recons[t], adjusted[t]) for t in range(n)], gap, cap)
+    head = 0.3 + (0.25 if title else 0)  # inches above the tiles for the column heads and the title
+    width = 4.2
+    height = width * canvas.shape[0] / canvas.shape[1] + head
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1 - head / height))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    step_x, step_y = side + gap, side + gap + cap
+    for c, name in enumerate(("truth", "reconstruction", "brightness-adjusted")):
+        fig.text((c + 0.5) / 3, 1 - (head - 0.08) / height, name, ha="center", va="bottom", fontsize=7)
+    if captions is not None:
+        for t in range(n):
+            ax.text(1.5 * step_x, t * step_y + gap // 2 + side + cap / 2, captions[t], ha="center",
+                    va="center", fontsize=6)
     if title:
-        fig.suptitle(title, fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    else:
-        fig.tight_layout()
-    out = save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return out
+        fig.text(0.5, 1 - 0.06 / height, title, ha="center", va="top", fontsize=8)
+    return save_figure(fig, path, dpi=110)

@@ -86,7 +86,7 @@ from fl_defense.quiet import quiet_third_party
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: Seconds ``flwr run`` gets to end by itself once the run's last file (``summary.json``, written
 #: after the last checkpoint) is there; then its processes are stopped, with nothing left to write.
-TEARDOWN_GRACE = 2.0
+TEARDOWN_GRACE = 0.3
 #: The environment variable that marks every process of one run (value: a fresh uuid).
 RUN_MARK = "FL_DEFENSE_RUN_MARK"
 #: The file in the output folder that names the launcher writing it.

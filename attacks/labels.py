@@ -46,8 +46,15 @@ def infer_label_idlg(last_layer_weight_grad: Tensor | np.ndarray) -> int:
     return int(w.double().sum(1).argmin())
 
 
-def idlg_labels(last_layer_weight_grads: Tensor, nonnegative: bool = True) -> Tensor:
+def idlg_labels(last_layer_weight_grads: Tensor, nonnegative: bool = True,
+                bias_grads: Tensor | None = None) -> Tensor:
     """:func:`infer_label_idlg` for T targets at once: ``[T, K, F]`` -> ``[T]`` labels.
+
+    ``bias_grads`` ``[T, K]``, the last layer's bias gradient where it has one: for one image
+    under cross-entropy it is ``p - y``, whose only negative entry is the label, whatever the
+    features' sign or the number of classes.  A target whose bias gradient has exactly one
+    negative entry takes that label; the others (a defense zeroed or perturbed it) take the
+    weight rule below.
 
     ``nonnegative``: the last layer's input features are known non-negative (sigmoid, ReLU;
     :func:`features_nonnegative`), so the true-label row is the one of smallest sum (iDLG).
@@ -66,11 +73,18 @@ def idlg_labels(last_layer_weight_grads: Tensor, nonnegative: bool = True) -> Te
                          f"got shape {tuple(w.shape)}")
     w = torch.nan_to_num(w.double(), nan=0.0, posinf=0.0, neginf=0.0)
     if nonnegative:
-        return w.sum(2).argmin(1)
-    ref = w[torch.arange(w.shape[0]), w.norm(dim=2).argmax(1)]          # [T, F]
-    proj = torch.einsum("tkf,tf->tk", w, ref)
-    fewer_negative = (proj < 0).sum(1) <= (proj > 0).sum(1)
-    return torch.where(fewer_negative, proj.argmin(1), proj.argmax(1))
+        labels = w.sum(2).argmin(1)
+    else:
+        ref = w[torch.arange(w.shape[0]), w.norm(dim=2).argmax(1)]          # [T, F]
+        proj = torch.einsum("tkf,tf->tk", w, ref)
+        fewer_negative = (proj < 0).sum(1) <= (proj > 0).sum(1)
+        labels = torch.where(fewer_negative, proj.argmin(1), proj.argmax(1))
+    if bias_grads is None:
+        return labels
+    bias = torch.nan_to_num(torch.as_tensor(bias_grads).double(), nan=0.0, posinf=0.0, neginf=0.0).to(labels.device)
+    if bias.shape != w.shape[:2]:
+        raise ValueError(f"bias_grads must be [T, num_classes] = {tuple(w.shape[:2])}; got {tuple(bias.shape)}")
+    return torch.where((bias < 0).sum(1) == 1, bias.argmin(1), labels)
 
 
 def features_nonnegative(model: torch.nn.Module) -> bool:

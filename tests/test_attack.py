@@ -313,6 +313,27 @@ def test_idlg_labels_for_features_of_either_sign():
             assert smallest_sum != y.tolist()
 
 
+def test_idlg_labels_from_the_bias_for_two_classes_of_tanh_features():
+    """Two classes and tanh features: the weight rule's sign vote ties and misses labels; the
+    bias gradient's one negative entry finds every label; a bias with no single negative entry
+    (as a defense can leave it) falls back to the weight rule."""
+    from fl_defense.models import TanhCNN
+
+    x, y = _tuning("lfw-embedded", 16, seed=0)
+    torch.manual_seed(0)
+    model = TanhCNN(x.shape[1], x.shape[-1], 2)
+    grads = single_image_gradients(model, x, y)
+    wi = last_linear_weight_index(model)
+    w, bias = grads[wi].flatten(2), grads[wi + 1]
+    assert bias.shape == (16, 2)
+    assert idlg_labels(w, nonnegative=False, bias_grads=bias).tolist() == y.tolist()
+    assert idlg_labels(w, nonnegative=False).tolist() != y.tolist()
+    zeroed = torch.zeros_like(bias)
+    assert idlg_labels(w, nonnegative=False, bias_grads=zeroed).tolist() == idlg_labels(w, nonnegative=False).tolist()
+    with pytest.raises(ValueError, match="bias_grads"):
+        idlg_labels(w, bias_grads=bias[:, :1])
+
+
 # ---------------------------------------------------------------- fused double back-propagation
 
 class _MLP(torch.nn.Module):

@@ -87,25 +87,42 @@ SETTING_COLUMNS = (("model", "model"), ("lr", "lr"), ("attack_max_iter", "attack
                    ("attack_tv", "attack-tv"), ("decoys", "decoys"))
 
 
+def leak_map_folders(results_dir: Path) -> list:
+    """The leak-map result folders: ``leak_map`` and every ``leak_map-<name>`` (one
+    invocation of the benchmark each, e.g. one per kind of data)."""
+    names = ["leak_map"] + (sorted(p.name for p in results_dir.glob("leak_map-*") if p.is_dir())
+                            if results_dir.is_dir() else [])
+    return [find(results_dir, name, "leak_map.json") for name in names]
+
+
 def leak_map_page(results_dir: Path) -> str:
-    res = find(results_dir, "leak_map", "leak_map.json")
     head = ["# Leak map", "",
             "Where leakage stops for this attack, over the batch size B and the number of local steps K: "
             "clients train K SGD steps of B over N = K B images (one epoch), no defense, and the server "
             "inverts every upload with labels inferred; every image is scored by both criteria against the "
-            "data set's test split.  See `benchmarks/leak_map.py`.", ""]
-    path = res.data("leak_map.json")
-    if path is None:
-        return missing_page(head, res, LEAK_MAP_COMMAND)
-    rows = read_json(path)["rows"]
-    body = [provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
+            "data set's test split.  See `benchmarks/leak_map.py`.  Each section below is one invocation "
+            "of the benchmark, with its command.", ""]
+    found = [res for res in leak_map_folders(results_dir) if res.data("leak_map.json") is not None]
+    if not found:
+        return missing_page(head, leak_map_folders(results_dir)[0], LEAK_MAP_COMMAND)
+    body = []
+    for res in found:
+        body += _leak_map_section(res, several=len(found) > 1)
+    return "\n".join(head + body)
+
+
+def _leak_map_section(res, several: bool) -> list[str]:
+    rows = read_json(res.data("leak_map.json"))["rows"]
+    body = ([f"## {esc(res.name)}", ""] if several else []) + [
+        provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
+    level = "###" if several else "##"
     for kind in dict.fromkeys(r["kind"] for r in rows):
         kr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: (r["K"], r["B"]))
         recorded = [(key, label) for key, label in SETTING_COLUMNS if any(r.get(key) is not None for r in kr)]
         shared = [(label, kr[0].get(key)) for key, label in recorded
                   if all(r.get(key) == kr[0].get(key) for r in kr)]
         varying = [(key, label) for key, label in recorded if (label, kr[0].get(key)) not in shared]
-        body += [f"## {esc(kind)} (`{esc(kr[0]['dataset'])}`)", ""]
+        body += [f"{level} {esc(kind)} (`{esc(kr[0]['dataset'])}`)", ""]
         if shared:
             body += ["Setting of every cell: " + "; ".join(f"{label} {esc(fmt_number(v) if not isinstance(v, str) else v)}"
                                                            for label, v in shared) + ".", ""]
@@ -124,7 +141,7 @@ def leak_map_page(results_dir: Path) -> str:
         else:
             body += [f"The identified share ranges from {pct(lo['leak_rate'])} (B={lo['B']}, K={lo['K']}) to "
                      f"{pct(hi['leak_rate'])} (B={hi['B']}, K={hi['K']}) over the {len(kr)} cells.", ""]
-    return "\n".join(head + body)
+    return body
 
 
 # ------------------------------------------------------------------------------ sweeps
@@ -417,7 +434,7 @@ PAGES: dict[str, tuple[str, Callable[[Path], str]]] = {
 
 def index_page(results_dir: Path) -> str:
     entries = [("null-floor.md", "Null floor", "null_floor", [find(results_dir, "null_floor", "null_floor.json")]),
-               ("leak-map.md", "Leak map", "leak_map", [find(results_dir, "leak_map", "leak_map.json")]),
+               ("leak-map.md", "Leak map", "leak_map*", leak_map_folders(results_dir)),
                ("sweeps.md", "Experiment 1: thresholds", "sweep-<kind>",
                 [find(results_dir, p.name) for p in sorted(results_dir.glob("sweep-*")) if p.is_dir()]
                 if results_dir.is_dir() else []),

@@ -223,7 +223,7 @@ def ssim_adjusted_many(truths: object, recon: object) -> np.ndarray:
     rs = _Stats.of(r[None])
     cross = _window_means(t.images * r[None])          # [P, C, h, w]: E[t r] per window
     cov_tr = _COV_NORM * (cross - t.mean * rs.mean)
-    mx, vx, cov32 = pool.single()[0], pool.single()[1], cov_tr.astype(np.float32)
+    (mx, vx), cov32 = pool.single(), cov_tr.astype(np.float32)
     mr, vr = rs.mean.astype(np.float32), rs.var.astype(np.float32)
 
     def ssim_of_affine(gain, offset):                  # SSIM(t, gain r + offset), no clipping

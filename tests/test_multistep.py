@@ -273,10 +273,9 @@ def test_bias_counts_are_exact_when_the_softmax_is_known(digits):
     np.testing.assert_allclose(real, np.bincount(y.numpy(), minlength=10), atol=1e-3)
 
 
-@pytest.mark.parametrize("k,b", [(1, 4), (4, 4), (2, 2)])
-def test_label_hypotheses_hold_the_truth(digits, k, b):
-    """The presence-constrained hypotheses contain the true labels (in the client's batch
-    layout) and the closed form is exact for one step."""
+def _label_search(digits, k, b):
+    """Four digits trained by the DLG LeNet in K steps of B at lr 0.1: their labels, the
+    client's batches, the global weights, the pseudo-gradient, the simulator and the search."""
     x, y = digits[0][:4], digits[1][:4]
     model = _lenet()
     names, params = _names_params(model)
@@ -285,6 +284,14 @@ def test_label_hypotheses_hold_the_truth(digits, k, b):
     pg = ThreatModel(tuple(gw), tuple(up), 0.1, k, b, 4).pseudo_gradient(model)
     sim = Simulator(model, names, assumed_batches(4, k, b), 0.1, soft=False)
     search = LabelSearch(sim, names.index("fc.bias"), 4, 10, weight_index=names.index("fc.weight"))
+    return y, batches, params, pg, sim, search
+
+
+@pytest.mark.parametrize("k,b", [(1, 4), (4, 4), (2, 2)])
+def test_label_hypotheses_hold_the_truth(digits, k, b):
+    """The presence-constrained hypotheses contain the true labels (in the client's batch
+    layout) and the closed form is exact for one step."""
+    y, batches, params, pg, sim, search = _label_search(digits, k, b)
     zeros = torch.zeros(4, 1, 28, 28)
     present, undecided = search.presence(params, pg[search.weight_index], zeros)
     hyps = search.presence_hypotheses(present, undecided)
@@ -301,14 +308,7 @@ def test_label_hypotheses_hold_the_truth(digits, k, b):
 def test_residuals_equal_the_per_hypothesis_simulation(digits, k, b):
     """The residual of every hypothesis equals the one simulated hypothesis by hypothesis
     (for one step the softmax is simulated once and shared)."""
-    x, y = digits[0][:4], digits[1][:4]
-    model = _lenet()
-    names, params = _names_params(model)
-    batches = local_batches(4, k, b, seed=0, client_id=0, server_round=0)
-    gw, up = _upload(model, x, y, batches, 0.1)
-    pg = ThreatModel(tuple(gw), tuple(up), 0.1, k, b, 4).pseudo_gradient(model)
-    sim = Simulator(model, names, assumed_batches(4, k, b), 0.1, soft=False)
-    search = LabelSearch(sim, names.index("fc.bias"), 4, 10, weight_index=names.index("fc.weight"))
+    y, batches, params, pg, sim, search = _label_search(digits, k, b)
     proxies = [torch.zeros(4, 1, 28, 28), torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))]
     hyps = [tuple(int(v) for v in h) for h in np.random.default_rng(0).integers(0, 10, size=(40, 4))]
     got = search.residuals(params, pg[search.bias_index], proxies, hyps)

@@ -10,7 +10,7 @@ renders as "not yet measured".
 Folders (``docs/results/<name>/``):
 
 * ``null_floor/`` -- ``null_floor.json`` (``python -m benchmarks.null_floor --out DIR``);
-* ``leak_map/`` -- ``leak_map.json`` and ``leak_map.png`` (``python -m benchmarks.leak_map``);
+* ``leak_map/``, ``leak_map-<name>/`` -- ``leak_map.json`` and ``leak_map.png`` (``python -m benchmarks.leak_map``; :mod:`_gen.leak_map`);
 * ``sweep-<kind>/`` -- a sweep's ``thresholds.csv``, ``cells.csv``, ``leak_vs_strength.png``,
   ``config.json`` (``python run_sim.py sweep``);
 * ``grid/`` -- a training grid's ``final_accuracy.csv``, ``hook.csv``, ``curves.png``,
@@ -25,6 +25,7 @@ from typing import Callable
 from _gen.result_files import (NOT_MEASURED, Result, figure, find, fixed, leak_bound, missing_page, not_measured,
                                provenance,
                                rate_ci, read_csv, read_json, to_float, to_int)
+from _gen.leak_map import leak_map_folders, leak_map_page
 from _gen.text import code, esc, fmt_number, pct, table
 
 
@@ -80,69 +81,6 @@ def null_floor_reading(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------ leak map
-
-LEAK_MAP_COMMAND = "python -m benchmarks.leak_map --out docs/results/leak_map"
-SETTING_COLUMNS = (("model", "model"), ("lr", "lr"), ("attack_max_iter", "attack-max-iter"),
-                   ("attack_restarts", "attack-restarts"), ("attack_patience", "attack-patience"),
-                   ("attack_tv", "attack-tv"), ("decoys", "decoys"))
-
-
-def leak_map_folders(results_dir: Path) -> list:
-    """The leak-map result folders: ``leak_map`` and every ``leak_map-<name>`` (one
-    invocation of the benchmark each, e.g. one per kind of data)."""
-    names = ["leak_map"] + (sorted(p.name for p in results_dir.glob("leak_map-*") if p.is_dir())
-                            if results_dir.is_dir() else [])
-    return [find(results_dir, name, "leak_map.json") for name in names]
-
-
-def leak_map_page(results_dir: Path) -> str:
-    head = ["# Leak map", "",
-            "Where leakage stops for this attack, over the batch size B and the number of local steps K: "
-            "clients train K SGD steps of B over N = K B images (one epoch), no defense, and the server "
-            "inverts every upload with labels inferred; every image is scored by both criteria against the "
-            "data set's test split.  See `benchmarks/leak_map.py`.  Each section below is one invocation "
-            "of the benchmark, with its command.", ""]
-    found = [res for res in leak_map_folders(results_dir) if res.data("leak_map.json") is not None]
-    if not found:
-        return missing_page(head, leak_map_folders(results_dir)[0], LEAK_MAP_COMMAND)
-    body = []
-    for res in found:
-        body += _leak_map_section(res, several=len(found) > 1)
-    return "\n".join(head + body)
-
-
-def _leak_map_section(res, several: bool) -> list[str]:
-    rows = read_json(res.data("leak_map.json"))["rows"]
-    body = ([f"## {esc(res.name)}", ""] if several else []) + [
-        provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
-    level = "###" if several else "##"
-    for kind in dict.fromkeys(r["kind"] for r in rows):
-        kr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: (r["K"], r["B"]))
-        recorded = [(key, label) for key, label in SETTING_COLUMNS if any(r.get(key) is not None for r in kr)]
-        shared = [(label, kr[0].get(key)) for key, label in recorded
-                  if all(r.get(key) == kr[0].get(key) for r in kr)]
-        varying = [(key, label) for key, label in recorded if (label, kr[0].get(key)) not in shared]
-        body += [f"{level} {esc(kind)} (`{esc(kr[0]['dataset'])}`)", ""]
-        if shared:
-            body += ["Setting of every cell: " + "; ".join(f"{label} {esc(fmt_number(v) if not isinstance(v, str) else v)}"
-                                                           for label, v in shared) + ".", ""]
-        body.append(table(["B", "K", "N", "clients", "identified", "paper criterion", "failed", "label accuracy",
-                           "s per client", *[label for _, label in varying]],
-                          [[r["B"], r["K"], r["N"], r.get("clients", "-"),
-                            rate_ci(r["leaked"], r["n"], r["ci95_low"], r["ci95_high"]),
-                            rate_ci(r["leaked_paper"], r["n"], r["ci95_low_paper"], r["ci95_high_paper"]),
-                            r.get("failed", "-"), fixed(r.get("label_acc"), 2),
-                            fixed(r.get("seconds_per_client"), 1),
-                            *[esc(fmt_number(r.get(key))) for key, _ in varying]] for r in kr]))
-        lo = min(kr, key=lambda r: r["leak_rate"])
-        hi = max(kr, key=lambda r: r["leak_rate"])
-        if lo["leak_rate"] == hi["leak_rate"]:
-            body += [f"The identified share is {pct(lo['leak_rate'])} in each of the {len(kr)} cells.", ""]
-        else:
-            body += [f"The identified share ranges from {pct(lo['leak_rate'])} (B={lo['B']}, K={lo['K']}) to "
-                     f"{pct(hi['leak_rate'])} (B={hi['B']}, K={hi['K']}) over the {len(kr)} cells.", ""]
-    return body
-
 
 # ------------------------------------------------------------------------------ sweeps
 

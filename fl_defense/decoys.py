@@ -112,6 +112,13 @@ class DecoyPool:
             self._nearest[key] = float(ssim_adjusted_to_many(private, self._subset(label)).max())
         return self._nearest[key]
 
+    def prepare(self, privates: np.ndarray, labels: np.ndarray) -> None:
+        """Compute :meth:`nearest` of every image of ``privates`` ``[N, C, H, W]`` (labelled
+        ``labels`` ``[N]``) now, so that scoring them later reads it back: a caller runs
+        this in a thread while it does other work (the batched SSIM releases the GIL)."""
+        for private, label in zip(privates, labels):
+            self.nearest(private, int(label))
+
 
 def _stratified_choice(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """``size`` positions drawn without replacement, each class in proportion (seeded, sorted)."""

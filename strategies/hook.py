@@ -43,6 +43,7 @@ is not installed at all, so it costs nothing.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from logging import WARNING
 from pathlib import Path
@@ -187,6 +188,16 @@ class AttackHook(StrategyWrapper):
         base = ThreatModel.from_config(self.cfg, self._global, parameters_to_ndarrays(live[0][1].parameters), n)
         return live, [dataclasses.replace(base, local_steps=1, batch_size=n)]
 
+    def _truths(self, server_round, chosen, kept) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+        """For scoring only: the ids of the attacked clients (-1: the SecAgg+ aggregate, one
+        target holding every participant's images) and the images and labels of each."""
+        if self.cfg.secure_aggregation:
+            parts = [self.oracle.images(client_id_of(res.metrics), server_round) for _, res in chosen]
+            return [-1], [np.concatenate([p[0] for p in parts])], [np.concatenate([p[1] for p in parts])]
+        client_ids = [client_id_of(chosen[i][1].metrics) for i in kept]
+        truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
+        return client_ids, list(truth_sets), list(truth_labels)
+
     def attack(self, server_round, results) -> dict:
         start = time.perf_counter()
         if self.cfg.secure_aggregation:
@@ -204,20 +215,22 @@ class AttackHook(StrategyWrapper):
         if not kept:
             log(WARNING, "round %s: no upload small enough to attack (N x K > %s)", server_round, MAX_IMAGE_STEPS)
             return row
-        client_ids = [client_id_of(chosen[i][1].metrics) for i in kept]
+        # scoring side, read before the attack (never given to it) so that the pool's nearest
+        # look-alikes of the private images are found on another core while it runs
+        client_ids, truth_sets, truth_labels = self._truths(server_round, chosen, kept)
+        lookup = None
+        if self.pool is not None:
+            lookup = threading.Thread(target=lambda: [self.pool.prepare(t, y) for t, y in zip(truth_sets, truth_labels)],
+                                      daemon=True)
+            lookup.start()
         with Heartbeat(self.out_dir / PROGRESS_FILE, f"round {server_round}: attack") as beat:
             result = invert_updates(self.model, [threats[i] for i in kept], self.input_shape, self.num_classes,
                                     self.attack_config, self.options, progress=beat.phase)
         attack_seconds = time.perf_counter() - start
         # ------------------------------------------------------------ scoring side
-        if self.cfg.secure_aggregation:  # one target: every participant's images
-            client_ids = [client_id_of(res.metrics) for _, res in chosen]
-            parts = [self.oracle.images(c, server_round) for c in client_ids]
-            truth_sets, truth_labels = [np.concatenate([p[0] for p in parts])], [np.concatenate([p[1] for p in parts])]
-            client_ids = [-1]  # the aggregate
-        else:
-            truth_sets, truth_labels = zip(*(self.oracle.images(c, server_round) for c in client_ids))
-        scores = score(list(truth_sets), list(truth_labels), result.images, result.labels, self.cfg.leak_threshold,
+        if lookup is not None:
+            lookup.join()
+        scores = score(truth_sets, truth_labels, result.images, result.labels, self.cfg.leak_threshold,
                        self.pool, failed=result.failed)
         row.update(scores.summary(prefix="attack_"))
         kinds = sorted(set(result.threat))

@@ -191,3 +191,18 @@ def test_identification_also_needs_more_of_the_image_than_the_nearest_public_one
     assert s.ssim_public_max[0] > s.ssim_adjusted[0] * 0 and s.leaked_paper.all()
     assert s.leaked.tolist() == [bool(s.ssim_adjusted[0] > max(s.ssim_decoy_max[0], s.ssim_public_max[0]))]
     assert s.ssim_public_max[0] == pytest.approx(metrics.ssim_adjusted(x[0], near[0]), abs=1e-6)
+
+
+def test_prepare_finds_each_nearest_look_alike_once_for_later_scoring():
+    """``prepare`` computes ``nearest`` per (image, candidate label) ahead; scoring the same
+    images then reads those values back (per label where decoys are matched by label)."""
+    decoys, labels = _images(12, seed=30), np.arange(12) % 3
+    pool = _pool(decoys, labels, match_labels=True)
+    private, plab = _images(4, seed=31), np.array([0, 1, 2, 0])
+    pool.prepare(private, plab)
+    assert len(pool._nearest) == 4
+    for x, y in zip(private, plab):
+        want = max(metrics.ssim_adjusted(x, d) for d in decoys[labels == y])
+        assert pool._nearest[(np.ascontiguousarray(x, np.float32).tobytes(), int(y))] == pytest.approx(want, abs=1e-6)
+    s = score([private], [plab], [private], [plab], 0.4, pool)
+    assert len(pool._nearest) == 4 and s.ssim_public_max.tolist() == [pool.nearest(x, int(y)) for x, y in zip(private, plab)]

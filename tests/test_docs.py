@@ -116,3 +116,23 @@ def test_results_pages_render_the_result_files(tmp_path):
     assert results.NOT_MEASURED in results.grid_page(d)
     index = results.index_page(d)
     assert "docs/results/sweep-digits" in index and "docs/results/null_floor" in index
+
+
+def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
+    results = _results_module()
+    d = tmp_path / "results" / "leak_map"
+    d.mkdir(parents=True)
+
+    def cell(b, k, leaked, n=8):
+        return {"kind": "digits", "dataset": "mnist-embedded", "B": b, "K": k, "N": b * k, "clients": 1, "n": n,
+                "leaked": leaked, "leak_rate": leaked / n, "ci95_low": 0.0, "ci95_high": 1.0, "leaked_paper": n,
+                "ci95_low_paper": 0.5, "ci95_high_paper": 1.0, "failed": 0, "label_acc": 1.0,
+                "seconds_per_client": 1.0, "model": "tanhcnn"}
+
+    rows = [cell(1, 1, 8), cell(2, 1, 6), cell(4, 1, 2), cell(2, 2, 5), cell(8, 1, 0)]
+    (d / "leak_map.json").write_text(json.dumps({"command": "python -m benchmarks.leak_map --n 8",
+                                                 "date": "2025-01-03", "rows": rows}))
+    page = results.leak_map_page(tmp_path / "results")
+    assert "python -m benchmarks.leak_map --n 8" in page and "2025-01-03" in page
+    # N = 4 holds a cell below one half (B=4, K=1): every cell identifies half up to N = 2 only
+    assert "every cell up to N = 2 images a client; none is identified at B=8, K=1." in page

@@ -61,6 +61,7 @@ def _leak_map_section(res, several: bool) -> list[str]:
                             r.get("failed", "-"), fixed(r.get("label_acc"), 2),
                             fixed(r.get("seconds_per_client"), 1),
                             *[esc(fmt_number(r.get(key))) for key, _ in varying]] for r in kr]))
+        body += [_where_it_stops(kr), ""]
         lo = min(kr, key=lambda r: r["leak_rate"])
         hi = max(kr, key=lambda r: r["leak_rate"])
         if lo["leak_rate"] == hi["leak_rate"]:
@@ -69,3 +70,19 @@ def _leak_map_section(res, several: bool) -> list[str]:
             body += [f"The identified share ranges from {pct(lo['leak_rate'])} (B={lo['B']}, K={lo['K']}) to "
                      f"{pct(hi['leak_rate'])} (B={hi['B']}, K={hi['K']}) over the {len(kr)} cells.", ""]
     return body
+
+
+def _where_it_stops(rows: list[dict]) -> str:
+    """Where leakage stops for this attack on one kind: the largest N = K B whose cells all
+    identify at least half of the images, and the cells that identify none."""
+    by_n: dict[int, list[dict]] = {}
+    for r in rows:
+        by_n.setdefault(r["N"], []).append(r)
+    mostly = [n for n in sorted(by_n) if all(r["leak_rate"] >= 0.5 for r in by_n[n])]
+    upto = max((n for n in mostly if all(m in mostly for m in by_n if m <= n)), default=None)
+    none = [f"B={r['B']}, K={r['K']}" for r in rows if r["leaked"] == 0]
+    first = (f"at least half of the images are identified in every cell up to N = {upto} images a client"
+             if upto is not None else "no N has every cell identifying at least half of the images")
+    rest = ("; none is identified at " + "; ".join(none) + "." if none
+            else "; at least one image is identified in every cell.")
+    return "Where leakage stops for this attack: " + first + rest

@@ -13,7 +13,9 @@ Each finished cell is written to ``--out`` as ``cells/<kind>-B<b>-K<k>.json`` (a
 and skipped when the command runs again, so an interrupted map resumes.  At the end the
 command writes ``leak_map.csv`` (one row per cell: n, both criteria's leaked counts, rates
 and 95% Clopper-Pearson intervals, label accuracy, seconds per client) and
-``leak_map.png`` (one heat map per kind, identification rate with k/n).
+``leak_map.png`` (one heat map per kind, identification rate with k/n).  ``--max-n`` leaves
+out the cells with more than that many images a client (N = K B): blank in the heat map,
+absent from the CSV, for maps whose largest cells would take hours on a CPU.
 
     python -m benchmarks.leak_map --out docs/results/leak_map
     python -m benchmarks.leak_map --kinds digits --batch-sizes 1,4 --local-steps 1 --n 8 --out /tmp/map
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a config key of the setting (e.g. model=resnet8, attack-max-iter=1000)")
+    p.add_argument("--max-n", dest="max_n", type=int, default=None, metavar="N",
+                   help="leave out the cells with more than N = K B images a client (default: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -119,8 +123,9 @@ def main(argv=None) -> int:
         bs = [int(v) for v in args.batch_sizes.split(",")]
         ks = [int(v) for v in args.local_steps.split(",")]
         bad = [s for s in kinds if s not in KINDS]
-        if bad or min(bs + ks) < 1 or args.n < 1:
-            raise ValueError(f"kinds must be among {', '.join(KINDS)} (got {bad}); B, K and n >= 1")
+        if bad or min(bs + ks) < 1 or args.n < 1 or (args.max_n is not None and args.max_n < min(bs) * min(ks)):
+            raise ValueError(f"kinds must be among {', '.join(KINDS)} (got {bad}); B, K and n >= 1; --max-n "
+                             f"at least the smallest cell's K B (got {args.max_n})")
         from experiments.setting import parse_sets
         from fl_defense.config import parse_run_config
 
@@ -137,6 +142,8 @@ def main(argv=None) -> int:
     for kind in kinds:
         for k in ks:
             for b in bs:
+                if args.max_n is not None and b * k > args.max_n:
+                    continue
                 path = cell_path(out, kind, b, k)
                 if path.exists():
                     row = json.loads(path.read_text())

@@ -181,3 +181,27 @@ def test_null_floor_prints_both_criteria_and_writes_its_table(tmp_path, capsys):
     assert rows["best public image"]["identification_leaked"] == "0"
     assert int(rows["best public image"]["paper_leaked"]) >= 10
     assert null_floor.main(["--kinds", "letters"]) == 2
+
+
+def test_leak_map_leaves_out_cells_above_max_n_and_resumes_from_its_cells(tmp_path, capsys):
+    from benchmarks import leak_map
+
+    before = torch.get_num_threads()
+    args = ["--kinds", "digits", "--batch-sizes", "1,2", "--local-steps", "1,2", "--n", "2", "--max-n", "2",
+            "--set", "attack-max-iter=10", "--set", "decoy-pool-size=20", "--out", str(tmp_path)]
+    try:
+        bad = [("0" if a == "2" and args[i - 1] == "--max-n" else a) for i, a in enumerate(args[:-1])]
+        assert leak_map.main([*bad, str(tmp_path / "bad")]) == 2
+        assert "--max-n" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+        assert leak_map.main(args) == 0
+        cells = sorted(p.name for p in (tmp_path / "cells").iterdir())
+        assert cells == ["digits-B1-K1.json", "digits-B1-K2.json", "digits-B2-K1.json"]   # N = 4 left out
+        assert len((tmp_path / "leak_map.csv").read_text().splitlines()) == 4   # a header and 3 cells
+        (tmp_path / "cells" / "digits-B1-K1.json").write_text(
+            (tmp_path / "cells" / "digits-B1-K1.json").read_text().replace('"clients": 2', '"clients": 7'))
+        assert leak_map.main(args) == 0   # a finished cell is read back, not attacked again
+        import json
+        rows = json.loads((tmp_path / "leak_map.json").read_text())["rows"]
+        assert [r["clients"] for r in rows if (r["B"], r["K"]) == (1, 1)] == [7]
+    finally:
+        torch.set_num_threads(before)

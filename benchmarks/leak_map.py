@@ -92,7 +92,8 @@ def heat_maps(rows: list[dict], kinds: list[str], bs: list[int], ks: list[int], 
         ax.set_yticks(range(len(ks)), [str(k) for k in ks])
         ax.set_xlabel("batch size B")
         ax.set_ylabel("local steps K (N = K B)")
-        ax.set_title(f"{kind}: identified", fontsize=9)
+        models = sorted({r["model"] for r in rows if r["kind"] == kind})
+        ax.set_title(f"{kind} ({', '.join(models)}): identified", fontsize=9)
         for r in rows:
             if r["kind"] == kind and r["B"] in bs and r["K"] in ks:
                 ax.text(bs.index(r["B"]), ks.index(r["K"]), f"{r['leaked']}/{r['n']}", ha="center", va="center",

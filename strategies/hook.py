@@ -106,6 +106,16 @@ class Heartbeat:
         self.path.unlink(missing_ok=True)
 
 
+def _prepare_quietly(pool, truth_sets, truth_labels) -> None:
+    """:meth:`DecoyPool.prepare` for every attacked client; an error is left for the scoring,
+    which computes the same values again and reports it where every attack error goes."""
+    try:
+        for images, labels in zip(truth_sets, truth_labels):
+            pool.prepare(images, labels)
+    except Exception:
+        pass
+
+
 class TrainingImageOracle:
     """For scoring only: the images (and labels) client ``c`` trained on in round ``r``."""
 
@@ -220,8 +230,7 @@ class AttackHook(StrategyWrapper):
         client_ids, truth_sets, truth_labels = self._truths(server_round, chosen, kept)
         lookup = None
         if self.pool is not None:
-            lookup = threading.Thread(target=lambda: [self.pool.prepare(t, y) for t, y in zip(truth_sets, truth_labels)],
-                                      daemon=True)
+            lookup = threading.Thread(target=_prepare_quietly, args=(self.pool, truth_sets, truth_labels), daemon=True)
             lookup.start()
         with Heartbeat(self.out_dir / PROGRESS_FILE, f"round {server_round}: attack") as beat:
             result = invert_updates(self.model, [threats[i] for i in kept], self.input_shape, self.num_classes,

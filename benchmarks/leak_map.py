@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                                   for r in rows]
     atomic_write_text(out / "leak_map.csv", "\n".join(lines) + "\n")
     write_json(out / "leak_map.json", {"command": "python -m benchmarks.leak_map " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "rows": rows})
+        argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "rows": rows})
     heat_maps(rows, kinds, bs, ks, out / "leak_map.png")
     print(f"wrote {out / 'leak_map.csv'} and {out / 'leak_map.png'}")
     return 0

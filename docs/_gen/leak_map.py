@@ -39,9 +39,13 @@ def leak_map_page(results_dir: Path) -> str:
 
 
 def _leak_map_section(res, several: bool) -> list[str]:
-    rows = read_json(res.data("leak_map.json"))["rows"]
+    data = read_json(res.data("leak_map.json"))
+    rows = data["rows"]
     body = ([f"## {esc(res.name)}", ""] if several else []) + [
         provenance(res), figure(res, "leak_map.png", "identified share of the private images per cell (B, K)")]
+    if data.get("max_n"):
+        body += [f"Cells with more than {data['max_n']} images a client (N = K B) were not run (`--max-n`): "
+                 "blank in the heat maps, absent from the tables.", ""]
     level = "###" if several else "##"
     for kind in dict.fromkeys(r["kind"] for r in rows):
         kr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: (r["K"], r["B"]))

@@ -92,3 +92,11 @@ def last_linear_weight_index(model: nn.Module) -> int:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer; iDLG needs one")
     names = [n for n, _ in model.named_parameters()]
     return names.index(last)
+
+
+def bias_index(model: nn.Module, names: list[str]) -> int | None:
+    """Position, among the trainable parameters ``names``, of the last linear layer's bias
+    (``None`` without one)."""
+    w = last_linear_weight_index(model)
+    bias = names[w].rsplit(".", 1)[0] + ".bias" if "." in names[w] else "bias"
+    return names.index(bias) if bias in names else None

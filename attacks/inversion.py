@@ -62,8 +62,7 @@ from torch import Tensor, nn
 
 from attacks.engines import RUNNERS, Problem
 from attacks.gradients import last_linear_weight_index, params_and_buffers
-from attacks.label_search import bias_index
-from attacks.labels import features_nonnegative, idlg_labels
+from attacks.labels import observed_labels
 from attacks.objectives import loss_scale
 from attacks.settings import ENGINES, METHODS, AttackConfig, AttackResult, resolve_device
 
@@ -143,9 +142,7 @@ def invert_gradients(model: nn.Module, observed: object, input_shape: Sequence[i
         if w.shape[1] != num_classes:
             raise ValueError(f"the last linear layer has {w.shape[1]} outputs but "
                              f"num_classes={num_classes}")
-        bi = bias_index(model, names)
-        labels = torch.where(usable, idlg_labels(w.flatten(2), features_nonnegative(model),
-                                                 None if bi is None else obs[bi]), labels)
+        labels = torch.where(usable, observed_labels(model, names, obs), labels)
 
     prob = Problem(model, names, p, b, obs, labels.clamp_min(0), tuple(input_shape),
                     num_classes, config, device)

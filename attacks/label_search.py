@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from attacks.gradients import last_linear_weight_index
+from attacks.gradients import bias_index, last_linear_weight_index
 from attacks.labels import bias_label_counts
 from attacks.multistep import Simulator, appearances
 
@@ -245,14 +245,6 @@ class LabelSearch:
 
 
 # ---------------------------------------------------------------- per target, for attacks.updates
-def bias_index(model: nn.Module, names: list[str]) -> int | None:
-    """Position, among the trainable parameters ``names``, of the last linear layer's bias
-    (``None`` without one)."""
-    w = last_linear_weight_index(model)
-    bias = names[w].rsplit(".", 1)[0] + ".bias" if "." in names[w] else "bias"
-    return names.index(bias) if bias in names else None
-
-
 def generic_proxies(n: int, input_shape, seed: int, device) -> list[Tensor]:
     """Proxy inputs for the label estimate: a black image and uniform noise (seeded)."""
     gen = torch.Generator().manual_seed(int(seed) & 0xFFFFFFFF)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attacks.gradients import bias_index, last_linear_weight_index
 from attacks.layerwise import Activation, Dense, Flatten, layer_chain
 
 
@@ -85,6 +86,16 @@ def idlg_labels(last_layer_weight_grads: Tensor, nonnegative: bool = True,
     if bias.shape != w.shape[:2]:
         raise ValueError(f"bias_grads must be [T, num_classes] = {tuple(w.shape[:2])}; got {tuple(bias.shape)}")
     return torch.where((bias < 0).sum(1) == 1, bias.argmin(1), labels)
+
+
+def observed_labels(model: torch.nn.Module, names: list[str], obs: list[Tensor]) -> Tensor:
+    """:func:`idlg_labels` of T single-image gradients ``obs`` (one ``[T, ...]`` tensor per
+    trainable parameter ``names`` of ``model``): the last linear layer's weight rows, the sign
+    of its input features (:func:`features_nonnegative`) and its bias gradient where it has
+    one.  ``[T]`` labels."""
+    bi = bias_index(model, names)
+    return idlg_labels(obs[last_linear_weight_index(model)].flatten(2), features_nonnegative(model),
+                       None if bi is None else obs[bi])
 
 
 def features_nonnegative(model: torch.nn.Module) -> bool:

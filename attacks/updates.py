@@ -41,9 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from attacks.engines import RUNNERS, Problem
-from attacks.gradients import last_linear_weight_index, params_and_buffers
-from attacks.label_search import bias_index, hypotheses_for, searcher_for
-from attacks.labels import features_nonnegative, idlg_labels
+from attacks.gradients import params_and_buffers
+from attacks.label_search import hypotheses_for, searcher_for
+from attacks.labels import observed_labels
 from attacks.multistep import MultiStepProblem, Simulator, assumed_batches
 from attacks.objectives import loss_scale
 from attacks.settings import AttackConfig, resolve_device
@@ -369,11 +369,8 @@ def _attack_group(g: _Group, given: list[np.ndarray] | None, progress=None) -> d
 
     if usable.numel() and g.exact:
         # one image, one step: iDLG with the runner's own restarts, as invert_gradients
-        w = g.obs[last_linear_weight_index(g.model)][usable]
-        bi = bias_index(g.model, g.names)
         lab = (torch.stack([torch.as_tensor(given[int(t)][:1]) for t in usable]) if given is not None
-               else idlg_labels(w.flatten(2), features_nonnegative(g.model),
-                                None if bi is None else g.obs[bi][usable]).reshape(-1, 1).cpu())
+               else observed_labels(g.model, g.names, g.obs)[usable].reshape(-1, 1).cpu())
         say(f"{len(usable)} single-image target(s), up to {cfg.restarts + 1} tries of {cfg.max_iter} iterations")
         x, lo, it, tr = g.run(usable, lab, cfg.max_iter, cfg.restarts, cfg.seed,
                               start=g.public_start(usable, cfg.seed), simulated=False)

@@ -79,11 +79,11 @@ def _leak_map_section(res, several: bool) -> list[str]:
 def _where_it_stops(rows: list[dict]) -> str:
     """Where leakage stops for this attack on one kind: the largest N = K B whose cells all
     identify at least half of the images, and the cells that identify none."""
-    by_n: dict[int, list[dict]] = {}
-    for r in rows:
-        by_n.setdefault(r["N"], []).append(r)
-    mostly = [n for n in sorted(by_n) if all(r["leak_rate"] >= 0.5 for r in by_n[n])]
-    upto = max((n for n in mostly if all(m in mostly for m in by_n if m <= n)), default=None)
+    upto = None
+    for n in sorted({r["N"] for r in rows}):
+        if any(r["leak_rate"] < 0.5 for r in rows if r["N"] == n):
+            break
+        upto = n
     none = [f"B={r['B']}, K={r['K']}" for r in rows if r["leaked"] == 0]
     first = (f"at least half of the images are identified in every cell up to N = {upto} images a client"
              if upto is not None else "no N has every cell identifying at least half of the images")

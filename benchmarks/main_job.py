@@ -1,14 +1,16 @@
 """Benchmark: the main job (``python run_sim.py`` with its defaults) alone, and beside copies of
 itself.
 
-Runs the main job once alone, then ``--copies`` copies at the same time (each in a folder of
-its own), every one a fresh process exactly as a user starts it.  Prints each run's wall-clock
-seconds and the hook's identified leaks per round (``k/n``), and the slowdown of the copies:
-the mean wall-clock time of the side-by-side runs over the time alone, measured in this one
+Runs the main job alone ``--pairs`` times, each time followed by the same job with the hook's
+attacks in the ServerApp's process (``--attack-workers 0``), alternately; then ``--copies``
+copies at the same time (each in a folder of its own), every one a fresh process exactly as a
+user starts it.  Prints each run's wall-clock seconds and the hook's identified leaks per round
+(``k/n``), the median time with attack workers and without (and their ratio), and the slowdown
+of the copies: their mean wall-clock time over the median time alone, measured in this one
 invocation on this machine.  Writes ``main_job.json`` and ``meta.json`` in ``--out`` (the
 documentation's speed results render them).
 
-    python -m benchmarks.main_job --out DIR [--copies 2] [-- RUN_SIM_FLAGS...]
+    python -m benchmarks.main_job --out DIR [--copies 2] [--pairs 2] [-- RUN_SIM_FLAGS...]
 """
 
 from __future__ import annotations
@@ -61,29 +63,45 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the runs and main_job.json")
     ap.add_argument("--copies", type=int, default=2, help="main jobs run side by side (default 2)")
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="runs alone, each followed by one with --attack-workers 0 (default 2)")
     ap.add_argument("extra", nargs="*", help="flags for every run_sim.py run (after --)")
     args = ap.parse_args(argv)
     if args.copies < 2:
         print(f"error: --copies must be >= 2, got {args.copies}", file=sys.stderr)
         return 2
+    if args.pairs < 1:
+        print(f"error: --pairs must be >= 1, got {args.pairs}", file=sys.stderr)
+        return 2
     out = args.out.resolve()
     if out.exists() and any(out.iterdir()):
         print(f"error: --out {out} is not empty", file=sys.stderr)
         return 2
-    alone = finish(out / "alone", *start(out / "alone", args.extra))
-    print(describe("alone", alone), flush=True)
+    pairs = []
+    for i in range(args.pairs):
+        workers = finish(out / f"alone-{i + 1}", *start(out / f"alone-{i + 1}", args.extra))
+        print(describe(f"alone {i + 1}", workers), flush=True)
+        serial = finish(out / f"serial-{i + 1}", *start(out / f"serial-{i + 1}", [*args.extra, "--attack-workers", "0"]))
+        print(describe(f"alone {i + 1}, --attack-workers 0", serial), flush=True)
+        pairs.append({"workers": workers, "serial": serial})
+    median_workers = statistics.median(p["workers"]["seconds"] for p in pairs)
+    median_serial = statistics.median(p["serial"]["seconds"] for p in pairs)
+    print(f"alone, median of {args.pairs}: {median_workers:.1f} s; with --attack-workers 0: {median_serial:.1f} s "
+          f"({median_serial / median_workers:.2f}x)", flush=True)
+    alone = min((p["workers"] for p in pairs), key=lambda r: abs(r["seconds"] - median_workers))
     started = [(out / f"copy-{i + 1}", *start(out / f"copy-{i + 1}", args.extra)) for i in range(args.copies)]
     copies = [finish(folder, proc, began) for folder, proc, began in started]
     for i, run in enumerate(copies):
         print(describe(f"copy {i + 1} of {args.copies}", run), flush=True)
-    slowdown = statistics.mean(r["seconds"] for r in copies) / alone["seconds"]
+    slowdown = statistics.mean(r["seconds"] for r in copies) / median_workers
     print(f"slowdown beside {args.copies - 1} other cop{'y' if args.copies == 2 else 'ies'}: {slowdown:.2f}x "
-          f"(mean wall-clock time side by side / alone)")
+          f"(mean wall-clock time side by side / median alone)")
     from experiments.common import write_meta
     from fl_defense.io import write_json
 
     write_json(out / "main_job.json", {"extra_flags": args.extra, "copies": args.copies, "alone": alone,
-                                       "side_by_side": copies, "slowdown": slowdown})
+                                       "side_by_side": copies, "slowdown": slowdown, "pairs": pairs,
+                                       "median_alone": median_workers, "median_serial": median_serial})
     write_meta(out, argv, program="python -m benchmarks.main_job")
     return 0
 

@@ -25,7 +25,9 @@ COLUMNS = [("round", "round", "{:>5}", "the server round"),
            ("attack_leaked", "leak", "{:>5}",
             "private images the reconstructions identify among public look-alikes, of those attacked"),
            ("attack_leaked_paper", "paper", "{:>5}", "the same by the paper's criterion (adjusted SSIM >= 0.4)"),
-           ("seconds", "sec", "{:>6.1f}", "wall time of the round, the attack included")]
+           ("seconds", "sec", "{:>6.1f}", "wall time of the round (its attack too with --attack-workers 0)"),
+           ("attack_seconds", "atk s", "{:>6.1f}", "seconds of the round's attack (in a worker process, beside "
+                                                 "training and other attacks)")]
 
 
 def _fraction(row: dict[str, Any], key: str) -> str | None:
@@ -112,7 +114,7 @@ def resume_config(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[s
     checkpoint = checkpoint_for(folder, cfg, [w.shape for w in get_weights(new_model(cfg))])
     if (folder / "summary.json").exists():
         return None
-    return ({**recorded_config(cfg), "out-dir": str(folder), "resume": True},
+    return ({**recorded_config(cfg), "out-dir": str(folder), "resume": True, "attack-workers": given.attack_workers},
             checkpoint_rows(checkpoint) if checkpoint else [])
 
 

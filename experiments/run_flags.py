@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,18 @@ RUN_FLAGS = {
     "seed": "seed",
     "attack_every": "attack-every",
     "attacker": "attacker",
+    "attack_workers": "attack-workers",
     "secagg": "secure-aggregation",
 }
+#: ``run``'s number of attack worker processes when no flag names one (at most this many, one per core)
+ATTACK_WORKERS = 2
+
+
+def default_attack_workers() -> int:
+    """``run``'s ``attack-workers`` unless given: one worker process per core, at most
+    :data:`ATTACK_WORKERS`; 0 (attacks in the ServerApp's process) on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(ATTACK_WORKERS, cores) if cores >= 2 else 0
 
 
 def defense_choices_text() -> str:
@@ -68,6 +79,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-every", dest="attack_every", type=int,
                    help="run the honest-but-curious iDLG hook every N rounds (0: off)")
     p.add_argument("--attacker", help="naive | aware")
+    p.add_argument("--attack-workers", dest="attack_workers", type=int, metavar="N",
+                   help="worker processes that run the hook's attacks while the federation goes on (default: one "
+                        f"per core, at most {ATTACK_WORKERS}; 0: the ServerApp attacks each round before the next "
+                        "begins); the figures are the same either way")
     p.add_argument("--secagg", action="store_const", const=True, default=None,
                    help="secure aggregation (SecAgg+): the server sees only the aggregate of the uploads")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -98,5 +113,6 @@ def run_config_from_args(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if "resume" in sets:
         raise ConfigError("resume is not set with --set: use --resume DIR")
     overrides.update(sets)
+    overrides.setdefault("attack-workers", default_attack_workers())
     overrides["out-dir"] = str(out.resolve())
     return overrides

@@ -79,6 +79,7 @@ class ExperimentConfig:
     leak_threshold: float = 0.4
     decoys: str = ""
     decoy_pool_size: int = 1000
+    attack_workers: int = 0
     resume: bool = False
     # formal privacy (fl_defense.privacy, strategies.central_dp, strategies.secagg)
     dp_clip: float = 1.0
@@ -116,9 +117,9 @@ def _client_ids(text: str) -> tuple[int, ...]:
 
 
 #: Keys that steer how a run is executed, not what it computes: a resumed run may differ
-#: from the recorded config in these (``resume``) and ``config.json`` records them as
-#: their defaults.
-RUN_CONTROL_KEYS = ("resume",)
+#: from the recorded config in these (``resume``; ``attack-workers``, where the hook's
+#: attacks run) and ``config.json`` records them as their defaults.
+RUN_CONTROL_KEYS = ("resume", "attack-workers")
 
 
 def default_run_config() -> dict[str, Any]:
@@ -256,6 +257,8 @@ def parse_run_config(run_config: Mapping[str, Any], *, require_out_dir: bool = F
     _check(cfg.decoys in ("", "none") or Path(cfg.decoys).is_absolute(), "decoys", cfg.decoys,
            "'' (the data set's test split), 'none' (no identification criterion) or an absolute folder")
     _check(cfg.decoy_pool_size >= 1, "decoy-pool-size", cfg.decoy_pool_size, ">= 1")
+    _check(0 <= cfg.attack_workers <= 64, "attack-workers", cfg.attack_workers,
+           "in [0, 64] (0: the ServerApp attacks each round before the next begins)")
     _check_formal_privacy(cfg)
     return cfg
 

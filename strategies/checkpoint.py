@@ -11,7 +11,9 @@ that wrote the checkpoint is refused on resume.
 
 :class:`ResumableStrategy`, the outermost wrapper, writes ``checkpoint.npz`` (one file,
 atomically: :func:`fl_defense.io.atomic_write_bytes`) after every round's central
-evaluation, when the recorder has written the round's row.  The file holds the weights
+evaluation, for the last round whose row the recorder has written (the round itself,
+unless its row waits for an attack in a worker process: then the checkpoint stays at the
+last written row, with that round's weights, and the rounds after it run again on resume).  The file holds the weights
 (``w000``, ``w001``, ... in ``state_dict`` order, dtypes kept) and ``meta``, a JSON
 text: ``format``, ``round``, ``num_rounds``, ``config`` (the run config, run-control keys
 at their defaults) and ``state``.
@@ -39,7 +41,7 @@ from flwr.server.strategy import Strategy
 from fl_defense.config import RUN_CONTROL_KEYS, ExperimentConfig, default_run_config
 from fl_defense.errors import ConfigError
 from fl_defense.io import atomic_write_bytes
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import StrategyWrapper, stack_layers
 
 CHECKPOINT = "checkpoint.npz"
 FORMAT = 1
@@ -78,14 +80,6 @@ def config_differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) ->
 
 
 # ------------------------------------------------------------------ the stack's state
-def stack_layers(strategy: Strategy) -> list[Strategy]:
-    """The strategy and every strategy it wraps (through ``.inner``), outermost first."""
-    layers = [strategy]
-    while isinstance(getattr(layers[-1], "inner", None), Strategy):
-        layers.append(layers[-1].inner)
-    return layers
-
-
 def stack_state(strategy: Strategy) -> dict[str, Any]:
     """``{"<depth>:<class>": layer.state_dict()}`` of every layer that keeps state."""
     return {f"{depth}:{type(layer).__name__}": layer.state_dict()
@@ -182,6 +176,9 @@ class ResumableStrategy(StrategyWrapper):
         self._finishers = [layer for layer in stack_layers(inner) if hasattr(layer, "finish_deferred")]
         for layer in self._finishers:
             layer.finish_deferred = True
+        self._recorders = [layer for layer in stack_layers(inner) if hasattr(layer, "recorded_round")]
+        #: weights of the rounds evaluated but not yet recorded (late figures), by round
+        self._weights: dict[int, list[np.ndarray]] = {}
 
     def __repr__(self) -> str:
         return f"ResumableStrategy(start={self.start}, {self.inner!r})"
@@ -201,10 +198,15 @@ class ResumableStrategy(StrategyWrapper):
     def evaluate(self, server_round, parameters):
         if server_round == 0:  # Flower's evaluation of the initial weights
             return None if self.start else self.inner.evaluate(0, parameters)
-        result = self.inner.evaluate(self.start + server_round, parameters)
-        save_checkpoint(self.out_dir, Checkpoint(self.start + server_round, self.num_rounds,
-                                                 parameters_to_ndarrays(parameters), self.config,
-                                                 stack_state(self.inner)))
+        current = self.start + server_round
+        result = self.inner.evaluate(current, parameters)
+        self._weights[current] = parameters_to_ndarrays(parameters)
+        # the checkpoint of the last round whose row is written (rows wait for late figures)
+        done = min((layer.recorded_round for layer in self._recorders), default=current)
+        if done in self._weights:
+            save_checkpoint(self.out_dir, Checkpoint(done, self.num_rounds, self._weights[done], self.config,
+                                                     stack_state(self.inner)))
+        self._weights = {r: w for r, w in self._weights.items() if r > done}
         for layer in self._finishers:
             layer.finish()
         return result

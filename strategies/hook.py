@@ -38,6 +38,15 @@ every upload is the same aggregate: the hook attacks it once per round, as one t
 step without BatchNorm, the only setting the config allows), scored against all their
 images (``attack_threat_model = secagg-aggregate``, ``attack_targets = 1``).  When ``attack-every = 0`` the wrapper
 is not installed at all, so it costs nothing.
+
+Where the attack runs (``attack-workers``): with 0 the hook attacks in ``aggregate_fit``, and
+the next round waits for it.  With N >= 1 it builds the threat models and reads the scoring
+images in ``aggregate_fit``, hands the attack to one of N worker processes
+(:mod:`strategies.attack_workers`) and returns; a scoring thread scores each attack when it is
+done, and the recorder takes the round's figures (:meth:`AttackHook.take_figures`) before it
+writes the round's row.  The federation runs at most ``2 N`` attacks ahead.  The figures are
+the same either way (``attack_seconds`` aside, which then counts the attack's own time in its
+worker, beside the federation and other attacks).
 """
 
 from __future__ import annotations
@@ -45,8 +54,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from logging import WARNING
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from flwr.common import parameters_to_ndarrays
@@ -55,55 +66,17 @@ from flwr.supercore import log
 
 from fl_defense.scoring import save_record, score
 from attacks.threat import ThreatModel, attack_config
-from attacks.updates import invert_updates, update_options
+from attacks.updates import update_options
 from fl_defense.config import ExperimentConfig
 from fl_defense.plots import reconstruction_grid
 from fl_defense.protocol import client_id_of, client_order, was_dropped
 from fl_defense.task import client_indices, examples_used, load_data, new_model, round_batches, select_device
+from strategies.attack_workers import invert_with_progress
 from strategies.wrapper import StrategyWrapper
 
 MAX_IMAGE_STEPS = 256  # the hook attacks uploads of at most this many images x local steps
 #: The file (in the run folder) the hook writes its progress line to while an attack runs.
 PROGRESS_FILE = "attack/progress.txt"
-
-
-class Heartbeat:
-    """While it is entered, a daemon thread writes ``<what>: <phase>, <seconds> s`` to a file
-    every ``every`` seconds (atomically), so that a launcher can show progress inside a
-    round; :meth:`phase` sets the phase.  The file is removed on exit."""
-
-    def __init__(self, path: Path, what: str, every: float = 5.0) -> None:
-        import threading
-
-        self.path, self.what, self.every = Path(path), what, every
-        self._phase = "starting"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def phase(self, text: str) -> None:
-        self._phase = text
-
-    def _write(self, elapsed: float) -> None:
-        from fl_defense.io import atomic_write_text
-
-        try:
-            atomic_write_text(self.path, f"{self.what}: {self._phase}, {elapsed:.0f} s\n")
-        except OSError:
-            pass
-
-    def _run(self) -> None:
-        start = time.perf_counter()
-        while not self._stop.wait(self.every):
-            self._write(time.perf_counter() - start)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.path.unlink(missing_ok=True)
 
 
 def _prepare_quietly(pool, truth_sets, truth_labels) -> None:
@@ -114,6 +87,32 @@ def _prepare_quietly(pool, truth_sets, truth_labels) -> None:
             pool.prepare(images, labels)
     except Exception:
         pass
+
+
+def _or_error(server_round: int, figures: Callable[[], dict]) -> dict:
+    """``figures()``, or, when it raises, the error as the round's ``attack_error`` (logged):
+    an attack never stops the federation."""
+    try:
+        return figures()
+    except Exception as exc:
+        log(WARNING, "round %s: the attack hook failed: %r", server_round, exc)
+        return {"attack_error": repr(exc)}
+
+
+@dataclasses.dataclass
+class _Begun:
+    """A round's attack between its start and its scoring: the threat models (attack side);
+    the attacked clients' ids, private images and labels and the thread that looks up their
+    nearest decoys (scoring side); the row so far; the seconds spent preparing it."""
+
+    server_round: int
+    threats: list
+    row: dict
+    client_ids: list
+    truth_sets: list
+    truth_labels: list
+    lookup: threading.Thread | None
+    seconds: float
 
 
 class TrainingImageOracle:
@@ -157,6 +156,16 @@ class AttackHook(StrategyWrapper):
         mean = None if self.pool is None else self.pool.images.images.mean(0).astype(np.float32)
         self.options = update_options(cfg, self.model, init_image=mean)
         self._global: list[np.ndarray] | None = None
+        #: rounds whose attack runs in a worker: the future of their figures
+        self._jobs: dict[int, Future] = {}
+        self.workers = None
+        if cfg.attack_workers:
+            import torch
+
+            from strategies.attack_workers import AttackWorkers
+
+            self.workers = AttackWorkers(cfg.attack_workers, torch.get_num_threads())
+            self._scorer = ThreadPoolExecutor(1, thread_name_prefix="attack-scoring")
 
     def configure_fit(self, server_round, parameters, client_manager):
         self._global = parameters_to_ndarrays(parameters)
@@ -165,12 +174,57 @@ class AttackHook(StrategyWrapper):
     def aggregate_fit(self, server_round, results, failures):
         figures = {}
         if server_round % self.cfg.attack_every == 0 and results and self._global is not None:
-            try:
-                figures = self.attack(server_round, results)
-            except Exception as exc:  # an attack never stops the federation
-                log(WARNING, "round %s: the attack hook failed: %r", server_round, exc)
-                figures = {"attack_error": repr(exc)}
+            if self.workers is None:
+                figures = _or_error(server_round, lambda: self.attack(server_round, results))
+            else:
+                self._hand_over(server_round, results)
         return self.aggregate_inner(server_round, results, failures, figures)
+
+    # ------------------------------------------------------------------ late figures
+    def has_late_figures(self, server_round: int) -> bool:
+        """Whether round ``server_round``'s figures come after its ``aggregate_fit`` (its attack
+        was handed to a worker); the recorder then takes them with :meth:`take_figures`."""
+        return server_round in self._jobs
+
+    def figures_ready(self, server_round: int) -> bool:
+        return self._jobs[server_round].done()
+
+    def take_figures(self, server_round: int) -> dict:
+        """Round ``server_round``'s figures (waits for its attack); after the run's last round
+        the workers are stopped."""
+        figures = _or_error(server_round, self._jobs.pop(server_round).result)
+        if server_round >= self.cfg.num_server_rounds and not self._jobs:
+            self.close()
+        return figures
+
+    def close(self) -> None:
+        """Stop the worker processes and the scoring thread (nothing when there are none)."""
+        if self.workers is not None:
+            self._scorer.shutdown(wait=True)
+            self.workers.close()
+
+    def _hand_over(self, server_round, results) -> None:
+        """Start round ``server_round``'s attack in a worker, its scoring to follow in the
+        scoring thread; with ``2 x workers`` attacks unfinished, wait for the oldest first (the
+        federation runs at most that far ahead of its attacks)."""
+        unfinished = [r for r, job in sorted(self._jobs.items()) if not job.done()]
+        if len(unfinished) >= 2 * self.workers.workers:
+            wait([self._jobs[unfinished[0]]])
+        job: Future = Future()
+        try:
+            begun = self._begin(server_round, results)
+        except Exception as exc:
+            job.set_exception(exc)
+        else:
+            if isinstance(begun, dict):
+                job.set_result(begun)
+            else:
+                call = self.workers.submit(invert_with_progress, *self._attack_call(begun))
+                job = self._scorer.submit(self._complete, begun, call)
+        self._jobs[server_round] = job
+
+    def _complete(self, begun: "_Begun", call: Future) -> dict:
+        return self._finish(begun, call.result())
 
     # ------------------------------------------------------------------ attack side
     @staticmethod
@@ -209,6 +263,23 @@ class AttackHook(StrategyWrapper):
         return client_ids, list(truth_sets), list(truth_labels)
 
     def attack(self, server_round, results) -> dict:
+        """Round ``server_round``'s attack of ``results``, here and now, and its figures."""
+        begun = self._begin(server_round, results)
+        if isinstance(begun, dict):
+            return begun
+        return self._finish(begun, invert_with_progress(*self._attack_call(begun)))
+
+    def _attack_call(self, begun: "_Begun") -> tuple:
+        """The arguments of :func:`~strategies.attack_workers.invert_with_progress` for a round:
+        what the attack side holds, nothing of the scoring side."""
+        return (self.out_dir / PROGRESS_FILE, f"round {begun.server_round}: attack", self.model, begun.threats,
+                self.input_shape, self.num_classes, self.attack_config, self.options)
+
+    def _begin(self, server_round, results) -> "_Begun | dict":
+        """What the attack of a round needs, from what the server holds (the threat models of
+        the chosen uploads), and, apart, for scoring, the private images; starts the search of
+        the pool's look-alikes of those in a thread.  A round with nothing to attack gets its
+        figures (a dict) instead."""
         start = time.perf_counter()
         if self.cfg.secure_aggregation:
             chosen, threats = self._aggregate_target(results)
@@ -232,13 +303,17 @@ class AttackHook(StrategyWrapper):
         if self.pool is not None:
             lookup = threading.Thread(target=_prepare_quietly, args=(self.pool, truth_sets, truth_labels), daemon=True)
             lookup.start()
-        with Heartbeat(self.out_dir / PROGRESS_FILE, f"round {server_round}: attack") as beat:
-            result = invert_updates(self.model, [threats[i] for i in kept], self.input_shape, self.num_classes,
-                                    self.attack_config, self.options, progress=beat.phase)
-        attack_seconds = time.perf_counter() - start
+        return _Begun(server_round, [threats[i] for i in kept], row, client_ids, truth_sets, truth_labels, lookup,
+                      time.perf_counter() - start)
+
+    def _finish(self, begun: "_Begun", result) -> dict:
+        """Score a round's reconstructions, save its figure and record; its figures."""
+        server_round, row = begun.server_round, dict(begun.row)
+        client_ids, truth_sets, truth_labels = begun.client_ids, begun.truth_sets, begun.truth_labels
+        attack_seconds = begun.seconds + result.seconds
         # ------------------------------------------------------------ scoring side
-        if lookup is not None:
-            lookup.join()
+        if begun.lookup is not None:
+            begun.lookup.join()
         scores = score(truth_sets, truth_labels, result.images, result.labels, self.cfg.leak_threshold,
                        self.pool, failed=result.failed)
         row.update(scores.summary(prefix="attack_"))

@@ -9,6 +9,11 @@ writes ``summary.json`` with ``"status": "completed"`` (:meth:`RecordingStrategy
 last file of a run: when a stack also checkpoints, the checkpointing layer calls it after the
 last checkpoint, so a launcher may stop the run's processes as soon as it appears.
 
+A round whose figures come late (the attack hook hands its attack to a worker process:
+``attack-workers``) waits until they are there; rows are written in round order, each when
+it and every earlier row are complete, all of them by the end of the last round
+(:attr:`RecordingStrategy.recorded_round` is the last round written).
+
 Its rows are the one state of the stack that lasts from round to round: ``state_dict`` /
 ``load_state_dict`` hand them to the checkpoint (:mod:`strategies.checkpoint`), and a
 resumed run's recorder goes on from them.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from flwr.supercore import log
 
 from fl_defense import protocol as msg
 from fl_defense.io import write_json, write_jsonl
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import StrategyWrapper, stack_layers
 
 
 class RecordingStrategy(StrategyWrapper):
@@ -40,6 +46,14 @@ class RecordingStrategy(StrategyWrapper):
         self._t0 = time.perf_counter()
         #: set by a layer that calls :meth:`finish` itself (after its own last write)
         self.finish_deferred = False
+        #: rows evaluated but not written, each with the layers whose figures it still needs
+        self._waiting: deque[tuple[dict[str, Any], list[Strategy]]] = deque()
+        self._late = [layer for layer in stack_layers(inner) if hasattr(layer, "has_late_figures")]
+
+    @property
+    def recorded_round(self) -> int:
+        """The last round whose row is written (0: none yet)."""
+        return int(self.rows[-1]["round"]) if self.rows else 0
 
     def state_dict(self) -> dict[str, Any]:
         """The rows recorded so far (what a resumed run goes on from)."""
@@ -83,13 +97,33 @@ class RecordingStrategy(StrategyWrapper):
             row["loss"] = float(loss)
             row["accuracy"] = float(metrics.get("accuracy", float("nan")))
         row["seconds"] = round(time.perf_counter() - self._t0, 3)
-        self.rows.append(row)
-        write_jsonl(self.out_dir / "metrics.jsonl", self.rows)
-        log(INFO, "fl-defense round %s: %s", server_round,
-            " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "round"))
+        self._waiting.append((row, [layer for layer in self._late if layer.has_late_figures(server_round)]))
+        self._write_complete_rows(wait=server_round >= self.num_rounds)
         if not self.finish_deferred:
             self.finish()
         return result
+
+    def _write_complete_rows(self, wait: bool) -> None:
+        """Write the waiting rows, in order, while the first one's late figures are there (with
+        ``wait``: all of them, waiting for their figures)."""
+        written = False
+        while self._waiting:
+            row, late = self._waiting[0]
+            if not wait and not all(layer.figures_ready(row["round"]) for layer in late):
+                break
+            tail = {k: row.pop(k) for k in ("loss", "accuracy", "seconds") if k in row}
+            for layer in late:
+                row.update({k.replace("-", "_"): v for k, v in layer.take_figures(row["round"]).items()})
+            row.update(tail)
+            self._waiting.popleft()
+            self.rows.append(row)
+            written = True
+            if wait:  # rows come one by one here: show each
+                write_jsonl(self.out_dir / "metrics.jsonl", self.rows)
+            log(INFO, "fl-defense round %s: %s", row["round"],
+                " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "round"))
+        if written and not wait:
+            write_jsonl(self.out_dir / "metrics.jsonl", self.rows)
 
     def finish(self) -> None:
         """Write ``summary.json`` once the last round's row is recorded (else nothing)."""

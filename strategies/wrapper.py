@@ -17,6 +17,14 @@ from typing import Any, Mapping
 from flwr.server.strategy import Strategy
 
 
+def stack_layers(strategy: Strategy) -> list[Strategy]:
+    """The strategy and every strategy it wraps (through ``.inner``), outermost first."""
+    layers = [strategy]
+    while isinstance(getattr(layers[-1], "inner", None), Strategy):
+        layers.append(layers[-1].inner)
+    return layers
+
+
 class StrategyWrapper(Strategy):
     """Delegates every ``Strategy`` method to ``inner``."""
 

@@ -203,3 +203,47 @@ def test_attack_clients_oracle_feeds_nothing_back(tmp_path):
     for x, y in zip(real.images, fake.images):
         np.testing.assert_array_equal(x, y)
     assert scores.ssim_adjusted.max() < 0.5
+
+
+@pytest.mark.slow
+def test_attacks_in_worker_processes_give_the_serial_figures_in_order_and_stop_their_workers(tmp_path):
+    import os
+
+    cfg0 = parse_run_config({"num-clients": 2, "batch-size": 2, "images-per-client": 2, "attack-every": 1,
+                             "attack-clients": 2, "attack-max-iter": 80, "num-server-rounds": 2,
+                             "out-dir": str(tmp_path / "serial")})
+    cfg2 = parse_run_config({**cfg0.to_run_config(), "attack-workers": 2, "out-dir": str(tmp_path / "workers")})
+    rounds = {r: uploads(cfg0, r) for r in (1, 2)}
+
+    def run(cfg):
+        hook = AttackHook(Spy(base_strategy(cfg, rounds[1][0], None)), cfg, cfg.out_dir)
+        got = {}
+        for r in (1, 2):
+            hook.configure_fit(r, ndarrays_to_parameters(rounds[r][0]), None)
+            _, got[r] = hook.aggregate_fit(r, rounds[r][1], [])
+        return hook, got
+
+    serial, expected = run(cfg0)
+    assert not serial.has_late_figures(1) and expected[1]["attack_images"] == 4
+    hook, now = run(cfg2)
+    workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == os.getpid()
+               and b"multiprocessing.spawn" in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(workers) == 2
+    assert not any(k.startswith("attack_") for r in (1, 2) for k in now[r])  # the figures come later
+    assert hook.has_late_figures(1) and hook.has_late_figures(2)
+    for r in (1, 2):
+        late = hook.take_figures(r)
+        assert late.pop("attack_seconds") > 0
+        assert late == {k: v for k, v in expected[r].items() if k.startswith("attack") and k != "attack_seconds"}
+        assert (tmp_path / "workers" / "attack" / f"round-{r:03d}.npz").exists()
+    assert not hook.has_late_figures(2)
+    # after the run's last round the workers are stopped
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}") and _parent(p) == os.getpid()]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1

@@ -86,3 +86,73 @@ def test_a_round_without_aggregate_is_marked(tmp_path):
     rec.evaluate(1, None)
     row = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert row["aggregated"] is False and row["clients_ok"] == 0 and row["train_loss"] is None
+
+
+class Late(Inner):
+    """A stand-in for the hook with attack workers: round r's figures come when the test says."""
+
+    def __init__(self):
+        self.figures, self.ready = {}, set()
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.figures[server_round] = {"attack-leaked": server_round}
+        return super().aggregate_fit(server_round, results, failures)
+
+    def has_late_figures(self, server_round):
+        return server_round in self.figures
+
+    def figures_ready(self, server_round):
+        return server_round in self.ready
+
+    def take_figures(self, server_round):
+        return self.figures.pop(server_round)
+
+
+def test_rows_wait_for_late_figures_and_are_written_in_round_order(tmp_path):
+    from strategies.checkpoint import ResumableStrategy, load_checkpoint
+    from fl_defense.config import parse_run_config
+
+    late = Late()
+    rec = RecordingStrategy(late, tmp_path, num_rounds=3)
+    top = ResumableStrategy(rec, parse_run_config({"num-server-rounds": 3}), tmp_path)
+
+    def round_(r):
+        top.configure_fit(r, None, None)
+        top.aggregate_fit(r, [answer(0, 1.0)], [])
+        top.evaluate(r, ndarrays_to_parameters([np.full(2, float(r))]))
+
+    def written():
+        path = tmp_path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    round_(1)
+    round_(2)
+    assert written() == [] and load_checkpoint(tmp_path) is None  # round 1's figures are not there yet
+    late.ready.add(2)
+    top.configure_fit(3, None, None)
+    top.aggregate_fit(3, [answer(0, 1.0)], [])
+    assert written() == [] and not (tmp_path / "summary.json").exists()  # round 2 is ready; round 1 is not
+    top.evaluate(3, ndarrays_to_parameters([np.full(2, 3.0)]))  # the last round waits for every figure
+    rows = written()
+    assert [r["round"] for r in rows] == [1, 2, 3] and [r["attack_leaked"] for r in rows] == [1, 2, 3]
+    assert list(rows[0])[-3:] == ["loss", "accuracy", "seconds"]  # the figures sit where the hook's would
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.round == 3 and float(ckpt.weights[0][0]) == 3.0 and len(ckpt.state["0:RecordingStrategy"]["rows"]) == 3
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_the_checkpoint_stays_at_the_last_written_row_with_that_rounds_weights(tmp_path):
+    from strategies.checkpoint import ResumableStrategy, load_checkpoint
+    from fl_defense.config import parse_run_config
+
+    late = Late()
+    top = ResumableStrategy(RecordingStrategy(late, tmp_path, num_rounds=4),
+                            parse_run_config({"num-server-rounds": 4}), tmp_path)
+    for r in (1, 2, 3):
+        top.configure_fit(r, None, None)
+        top.aggregate_fit(r, [answer(0, 1.0)], [])
+        late.ready.add(1)
+        top.evaluate(r, ndarrays_to_parameters([np.full(2, float(r))]))
+    ckpt = load_checkpoint(tmp_path)  # rounds 2 and 3 wait: the checkpoint is round 1's
+    assert ckpt.round == 1 and float(ckpt.weights[0][0]) == 1.0
+    assert [row["round"] for row in ckpt.state["0:RecordingStrategy"]["rows"]] == [1]

@@ -300,7 +300,7 @@ def grid_page(results_dir: Path) -> str:
 
 BENCH_FEDERATION_COMMAND = ("python -m benchmarks.bench_federation --sizes 10:1.0,100:0.1,1000:0.01 --rounds 20 "
                             "--flower-poll off,0.005 --out docs/results/bench_federation")
-MAIN_JOB_COMMAND = "python -m benchmarks.main_job --out docs/results/main_job --copies 2"
+MAIN_JOB_COMMAND = "python -m benchmarks.main_job --out docs/results/main_job --copies 2 --pairs 3"
 
 
 def _federation_section(res: Result) -> str:
@@ -338,8 +338,10 @@ def _main_job_section(res: Result) -> str:
     if path is None:
         return missing_page(head, res, MAIN_JOB_COMMAND)
     data = read_json(path)
-    runs = [("alone", data["alone"])] + [(f"copy {i + 1} of {data['copies']}", r)
-                                         for i, r in enumerate(data["side_by_side"])]
+    pairs = data.get("pairs") or [{"workers": data["alone"]}]
+    runs = ([(f"alone {i + 1}", p["workers"]) for i, p in enumerate(pairs)]
+            + [(f"alone {i + 1}, --attack-workers 0", p["serial"]) for i, p in enumerate(pairs) if "serial" in p]
+            + [(f"copy {i + 1} of {data['copies']}", r) for i, r in enumerate(data["side_by_side"])])
     body = [provenance(res), table(
         ["run", "seconds", "rounds", "identified per round", "paper criterion per round", "final accuracy"],
         [[esc(name), fixed(r["seconds"], 1), r["rounds"],
@@ -348,6 +350,11 @@ def _main_job_section(res: Result) -> str:
           fixed(r["final_accuracy"], 4)] for name, r in runs]),
         f"Beside {data['copies'] - 1} other cop{'y' if data['copies'] == 2 else 'ies'} of itself the main job "
         f"took {data['slowdown']:.2f}x its time alone (mean over the copies).", ""]
+    if "median_serial" in data:
+        body[-1:-1] = [f"Alone, the median of {len(pairs)} runs took {fixed(data['median_alone'], 1)} s with the hook's "
+                       f"attacks in worker processes (the default) and {fixed(data['median_serial'], 1)} s with "
+                       f"`--attack-workers 0`, the runs alternating: "
+                       f"{data['median_serial'] / data['median_alone']:.2f}x.", ""]
     return "\n".join(head + body)
 
 

@@ -76,7 +76,7 @@ def test_a_plugin_defense_is_listed_and_runs_in_a_simulation(tmp_path):
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--defense", "sign:0.5", "--rounds", "2",
                           "--clients", "2", "--attack-every", "1", "--set", "attack-max-iter=30", "--set",
-                          "attack-restarts=0", "--quiet", "--out", str(out)],
+                          "attack-restarts=0", "--attack-workers", "0", "--quiet", "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads((out / "config.json").read_text())["defense"] == "sign:0.5"

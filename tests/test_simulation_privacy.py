@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("mark_processes")
 
 
 def run_sim(out: Path, *argv: str) -> list[dict]:
-    proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--out", str(out), *argv],
+    # the hook attacks in the ServerApp's process: these runs check what it sees, not where it runs
+    proc = subprocess.run([sys.executable, str(ROOT / "run_sim.py"), "--out", str(out), "--attack-workers", "0", *argv],
                           capture_output=True, text=True, timeout=600, cwd=out.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"

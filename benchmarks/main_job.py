@@ -4,10 +4,11 @@ itself.
 Runs the main job alone ``--pairs`` times, each time followed by the same job with the hook's
 attacks in the ServerApp's process (``--attack-workers 0``), alternately; then ``--copies``
 copies at the same time (each in a folder of its own), every one a fresh process exactly as a
-user starts it.  Prints each run's wall-clock seconds and the hook's identified leaks per round
-(``k/n``), the median time with attack workers and without (and their ratio), and the slowdown
-of the copies: their mean wall-clock time over the median time alone, measured in this one
-invocation on this machine.  Writes ``main_job.json`` and ``meta.json`` in ``--out`` (the
+user starts it, and as many copies with ``--attack-workers 0``.  Prints each run's wall-clock
+seconds and the hook's identified leaks per round (``k/n``), the median time with attack
+workers and without (and their ratio), and the slowdown of the copies of each kind: their mean
+wall-clock time over the median time alone of that kind, measured in this one invocation on
+this machine.  Writes ``main_job.json`` and ``meta.json`` in ``--out`` (the
 documentation's speed results render them).
 
     python -m benchmarks.main_job --out DIR [--copies 2] [--pairs 2] [-- RUN_SIM_FLAGS...]
@@ -59,6 +60,15 @@ def describe(name: str, run: dict) -> str:
     return f"{name}: {run['seconds']:.1f} s, {run['rounds']} rounds, hook identified per round {leaks or '-'}"
 
 
+def side_by_side(out: Path, name: str, copies: int, extra: list[str]) -> list[dict]:
+    """``copies`` main jobs started at once (folders ``<name>-1`` ...), each one's result."""
+    started = [(out / f"{name}-{i + 1}", *start(out / f"{name}-{i + 1}", extra)) for i in range(copies)]
+    runs = [finish(folder, proc, began) for folder, proc, began in started]
+    for i, run in enumerate(runs):
+        print(describe(f"{name} {i + 1} of {copies}", run), flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the runs and main_job.json")
@@ -89,18 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"alone, median of {args.pairs}: {median_workers:.1f} s; with --attack-workers 0: {median_serial:.1f} s "
           f"({median_serial / median_workers:.2f}x)", flush=True)
     alone = min((p["workers"] for p in pairs), key=lambda r: abs(r["seconds"] - median_workers))
-    started = [(out / f"copy-{i + 1}", *start(out / f"copy-{i + 1}", args.extra)) for i in range(args.copies)]
-    copies = [finish(folder, proc, began) for folder, proc, began in started]
-    for i, run in enumerate(copies):
-        print(describe(f"copy {i + 1} of {args.copies}", run), flush=True)
+    copies = side_by_side(out, "copy", args.copies, args.extra)
+    serial_copies = side_by_side(out, "serial-copy", args.copies, [*args.extra, "--attack-workers", "0"])
     slowdown = statistics.mean(r["seconds"] for r in copies) / median_workers
-    print(f"slowdown beside {args.copies - 1} other cop{'y' if args.copies == 2 else 'ies'}: {slowdown:.2f}x "
-          f"(mean wall-clock time side by side / median alone)")
+    serial_slowdown = statistics.mean(r["seconds"] for r in serial_copies) / median_serial
+    others = f"{args.copies - 1} other cop{'y' if args.copies == 2 else 'ies'}"
+    print(f"slowdown beside {others}: {slowdown:.2f}x (mean wall-clock time side by side / median alone); "
+          f"with --attack-workers 0: {serial_slowdown:.2f}x")
     from experiments.common import write_meta
     from fl_defense.io import write_json
 
     write_json(out / "main_job.json", {"extra_flags": args.extra, "copies": args.copies, "alone": alone,
                                        "side_by_side": copies, "slowdown": slowdown, "pairs": pairs,
+                                       "side_by_side_serial": serial_copies, "slowdown_serial": serial_slowdown,
                                        "median_alone": median_workers, "median_serial": median_serial})
     write_meta(out, argv, program="python -m benchmarks.main_job")
     return 0

@@ -19,6 +19,8 @@ Folders (``docs/results/<name>/``):
 
 from __future__ import annotations
 
+import statistics
+
 from pathlib import Path
 from typing import Callable
 
@@ -338,10 +340,12 @@ def _main_job_section(res: Result) -> str:
     if path is None:
         return missing_page(head, res, MAIN_JOB_COMMAND)
     data = read_json(path)
-    pairs = data.get("pairs") or [{"workers": data["alone"]}]
+    pairs = data["pairs"]
     runs = ([(f"alone {i + 1}", p["workers"]) for i, p in enumerate(pairs)]
-            + [(f"alone {i + 1}, --attack-workers 0", p["serial"]) for i, p in enumerate(pairs) if "serial" in p]
-            + [(f"copy {i + 1} of {data['copies']}", r) for i, r in enumerate(data["side_by_side"])])
+            + [(f"alone {i + 1}, --attack-workers 0", p["serial"]) for i, p in enumerate(pairs)]
+            + [(f"copy {i + 1} of {data['copies']}", r) for i, r in enumerate(data["side_by_side"])]
+            + [(f"copy {i + 1} of {data['copies']}, --attack-workers 0", r)
+               for i, r in enumerate(data["side_by_side_serial"])])
     body = [provenance(res), table(
         ["run", "seconds", "rounds", "identified per round", "paper criterion per round", "final accuracy"],
         [[esc(name), fixed(r["seconds"], 1), r["rounds"],
@@ -349,12 +353,13 @@ def _main_job_section(res: Result) -> str:
           " ".join(f"{k}/{n}" for k, n in zip(r["leaked_paper"], r["images"])) or "-",
           fixed(r["final_accuracy"], 4)] for name, r in runs]),
         f"Beside {data['copies'] - 1} other cop{'y' if data['copies'] == 2 else 'ies'} of itself the main job "
-        f"took {data['slowdown']:.2f}x its time alone (mean over the copies).", ""]
-    if "median_serial" in data:
-        body[-1:-1] = [f"Alone, the median of {len(pairs)} runs took {fixed(data['median_alone'], 1)} s with the hook's "
-                       f"attacks in worker processes (the default) and {fixed(data['median_serial'], 1)} s with "
-                       f"`--attack-workers 0`, the runs alternating: "
-                       f"{data['median_serial'] / data['median_alone']:.2f}x.", ""]
+        f"took {data['slowdown']:.2f}x its median time alone (mean over the copies); with `--attack-workers 0`, "
+        f"{data['slowdown_serial']:.2f}x.  In seconds, a copy beside another took "
+        f"{fixed(statistics.mean(r['seconds'] for r in data['side_by_side']), 1)} s on average with attack workers "
+        f"and {fixed(statistics.mean(r['seconds'] for r in data['side_by_side_serial']), 1)} s without.", "",
+        f"Alone, the median of {len(pairs)} runs took {fixed(data['median_alone'], 1)} s with the hook's attacks in "
+        f"worker processes (the default) and {fixed(data['median_serial'], 1)} s with `--attack-workers 0`, the "
+        f"runs alternating: {data['median_serial'] / data['median_alone']:.2f}x.", ""]
     return "\n".join(head + body)
 
 

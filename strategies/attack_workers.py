@@ -120,6 +120,10 @@ class AttackWorkers:
         """``fn(*args, **kwargs)`` in a worker (``fn`` and the arguments must pickle)."""
         return self._pool.submit(fn, *args, **kwargs)
 
+    def started(self) -> set[int]:
+        """The process ids of the workers that answered their start-up call (waits for them)."""
+        return {f.result() for f in self._warm}
+
     def close(self) -> None:
         """Stop the workers (pending calls are cancelled; a running one is waited for)."""
         self._pool.shutdown(wait=True, cancel_futures=True)

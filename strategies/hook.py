@@ -213,14 +213,14 @@ class AttackHook(StrategyWrapper):
         job: Future = Future()
         try:
             begun = self._begin(server_round, results)
-        except Exception as exc:
-            job.set_exception(exc)
-        else:
             if isinstance(begun, dict):
                 job.set_result(begun)
-            else:
-                call = self.workers.submit(invert_with_progress, *self._attack_call(begun))
-                job = self._scorer.submit(self._complete, begun, call)
+            else:  # a worker that died makes every later submission fail: each round's attack_error
+                job = self._scorer.submit(self._complete, begun,
+                                          self.workers.submit(invert_with_progress, *self._attack_call(begun)))
+        except Exception as exc:
+            job = Future()
+            job.set_exception(exc)
         self._jobs[server_round] = job
 
     def _complete(self, begun: "_Begun", call: Future) -> dict:

@@ -247,3 +247,20 @@ def _parent(pid: int) -> int:
             return int(fh.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+def test_a_dead_attack_worker_gives_the_round_an_attack_error_and_the_round_goes_on(tmp_path):
+    import os
+    import signal
+
+    cfg = parse_run_config({"num-clients": 2, "local-steps": 1, "batch-size": 1, "attack-every": 1,
+                            "attack-workers": 1, "num-server-rounds": 1, "out-dir": str(tmp_path)})
+    global_w, results = uploads(cfg)
+    hook = AttackHook(Spy(base_strategy(cfg, global_w, None)), cfg, tmp_path)
+    (pid,) = hook.workers.started()
+    os.kill(pid, signal.SIGKILL)
+    hook.configure_fit(1, ndarrays_to_parameters(global_w), None)
+    params, now = hook.aggregate_fit(1, results, [])
+    assert params is not None and hook.has_late_figures(1)
+    late = hook.take_figures(1)
+    assert "attack_error" in late and not hook.has_late_figures(1)

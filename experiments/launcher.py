@@ -87,7 +87,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: Seconds ``flwr run`` gets to end by itself once the run's last file (``summary.json``, written
 #: after the last checkpoint) is there: Flower streams the end of the run's log (the last
 #: round's aggregation lines) to ``flower.log`` in that time; then its processes are stopped.
-TEARDOWN_GRACE = 0.5
+TEARDOWN_GRACE = 2.0
 #: The environment variable that marks every process of one run (value: a fresh uuid).
 RUN_MARK = "FL_DEFENSE_RUN_MARK"
 #: The file in the output folder that names the launcher writing it.

@@ -210,7 +210,7 @@ def test_attacks_in_worker_processes_give_the_serial_figures_in_order_and_stop_t
     import os
 
     cfg0 = parse_run_config({"num-clients": 2, "batch-size": 2, "images-per-client": 2, "attack-every": 1,
-                             "attack-clients": 2, "attack-max-iter": 80, "num-server-rounds": 2,
+                             "attack-clients": 2, "attack-max-iter": 30, "attack-restarts": 0, "num-server-rounds": 2,
                              "out-dir": str(tmp_path / "serial")})
     cfg2 = parse_run_config({**cfg0.to_run_config(), "attack-workers": 2, "out-dir": str(tmp_path / "workers")})
     rounds = {r: uploads(cfg0, r) for r in (1, 2)}

@@ -13,7 +13,8 @@ that wrote the checkpoint is refused on resume.
 atomically: :func:`fl_defense.io.atomic_write_bytes`) after every round's central
 evaluation, for the last round whose row the recorder has written (the round itself,
 unless its row waits for an attack in a worker process: then the checkpoint stays at the
-last written row, with that round's weights, and the rounds after it run again on resume).  The file holds the weights
+last written row, with that round's weights, and the rounds after it run again on
+resume).  The file holds the weights
 (``w000``, ``w001``, ... in ``state_dict`` order, dtypes kept) and ``meta``, a JSON
 text: ``format``, ``round``, ``num_rounds``, ``config`` (the run config, run-control keys
 at their defaults) and ``state``.

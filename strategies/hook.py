@@ -210,11 +210,10 @@ class AttackHook(StrategyWrapper):
         unfinished = [r for r, job in sorted(self._jobs.items()) if not job.done()]
         if len(unfinished) >= 2 * self.workers.workers:
             wait([self._jobs[unfinished[0]]])
-        job: Future = Future()
         try:
             begun = self._begin(server_round, results)
-            if isinstance(begun, dict):
-                job.set_result(begun)
+            if isinstance(begun, dict):  # nothing to attack: its figures now
+                job = self._scorer.submit(dict, begun)
             else:  # a worker that died makes every later submission fail: each round's attack_error
                 job = self._scorer.submit(self._complete, begun,
                                           self.workers.submit(invert_with_progress, *self._attack_call(begun)))

@@ -82,7 +82,7 @@ class RecordingStrategy(StrategyWrapper):
             "clients_failed": len(failures),
             "train_loss": _mean([r.metrics.get(msg.TRAIN_LOSS) for r in answered]),
         })
-        self._pending.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()})
+        self._pending.update(_row_keys(metrics or {}))
         if parameters is None:
             self._pending["aggregated"] = False
         return parameters, metrics
@@ -113,7 +113,7 @@ class RecordingStrategy(StrategyWrapper):
                 break
             tail = {k: row.pop(k) for k in ("loss", "accuracy", "seconds") if k in row}
             for layer in late:
-                row.update({k.replace("-", "_"): v for k, v in layer.take_figures(row["round"]).items()})
+                row.update(_row_keys(layer.take_figures(row["round"])))
             row.update(tail)
             self._waiting.popleft()
             self.rows.append(row)
@@ -130,6 +130,11 @@ class RecordingStrategy(StrategyWrapper):
         if self.rows and self.rows[-1].get("round") == self.num_rounds:
             write_json(self.out_dir / "summary.json", {"status": "completed", "rounds": self.num_rounds,
                                                         "final": self.rows[-1]})
+
+
+def _row_keys(metrics) -> dict[str, Any]:
+    """``metrics`` with the keys a row uses (``-`` written ``_``)."""
+    return {k.replace("-", "_"): v for k, v in metrics.items()}
 
 
 def _mean(values):

@@ -1,17 +1,17 @@
-"""Benchmark: the main job (``python run_sim.py`` with its defaults) alone, and beside copies of
-itself.
+"""Benchmark: the main job (``python run_sim.py``) alone, and beside copies of itself, for each
+number of attack worker processes asked for.
 
-Runs the main job alone ``--pairs`` times, each time followed by the same job with the hook's
-attacks in the ServerApp's process (``--attack-workers 0``), alternately; then ``--copies``
-copies at the same time (each in a folder of its own), every one a fresh process exactly as a
-user starts it, and as many copies with ``--attack-workers 0``.  Prints each run's wall-clock
-seconds and the hook's identified leaks per round (``k/n``), the median time with attack
-workers and without (and their ratio), and the slowdown of the copies of each kind: their mean
-wall-clock time over the median time alone of that kind, measured in this one invocation on
-this machine.  Writes ``main_job.json`` and ``meta.json`` in ``--out`` (the
-documentation's speed results render them).
+``--workers`` names the ``--attack-workers`` values to compare (default ``1,0,2``: the
+default of ``run_sim.py`` on two cores or more first).  Runs the main job alone ``--pairs``
+times for each value, the values alternating (``1, 0, 2, 1, 0, 2, ...``); then, for each value,
+``--copies`` copies at the same time (each in a folder of its own).  Every run is a fresh
+process exactly as a user starts it.  Prints each run's wall-clock seconds and the hook's
+identified leaks per round (``k/n``), and per value the median time alone and the slowdown of
+the copies: their mean wall-clock time over that median, measured in this one invocation on
+this machine.  Writes ``main_job.json`` and ``meta.json`` in ``--out`` (the documentation's
+speed results render them).
 
-    python -m benchmarks.main_job --out DIR [--copies 2] [--pairs 2] [-- RUN_SIM_FLAGS...]
+    python -m benchmarks.main_job --out DIR [--workers 1,0,2] [--copies 2] [--pairs 2] [-- RUN_SIM_FLAGS...]
 """
 
 from __future__ import annotations
@@ -69,14 +69,31 @@ def side_by_side(out: Path, name: str, copies: int, extra: list[str]) -> list[di
     return runs
 
 
+def worker_counts(text: str) -> list[int]:
+    """``"1,0,2"`` -> ``[1, 0, 2]``; raises ``ValueError`` naming the value unless each is an int in 0..64,
+    none repeated."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--workers {text!r}: want comma-separated worker counts, e.g. 1,0,2") from None
+    if not counts or any(not 0 <= c <= 64 for c in counts) or len(set(counts)) != len(counts):
+        raise ValueError(f"--workers {text!r}: want distinct worker counts in 0..64")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the runs and main_job.json")
+    ap.add_argument("--workers", default="1,0,2", help="--attack-workers values compared (default 1,0,2)")
     ap.add_argument("--copies", type=int, default=2, help="main jobs run side by side (default 2)")
-    ap.add_argument("--pairs", type=int, default=2,
-                    help="runs alone, each followed by one with --attack-workers 0 (default 2)")
+    ap.add_argument("--pairs", type=int, default=2, help="runs alone of each --workers value (default 2)")
     ap.add_argument("extra", nargs="*", help="flags for every run_sim.py run (after --)")
     args = ap.parse_args(argv)
+    try:
+        counts = worker_counts(args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.copies < 2:
         print(f"error: --copies must be >= 2, got {args.copies}", file=sys.stderr)
         return 2
@@ -87,32 +104,35 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"error: --out {out} is not empty", file=sys.stderr)
         return 2
-    pairs = []
+    from experiments.run_flags import default_attack_workers
+
+    default = default_attack_workers()
+    flags = {w: [*args.extra, "--attack-workers", str(w)] for w in counts}
+    alone: dict[int, list[dict]] = {w: [] for w in counts}
     for i in range(args.pairs):
-        workers = finish(out / f"alone-{i + 1}", *start(out / f"alone-{i + 1}", args.extra))
-        print(describe(f"alone {i + 1}", workers), flush=True)
-        serial = finish(out / f"serial-{i + 1}", *start(out / f"serial-{i + 1}", [*args.extra, "--attack-workers", "0"]))
-        print(describe(f"alone {i + 1}, --attack-workers 0", serial), flush=True)
-        pairs.append({"workers": workers, "serial": serial})
-    median_workers = statistics.median(p["workers"]["seconds"] for p in pairs)
-    median_serial = statistics.median(p["serial"]["seconds"] for p in pairs)
-    print(f"alone, median of {args.pairs}: {median_workers:.1f} s; with --attack-workers 0: {median_serial:.1f} s "
-          f"({median_serial / median_workers:.2f}x)", flush=True)
-    alone = min((p["workers"] for p in pairs), key=lambda r: abs(r["seconds"] - median_workers))
-    copies = side_by_side(out, "copy", args.copies, args.extra)
-    serial_copies = side_by_side(out, "serial-copy", args.copies, [*args.extra, "--attack-workers", "0"])
-    slowdown = statistics.mean(r["seconds"] for r in copies) / median_workers
-    serial_slowdown = statistics.mean(r["seconds"] for r in serial_copies) / median_serial
+        for w in counts:
+            name = f"alone-w{w}-{i + 1}"
+            run = finish(out / name, *start(out / name, flags[w]))
+            print(describe(f"alone {i + 1}, --attack-workers {w}", run), flush=True)
+            alone[w].append(run)
+    kinds = []
+    for w in counts:
+        median = statistics.median(r["seconds"] for r in alone[w])
+        copies = side_by_side(out, f"copy-w{w}", args.copies, flags[w])
+        kinds.append({"attack_workers": w, "default": w == default, "alone": alone[w], "median_alone": median,
+                      "side_by_side": copies,
+                      "slowdown": statistics.mean(r["seconds"] for r in copies) / median})
     others = f"{args.copies - 1} other cop{'y' if args.copies == 2 else 'ies'}"
-    print(f"slowdown beside {others}: {slowdown:.2f}x (mean wall-clock time side by side / median alone); "
-          f"with --attack-workers 0: {serial_slowdown:.2f}x")
+    for k in kinds:
+        print(f"--attack-workers {k['attack_workers']}{' (the default here)' if k['default'] else ''}: "
+              f"median alone of {args.pairs} {k['median_alone']:.1f} s; beside {others} "
+              f"{statistics.mean(r['seconds'] for r in k['side_by_side']):.1f} s, slowdown {k['slowdown']:.2f}x",
+              flush=True)
     from experiments.common import write_meta
     from fl_defense.io import write_json
 
-    write_json(out / "main_job.json", {"extra_flags": args.extra, "copies": args.copies, "alone": alone,
-                                       "side_by_side": copies, "slowdown": slowdown, "pairs": pairs,
-                                       "side_by_side_serial": serial_copies, "slowdown_serial": serial_slowdown,
-                                       "median_alone": median_workers, "median_serial": median_serial})
+    write_json(out / "main_job.json", {"extra_flags": args.extra, "copies": args.copies, "pairs": args.pairs,
+                                       "default_attack_workers": default, "kinds": kinds})
     write_meta(out, argv, program="python -m benchmarks.main_job")
     return 0
 

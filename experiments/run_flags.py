@@ -37,15 +37,16 @@ RUN_FLAGS = {
     "attack_workers": "attack-workers",
     "secagg": "secure-aggregation",
 }
-#: ``run``'s number of attack worker processes when no flag names one (at most this many, one per core)
-ATTACK_WORKERS = 2
+#: ``run``'s number of attack worker processes when no flag names one, on two cores or more
+ATTACK_WORKERS = 1
 
 
 def default_attack_workers() -> int:
-    """``run``'s ``attack-workers`` unless given: one worker process per core, at most
-    :data:`ATTACK_WORKERS`; 0 (attacks in the ServerApp's process) on one core."""
+    """``run``'s ``attack-workers`` unless given: :data:`ATTACK_WORKERS` worker process(es) where
+    the process may use two cores or more (the attacks run beside the training), 0 (attacks
+    in the ServerApp's process) on one core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(ATTACK_WORKERS, cores) if cores >= 2 else 0
+    return ATTACK_WORKERS if cores >= 2 else 0
 
 
 def defense_choices_text() -> str:
@@ -80,9 +81,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="run the honest-but-curious iDLG hook every N rounds (0: off)")
     p.add_argument("--attacker", help="naive | aware")
     p.add_argument("--attack-workers", dest="attack_workers", type=int, metavar="N",
-                   help="worker processes that run the hook's attacks while the federation goes on (default: one "
-                        f"per core, at most {ATTACK_WORKERS}; 0: the ServerApp attacks each round before the next "
-                        "begins); the figures are the same either way")
+                   help="worker processes that run the hook's attacks while the federation goes on (default: "
+                        f"{ATTACK_WORKERS} on two cores or more, else 0; 0: the ServerApp attacks each round before "
+                        "the next begins); the figures are the same either way")
     p.add_argument("--secagg", action="store_const", const=True, default=None,
                    help="secure aggregation (SecAgg+): the server sees only the aggregate of the uploads")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

@@ -205,3 +205,16 @@ def test_leak_map_leaves_out_cells_above_max_n_and_resumes_from_its_cells(tmp_pa
         assert [r["clients"] for r in rows if (r["B"], r["K"]) == (1, 1)] == [7]
     finally:
         torch.set_num_threads(before)
+
+
+def test_main_job_worker_counts_and_bad_arguments_exit_2(tmp_path, capsys):
+    from benchmarks import main_job
+
+    assert main_job.worker_counts("1,0,2") == [1, 0, 2]
+    for bad in ("1,,2", "x", "1,1", "-1", "65"):
+        with pytest.raises(ValueError, match="--workers"):
+            main_job.worker_counts(bad)
+        assert main_job.main(["--out", str(tmp_path / "out"), "--workers", bad]) == 2
+        assert "--workers" in capsys.readouterr().err
+    assert main_job.main(["--out", str(tmp_path / "out"), "--copies", "1"]) == 2
+    assert not (tmp_path / "out").exists()

@@ -33,11 +33,17 @@ once per value given, each a row of the table against the same plain run: ``off`
 Flower's own polling (0.1 s), a number the interval in seconds; by default the
 environment's ``FL_DEFENSE_FLOWER_POLL`` (unset: 5 ms).
 
+Repeats (``--repeats R``): the plain run and the Flower runs of a size are made R times,
+alternating (plain, Flower, plain, Flower, ...), so that a machine whose speed drifts
+slows both sides alike; each pair gives a ratio, and the table's ratio is the median of
+the R ratios (the seconds per round the medians of each side), printed with every ratio.
+
 Run it from the project's root, as a module:
 
     python -m benchmarks.bench_federation                     # 10, 100, 1000 clients, 5 rounds
     python -m benchmarks.bench_federation --sizes 10:1.0 --rounds 3
     python -m benchmarks.bench_federation --sizes 10:1.0 --rounds 20 --flower-poll off,0.005
+    python -m benchmarks.bench_federation --sizes 10:1.0 --rounds 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -269,12 +275,33 @@ def run_flower(num_clients: int, fraction: float, rounds: int, seed: int, out_ro
             "wall": wall, "memory": memory, "log": str(result.log_path)}
 
 
+def summarise(rows: list[dict]) -> list[dict]:
+    """One entry per federation size and polling value, over its repeats: the median
+    steady seconds per round of each side, every repeat's ratio flower / plain (the
+    repeat's own plain run as the reference) and their median, and the final accuracies
+    (of the last repeat; every repeat trains the same clients with the same seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["clients"], r["fraction"], r.get("poll")), []).append(r)
+    out = []
+    for (clients, fraction, poll), runs in groups.items():
+        plain = [steady(r["plain"]["seconds"]) for r in runs]
+        flower = [steady(r["flower"]["seconds"]) for r in runs]
+        ratios = [f / p for f, p in zip(flower, plain)]
+        out.append({"clients": clients, "fraction": fraction, "sampled": runs[0]["sampled"], "poll": poll,
+                    "repeats": len(runs), "plain_s_per_round": statistics.median(plain),
+                    "flower_s_per_round": statistics.median(flower), "ratio": statistics.median(ratios),
+                    "ratios": ratios, "plain_accuracy": runs[-1]["plain"]["accuracy"][-1],
+                    "flower_accuracy": runs[-1]["flower"]["accuracy"][-1]})
+    return out
+
+
 def mib(b: float | None) -> str:
     return "-" if b is None else f"{b / 2**20:.0f}"
 
 
 def report(rows: list[dict], rounds: int) -> list[str]:
-    lines = [f"{'clients':>7} {'frac':>5} {'per round':>9} {'poll':>6} | {'plain s/round':>13} {'flower s/round':>14} "
+    lines = [f"{'clients':>7} {'frac':>5} {'per round':>9} {'poll':>6} {'rep':>3} | {'plain s/round':>13} {'flower s/round':>14} "
              f"{'ratio':>6} | {'plain start s':>13} {'flower start s':>14} | {'acc plain':>9} "
              f"{'acc flower':>10} | {'RSS MiB: plain':>14} {'server':>6} {'clients (each)':>18} {'other':>6}"]
     for r in rows:
@@ -284,7 +311,8 @@ def report(rows: list[dict], rounds: int) -> list[str]:
         clients = mem["client"]
         each = (f"{len(clients)} x {mib(min(clients))}-{mib(max(clients))}" if clients else "-")
         lines.append(
-            f"{r['clients']:>7} {r['fraction']:>5g} {r['sampled']:>9} {r.get('poll') or '-':>6} | {ps:13.3f} "
+            f"{r['clients']:>7} {r['fraction']:>5g} {r['sampled']:>9} {r.get('poll') or '-':>6} {r.get('repeat', 1):>3} | "
+            f"{ps:13.3f} "
             f"{fs:14.3f} {fs / ps:5.2f}x | {p['wall'] - rounds * ps:13.1f} {f['wall'] - rounds * fs:14.1f} | "
             f"{p['accuracy'][-1]:9.4f} {f['accuracy'][-1]:10.4f} | {mib(p['peak_rss']):>14} "
             f"{mib(max(mem['server'])) if mem['server'] else '-':>6} {each:>18} "
@@ -301,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated CLIENTS:FRACTION federations (default {DEFAULT_SIZES})")
     ap.add_argument("--rounds", type=int, default=5, help="server rounds per run (default 5)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="plain and Flower runs of each size, alternating; the ratio is the median (default 1)")
     ap.add_argument("--plain-threads", type=int, default=1,
                     help="torch threads of the plain process (default 1, as each Flower client: "
                          "Ray gives a 1-CPU actor OMP_NUM_THREADS=1; 0: torch's default)")
@@ -315,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = parse_sizes(args.sizes)
         if args.rounds < 2:
             raise ValueError(f"--rounds must be >= 2 (round 1 holds the start-up); got {args.rounds}")
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
         polls = parse_polls(args.flower_poll)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -326,39 +358,41 @@ def main(argv: list[str] | None = None) -> int:
         k = num_fit_clients(num_clients, fraction)
         print(f"# {num_clients} clients, fraction-fit {fraction:g} ({k} per round), "
               f"{args.rounds} rounds ...", flush=True)
-        plain = run_plain(num_clients, fraction, args.rounds, args.seed, args.plain_threads)
-        print(f"  plain : {plain['wall']:.1f} s, rounds " + " ".join(f"{s:.2f}" for s in plain["seconds"])
-              + f" (torch threads {plain['threads']}, {plain['device']})", flush=True)
-        for poll in polls:
-            flower = run_flower(num_clients, fraction, args.rounds, args.seed, out_root, args.timeout, poll)
-            print(f"  flower{'' if poll is None else f' (poll {poll})'}: {flower['wall']:.1f} s, rounds "
-                  + " ".join(f"{s:.2f}" for s in flower["seconds"])
-                  + f", clients ok per round {flower['clients_ok']}", flush=True)
-            rows.append({"clients": num_clients, "fraction": fraction, "sampled": k, "poll": poll,
-                         "plain": plain, "flower": flower})
+        for repeat in range(1, args.repeats + 1):
+            tag = f" (repeat {repeat} of {args.repeats})" if args.repeats > 1 else ""
+            plain = run_plain(num_clients, fraction, args.rounds, args.seed, args.plain_threads)
+            print(f"  plain{tag}: {plain['wall']:.1f} s, rounds " + " ".join(f"{s:.2f}" for s in plain["seconds"])
+                  + f" (torch threads {plain['threads']}, {plain['device']})", flush=True)
+            for poll in polls:
+                flower = run_flower(num_clients, fraction, args.rounds, args.seed,
+                                    out_root / f"repeat-{repeat}" if args.repeats > 1 else out_root, args.timeout, poll)
+                print(f"  flower{'' if poll is None else f' (poll {poll})'}{tag}: {flower['wall']:.1f} s, rounds "
+                      + " ".join(f"{s:.2f}" for s in flower["seconds"])
+                      + f", clients ok per round {flower['clients_ok']}", flush=True)
+                rows.append({"clients": num_clients, "fraction": fraction, "sampled": k, "poll": poll,
+                             "repeat": repeat, "plain": plain, "flower": flower})
     print(f"\n# per-round time: median of rounds 2..{args.rounds}; start: wall - {args.rounds} x "
           f"that; RSS: peak resident memory (VmHWM); outputs under {out_root}")
     print("\n".join(report(rows, args.rounds)))
+    if args.repeats > 1:
+        for r in summarise(rows):
+            print(f"{r['clients']} clients, poll {r['poll'] or '-'}: median ratio {r['ratio']:.2f}x over "
+                  f"{r['repeats']} repeats (each: " + ", ".join(f"{x:.2f}x" for x in r["ratios"]) + ")")
     write_results(out_root, rows, args.rounds, argv)
     print(f"wrote {out_root / 'bench_federation.json'}")
     return 0
 
 
 def write_results(out: Path, rows: list[dict], rounds: int, argv: list[str] | None) -> None:
-    """``bench_federation.json`` (a row per federation and polling interval: the steady
-    seconds per round of each side, their ratio, the final accuracies) and ``meta.json``
+    """``bench_federation.json`` (a row per federation and polling interval, see
+    :func:`summarise`) and ``meta.json``
     (the command and the date) in ``out``, for the documentation's speed results."""
     from experiments.common import write_meta
     from fl_defense.flower_polling import DEFAULT_INTERVAL, ENV
     from fl_defense.io import write_json
 
-    table = []
-    for r in rows:
-        ps, fs = steady(r["plain"]["seconds"]), steady(r["flower"]["seconds"])
-        table.append({"clients": r["clients"], "fraction": r["fraction"], "sampled": r["sampled"],
-                      "poll": r.get("poll") or os.environ.get(ENV) or str(DEFAULT_INTERVAL), "rounds": rounds, "plain_s_per_round": ps,
-                      "flower_s_per_round": fs, "ratio": fs / ps,
-                      "plain_accuracy": r["plain"]["accuracy"][-1], "flower_accuracy": r["flower"]["accuracy"][-1]})
+    default_poll = os.environ.get(ENV) or str(DEFAULT_INTERVAL)
+    table = [{**r, "poll": r["poll"] or default_poll, "rounds": rounds} for r in summarise(rows)]
     write_json(out / "bench_federation.json", {"rows": table})
     write_meta(out, argv, program="python -m benchmarks.bench_federation")
 

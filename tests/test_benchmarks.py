@@ -67,6 +67,26 @@ def test_bench_federation_polling_values():
     assert bench_federation.main(["--flower-poll", "0"]) == 2
 
 
+def test_bench_federation_repeats_give_the_median_of_paired_ratios():
+    def run(clients, poll, repeat, plain, flower):
+        return {"clients": clients, "fraction": 1.0, "sampled": clients, "poll": poll, "repeat": repeat,
+                "plain": {"seconds": [9.0, plain, plain], "accuracy": [0.5, 0.6]},
+                "flower": {"seconds": [9.0, flower, flower], "accuracy": [0.5, 0.7]}}
+
+    rows = [run(10, None, 1, 0.1, 0.2), run(10, "off", 1, 0.1, 0.3),
+            run(10, None, 2, 0.2, 0.2), run(10, "off", 2, 0.2, 0.5),
+            run(10, None, 3, 0.1, 0.15), run(10, "off", 3, 0.1, 0.4)]
+    by_poll = {r["poll"]: r for r in bench_federation.summarise(rows)}
+    assert set(by_poll) == {None, "off"}
+    r = by_poll[None]
+    assert r["repeats"] == 3 and r["ratios"] == pytest.approx([2.0, 1.0, 1.5])
+    assert r["ratio"] == pytest.approx(1.5)                       # the median ratio, not a ratio of medians
+    assert r["plain_s_per_round"] == pytest.approx(0.1) and r["flower_s_per_round"] == pytest.approx(0.2)
+    assert by_poll["off"]["ratios"] == pytest.approx([3.0, 2.5, 4.0]) and by_poll["off"]["ratio"] == pytest.approx(3.0)
+    assert (r["plain_accuracy"], r["flower_accuracy"]) == (0.6, 0.7)
+    assert bench_federation.main(["--repeats", "0"]) == 2
+
+
 def test_bench_federation_runs_as_a_module_without_path_edits():
     import subprocess
     import sys

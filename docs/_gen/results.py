@@ -310,16 +310,18 @@ def _federation_section(res: Result) -> str:
             "The same local training per round by plain PyTorch in one process and by the Flower simulation, "
             "the same clients sampled each round (see [Speed](../speed.md#federations-of-10-to-1000-clients)); "
             "`poll` is `FL_DEFENSE_FLOWER_POLL` (`off`: Flower's own 0.1 s polling).  Seconds per round are the "
-            "median of rounds 2 and after.", ""]
+            "median of rounds 2 and after; with repeats (plain and Flower alternating), the median over the repeats, "
+            "and the ratio the median of the repeats' ratios, each listed.", ""]
     path = res.data("bench_federation.json")
     if path is None:
         return missing_page(head, res, BENCH_FEDERATION_COMMAND)
     rows = read_json(path)["rows"]
     body = [provenance(res), table(
-        ["clients", "trained per round", "poll (s)", "rounds", "plain s/round", "Flower s/round", "ratio",
-         "accuracy plain", "accuracy Flower"],
-        [[r["clients"], r["sampled"], esc(r["poll"]), r["rounds"], fixed(r["plain_s_per_round"], 3),
-          fixed(r["flower_s_per_round"], 3), f"{r['ratio']:.2f}x", fixed(r["plain_accuracy"], 4),
+        ["clients", "trained per round", "poll (s)", "rounds", "repeats", "plain s/round", "Flower s/round", "ratio",
+         "each repeat's ratio", "accuracy plain", "accuracy Flower"],
+        [[r["clients"], r["sampled"], esc(r["poll"]), r["rounds"], r.get("repeats", 1), fixed(r["plain_s_per_round"], 3),
+          fixed(r["flower_s_per_round"], 3), f"{r['ratio']:.2f}x",
+          " ".join(f"{x:.2f}x" for x in r.get("ratios", [r["ratio"]])), fixed(r["plain_accuracy"], 4),
           fixed(r["flower_accuracy"], 4)] for r in rows])]
     for clients in dict.fromkeys(r["clients"] for r in rows):
         by_poll = {r["poll"]: r for r in rows if r["clients"] == clients}

@@ -154,3 +154,25 @@ def test_the_table_explains_itself_and_counts_leaks_out_of_the_images_attacked(t
     block = closing_block(tmp_path, [row])
     assert "metrics.jsonl" in block and "attack/round-NNN.png" in block and block.count("python run_sim.py") == 2
     assert "checkpoint.npz" not in block  # only files that are there
+
+
+def test_attack_takes_the_runs_setting_and_papers_is_a_preset_of_every_command(tmp_path):
+    from experiments.cli import build_parser
+    from experiments.run_flags import run_config_from_args
+    from experiments.setting import attack_setting
+    from fl_defense.config import ExperimentConfig, parse_run_config
+
+    run_defaults = ExperimentConfig()
+    parser = build_parser()
+    shared = attack_setting(parser.parse_args(["attack", "--out", str(tmp_path / "a")]))
+    assert (shared.model, shared.lr, shared.batch_size, shared.local_steps, shared.images_per_client) == \
+        (run_defaults.model, run_defaults.lr, run_defaults.batch_size, run_defaults.local_steps,
+         run_defaults.images_per_client)
+    papers = attack_setting(parser.parse_args(["attack", "--setting", "papers", "--out", str(tmp_path / "b")]))
+    assert (papers.model, papers.lr, papers.batch_size, papers.local_steps, papers.images_per_client) == \
+        ("lenet", 0.1, 1, 1, 1)
+    flag_wins = attack_setting(parser.parse_args(["attack", "--setting", "papers", "--lr", "0.2", "--out",
+                                                  str(tmp_path / "c")]))
+    assert (flag_wins.model, flag_wins.lr) == ("lenet", 0.2)
+    run = parse_run_config(run_config_from_args(parser.parse_args(["run", "--setting", "papers"]), tmp_path / "r"))
+    assert (run.model, run.lr, run.batch_size, run.local_steps, run.images_per_client) == ("lenet", 0.1, 1, 1, 1)

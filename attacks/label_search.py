@@ -85,6 +85,49 @@ def canonical(labels: Sequence[int], groups: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in h)
 
 
+def arrangements(labels: Sequence[int], groups: np.ndarray, limit: int) -> list[tuple[int, ...]] | None:
+    """The distinct arrangements of the multiset ``labels`` into the first-epoch batches
+    ``groups`` (slot -> batch), each in :func:`canonical` form, in no set order; ``None``
+    when there are more than ``limit``.  The same set as ``{canonical(p, groups) for p in
+    permutations(labels)}``, built batch by batch from sub-multisets of the labels left, so
+    its cost follows the number of arrangements, not the number of permutations."""
+    classes = sorted(set(int(v) for v in labels))
+    left = [sum(1 for v in labels if int(v) == c) for c in classes]
+    slots = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    if sum(len(s) for s in slots) != len(labels):
+        raise ValueError(f"{len(labels)} labels for {sum(len(s) for s in slots)} slots")
+    out: list[tuple[int, ...]] = []
+    h = np.zeros(len(labels), dtype=np.int64)
+
+    def picks(i: int, size: int):  # sub-multisets of size `size` from classes i.. (as counts)
+        if size == 0:
+            yield []
+            return
+        if i == len(classes):
+            return
+        for take in range(min(left[i], size), -1, -1):
+            for rest in picks(i + 1, size - take):
+                yield [take, *rest]
+
+    def place(g: int) -> bool:  # False once more than `limit` are found
+        if g == len(slots):
+            out.append(tuple(int(v) for v in h))
+            return len(out) <= limit
+        for pick in list(picks(0, len(slots[g]))):
+            pick = pick + [0] * (len(classes) - len(pick))
+            h[slots[g]] = np.repeat(classes, pick)
+            for i, take in enumerate(pick):
+                left[i] -= take
+            ok = place(g + 1)
+            for i, take in enumerate(pick):
+                left[i] += take
+            if not ok:
+                return False
+        return True
+
+    return out if place(0) else None
+
+
 def labels_from_counts(counts: np.ndarray) -> np.ndarray:
     """The multiset of labels with ``counts[c]`` copies of class c, sorted."""
     return np.repeat(np.arange(len(counts)), counts)
@@ -177,10 +220,10 @@ class LabelSearch:
             if not self.several_batches:
                 out.add(tuple(labels))
                 continue
-            for arrangement in set(itertools.permutations(labels)):
-                out.add(canonical(arrangement, self.groups))
-                if len(out) > MAX_HYPOTHESES:
-                    return None
+            found = arrangements(labels, self.groups, MAX_HYPOTHESES - len(out))
+            if found is None:
+                return None
+            out.update(found)
         return sorted(out)
 
     def rank(self, p0: dict[str, Tensor], bias_pg: Tensor, proxies: Sequence[Tensor],

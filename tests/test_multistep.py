@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attacks.engines import RUNNERS, init_point
 from attacks.gradients import single_image_gradients
-from attacks.label_search import LabelSearch, canonical, first_epoch_groups
+from attacks.label_search import LabelSearch, arrangements, canonical, first_epoch_groups
 from attacks.labels import bias_label_counts, round_counts
 from attacks.multistep import MultiStepProblem, Simulator, appearances, assumed_batches
 from attacks.objectives import loss_scale
@@ -433,3 +436,32 @@ def test_a_public_init_image_places_the_first_tries(digits):
                  UpdateAttackOptions(init_image=np.zeros((3, 28, 28))), torch.device("cpu"))
     with pytest.raises(ValueError, match="init_image has shape"):
         bad.public_start(torch.tensor([0]), seed=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=7), st.data())
+def test_arrangements_are_the_distinct_canonical_permutations(labels, data):
+    """The batch-by-batch enumeration gives exactly the canonical forms of all permutations
+    (brute force on small cases), and ``None`` past its limit."""
+    import itertools
+
+    from attacks.label_search import arrangements, canonical
+
+    groups = np.array(data.draw(st.lists(st.integers(0, 2), min_size=len(labels), max_size=len(labels))))
+    brute = {canonical(p, groups) for p in itertools.permutations(sorted(labels))}
+    found = arrangements(sorted(labels), groups, limit=10_000)
+    assert found is not None and len(found) == len(set(found)) and set(found) == brute
+    if len(brute) > 1:
+        assert arrangements(sorted(labels), groups, limit=len(brute) - 1) is None
+    assert arrangements(sorted(labels), groups, limit=len(brute)) is not None
+
+
+def test_arrangements_of_sixteen_images_in_two_batches_are_counted_not_permuted():
+    """Two first-epoch batches of 8 over 16 labels of 3 classes (16! permutations): the
+    arrangements are the sub-multisets of size 8 that the first batch can take."""
+    labels = [0] * 6 + [1] * 5 + [2] * 5
+    groups = np.array([0] * 8 + [1] * 8)
+    found = arrangements(labels, groups, limit=4096)
+    expected = sum(1 for a in range(7) for b in range(6) for c in range(6) if a + b + c == 8)
+    assert found is not None and len(found) == len(set(found)) == expected
+    assert all(sorted(h) == labels and list(h[:8]) == sorted(h[:8]) for h in found)

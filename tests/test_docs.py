@@ -137,3 +137,19 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     # N = 4 holds a cell below one half (B=4, K=1): every cell identifies half up to N = 2 only
     assert "every cell up to N = 2 images a client; none is identified at B=8, K=1." in page
     assert "Cells with more than 8 images a client (N = K B) were not run" in page
+
+
+def test_the_generated_pages_are_not_in_the_source_tree():
+    """The generated pages exist only in the built site: a copy in ``docs/`` (left by running
+    ``docs/gen_pages.py`` outside a build, which also fills the markers of the hand-written
+    pages in place) would be served instead of what the code and result files give."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from _gen.results import PAGES
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    generated = ["reference/cli.md", "reference/config.md", "reference/registries.md", "results/index.md", *PAGES]
+    present = [name for name in generated if (ROOT / "docs" / name).exists()]
+    assert not present, f"generated pages in docs/ (delete them): {present}"
+    for page in ("getting-started.md", "defenses.md", "attacks.md"):
+        assert "<!-- gen:" in (ROOT / "docs" / page).read_text(encoding="utf-8"), page

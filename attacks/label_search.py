@@ -99,11 +99,10 @@ def arrangements(labels: Sequence[int], groups: np.ndarray, limit: int) -> list[
     out: list[tuple[int, ...]] = []
     h = np.zeros(len(labels), dtype=np.int64)
 
-    def picks(i: int, size: int):  # sub-multisets of size `size` from classes i.. (as counts)
-        if size == 0:
-            yield []
-            return
+    def picks(i: int, size: int):  # sub-multisets of size `size` from classes i.., as counts per class
         if i == len(classes):
+            if size == 0:
+                yield []
             return
         for take in range(min(left[i], size), -1, -1):
             for rest in picks(i + 1, size - take):
@@ -113,8 +112,7 @@ def arrangements(labels: Sequence[int], groups: np.ndarray, limit: int) -> list[
         if g == len(slots):
             out.append(tuple(int(v) for v in h))
             return len(out) <= limit
-        for pick in list(picks(0, len(slots[g]))):
-            pick = pick + [0] * (len(classes) - len(pick))
+        for pick in list(picks(0, len(slots[g]))):  # a list: `left` changes below
             h[slots[g]] = np.repeat(classes, pick)
             for i, take in enumerate(pick):
                 left[i] -= take

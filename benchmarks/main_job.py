@@ -70,14 +70,21 @@ def side_by_side(out: Path, name: str, copies: int, extra: list[str]) -> list[di
 
 
 def worker_counts(text: str) -> list[int]:
-    """``"1,0,2"`` -> ``[1, 0, 2]``; raises ``ValueError`` naming the value unless each is an int in 0..64,
-    none repeated."""
+    """``"1,0,2"`` -> ``[1, 0, 2]``; raises ``ValueError`` naming the value unless each is a
+    distinct ``attack-workers`` value that the run config accepts."""
+    from fl_defense.config import ConfigError, parse_run_config
+
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
         raise ValueError(f"--workers {text!r}: want comma-separated worker counts, e.g. 1,0,2") from None
-    if not counts or any(not 0 <= c <= 64 for c in counts) or len(set(counts)) != len(counts):
-        raise ValueError(f"--workers {text!r}: want distinct worker counts in 0..64")
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"--workers {text!r}: want distinct worker counts")
+    for count in counts:
+        try:
+            parse_run_config({"attack-workers": count})
+        except ConfigError as exc:
+            raise ValueError(f"--workers {text!r}: {exc}") from None
     return counts
 
 

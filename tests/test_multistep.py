@@ -443,10 +443,6 @@ def test_a_public_init_image_places_the_first_tries(digits):
 def test_arrangements_are_the_distinct_canonical_permutations(labels, data):
     """The batch-by-batch enumeration gives exactly the canonical forms of all permutations
     (brute force on small cases), and ``None`` past its limit."""
-    import itertools
-
-    from attacks.label_search import arrangements, canonical
-
     groups = np.array(data.draw(st.lists(st.integers(0, 2), min_size=len(labels), max_size=len(labels))))
     brute = {canonical(p, groups) for p in itertools.permutations(sorted(labels))}
     found = arrangements(sorted(labels), groups, limit=10_000)

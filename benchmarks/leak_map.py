@@ -39,8 +39,9 @@ def cell_path(out: Path, kind: str, b: int, k: int) -> Path:
     return out / "cells" / f"{kind}-B{b}-K{k}.json"
 
 
-def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict) -> dict:
-    """Attack one cell; its row (see the module docstring)."""
+def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, split: str = "evaluation") -> dict:
+    """Attack one cell; its row (see the module docstring).  ``split="tuning"`` attacks images
+    of the test split instead, which the decoy pool then leaves out."""
     from experiments.client_attack import attack_clients
     from experiments.setting import EXPERIMENT_MAX_ITER
     from experiments.targets import dataset_targets
@@ -53,8 +54,8 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict) -> d
     dataset = KINDS[kind]
     cfg = parse_run_config({"attack-max-iter": EXPERIMENT_MAX_ITER, **overrides, "dataset": dataset,
                             "local-steps": k, "batch-size": b, "images-per-client": per, "seed": seed})
-    t = dataset_targets(dataset, clients * per, seed, cfg.data_dir, shuffle=True)
-    pool = pool_for_dataset(dataset, cfg.data_dir, seed, cfg.decoy_pool_size)
+    t = dataset_targets(dataset, clients * per, seed, cfg.data_dir, shuffle=True, split=split)
+    pool = pool_for_dataset(dataset, cfg.data_dir, seed, cfg.decoy_pool_size, exclude=t.test_positions)
     start = time.perf_counter()
     sc, _, res = attack_clients(cfg, t.images, t.labels, t.num_classes, device="cpu", pool=pool)
     seconds = time.perf_counter() - start

@@ -227,6 +227,35 @@ def test_leak_map_leaves_out_cells_above_max_n_and_resumes_from_its_cells(tmp_pa
         torch.set_num_threads(before)
 
 
+def test_attack_choices_scores_each_variant_on_the_tuning_split_and_resumes(tmp_path, capsys):
+    import json
+
+    from benchmarks import attack_choices
+
+    before = torch.get_num_threads()
+    base = ["--kind", "digits", "--batch-size", "1", "--n", "2", "--set", "attack-max-iter=10",
+            "--set", "decoy-pool-size=20"]
+    try:
+        for bad in (["--variant", "Bad Name=attack-tv=0"], ["--variant", "a=attack-tv=-1"],
+                    ["--variant", "a=attack-tv=0", "--variant", "a=attack-tv=0.1"], ["--kind", "letters"]):
+            assert attack_choices.main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
+            assert "error:" in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+        args = [*base, "--variant", "base=", "--variant", "tv-0=attack-tv=0", "--out", str(tmp_path)]
+        assert attack_choices.main(args) == 0
+        rows = json.loads((tmp_path / "attack_choices.json").read_text())["rows"]
+        assert [(r["variant"], r["keys"], r["split"], r["n"]) for r in rows] == [
+            ("base", {}, "tuning", 2), ("tv-0", {"attack-tv": 0}, "tuning", 2)]
+        assert [r["attack_tv"] for r in rows] == [1e-3, 0.0]
+        cached = tmp_path / "variants" / "tv-0.json"
+        cached.write_text(cached.read_text().replace('"clients": 2', '"clients": 9'))
+        assert attack_choices.main(args) == 0   # a finished variant is read back, not attacked again
+        rows = json.loads((tmp_path / "attack_choices.json").read_text())["rows"]
+        assert [r["clients"] for r in rows] == [2, 9]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_main_job_worker_counts_and_bad_arguments_exit_2(tmp_path, capsys):
     from benchmarks import main_job
 

@@ -137,6 +137,20 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     # N = 4 holds a cell below one half (B=4, K=1): every cell identifies half up to N = 2 only
     assert "every cell up to N = 2 images a client; none is identified at B=8, K=1." in page
     assert "Cells with more than 8 images a client (N = K B) were not run" in page
+    assert "attack's choices" not in page   # no attack_choices folder: no section
+    c = tmp_path / "results" / "attack_choices-digits"
+    c.mkdir()
+    variants = [{**cell(4, 1, 5), "variant": "base", "keys": {}, "split": "tuning", "lr": 0.3},
+                {**cell(4, 1, 7), "variant": "tv-0", "keys": {"attack-tv": 0}, "split": "tuning", "lr": 0.3,
+                 "seconds_per_client": 2.5}]
+    (c / "attack_choices.json").write_text(json.dumps({"command": "python -m benchmarks.attack_choices --n 8",
+                                                      "date": "2025-01-04", "B": 4, "K": 1,
+                                                      "base": {"attack-restarts": 2}, "rows": variants}))
+    page = results.leak_map_page(tmp_path / "results")
+    assert "python -m benchmarks.attack_choices --n 8" in page and "2025-01-04" in page
+    assert "keys under every variant: attack-restarts 2" in page and "attack-tv=0" in page
+    assert "Most identified: `tv-0`, 7/8 against 5/8 for `base`, at 2.5x its seconds per client." in page
+    assert "attack_choices-digits" in results.index_page(tmp_path / "results")
 
 
 def test_the_generated_pages_are_not_in_the_source_tree():

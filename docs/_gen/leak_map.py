@@ -1,12 +1,14 @@
 """The Leak map results page: every ``docs/results/leak_map*/`` folder (``leak_map.json``
-and ``leak_map.png`` of ``python -m benchmarks.leak_map``), one section per invocation."""
+and ``leak_map.png`` of ``python -m benchmarks.leak_map``), one section per invocation, and
+every ``docs/results/attack_choices-*/`` folder (``attack_choices.json`` of ``python -m
+benchmarks.attack_choices``: the attack's choices measured on the tuning split)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from _gen.result_files import figure, find, fixed, missing_page, provenance, rate_ci, read_json
-from _gen.text import esc, fmt_number, pct, table
+from _gen.text import code, esc, fmt_number, pct, table
 
 LEAK_MAP_COMMAND = "python -m benchmarks.leak_map --out docs/results/leak_map"
 SETTING_COLUMNS = (("model", "model"), ("lr", "lr"), ("attack_max_iter", "attack-max-iter"),
@@ -35,7 +37,52 @@ def leak_map_page(results_dir: Path) -> str:
     body = []
     for res in found:
         body += _leak_map_section(res, several=len(found) > 1)
-    return "\n".join(head + body)
+    return "\n".join(head + body + attack_choices_sections(results_dir))
+
+
+def attack_choices_folders(results_dir: Path) -> list:
+    """The ``attack_choices-<name>`` result folders (one invocation each)."""
+    names = sorted(p.name for p in results_dir.glob("attack_choices-*") if p.is_dir()) if results_dir.is_dir() else []
+    return [find(results_dir, name, "attack_choices.json") for name in names]
+
+
+def attack_choices_sections(results_dir: Path) -> list[str]:
+    """One section per ``attack_choices-*`` folder: every variant's keys and both criteria's
+    counts on the tuning split, and which variant identified the most against the base."""
+    found = [res for res in attack_choices_folders(results_dir) if res.data("attack_choices.json") is not None]
+    if not found:
+        return []
+    body = ["## The attack's choices, measured on the tuning split", "",
+            "Each variant lays config keys over the base setting and attacks the same images of the data set's "
+            "tuning split (its test split, left out of the decoy pool); the tables above report on the "
+            "evaluation split.  See `benchmarks/attack_choices.py`.", ""]
+    for res in found:
+        data = read_json(res.data("attack_choices.json"))
+        rows = data["rows"]
+        base_keys = "; ".join(f"{esc(k)} {esc(fmt_number(v))}" for k, v in data.get("base", {}).items()) or "none"
+        body += [f"### {esc(res.name)}", "", provenance(res),
+                 f"{esc(rows[0]['kind'])} (`{esc(rows[0]['dataset'])}`), B={data['B']}, K={data['K']}, "
+                 f"{rows[0]['n']} tuning images, model {esc(rows[0]['model'])}, lr {fmt_number(rows[0]['lr'])}; "
+                 f"keys under every variant: {base_keys}.", "",
+                 table(["variant", "keys", "identified", "paper criterion", "label accuracy", "s per client"],
+                       [[code(r["variant"]),
+                         ", ".join(f"{esc(k)}={esc(fmt_number(v))}" for k, v in r["keys"].items()) or "(base)",
+                         rate_ci(r["leaked"], r["n"], r["ci95_low"], r["ci95_high"]),
+                         rate_ci(r["leaked_paper"], r["n"], r["ci95_low_paper"], r["ci95_high_paper"]),
+                         fixed(r.get("label_acc"), 2), fixed(r.get("seconds_per_client"), 1)] for r in rows]),
+                 _best_choice(rows), ""]
+    return body
+
+
+def _best_choice(rows: list[dict]) -> str:
+    """The variant that identified the most images, against the first row (the base)."""
+    base = rows[0]
+    best = max(rows, key=lambda r: (r["leaked"], -r["seconds_per_client"]))
+    if best is base or best["leaked"] == base["leaked"]:
+        return (f"No variant identified more than `{esc(base['variant'])}` ({base['leaked']}/{base['n']}).")
+    ratio = best["seconds_per_client"] / base["seconds_per_client"] if base["seconds_per_client"] else float("nan")
+    return (f"Most identified: `{esc(best['variant'])}`, {best['leaked']}/{best['n']} against "
+            f"{base['leaked']}/{base['n']} for `{esc(base['variant'])}`, at {ratio:.1f}x its seconds per client.")
 
 
 def _leak_map_section(res, several: bool) -> list[str]:

@@ -11,6 +11,8 @@ Folders (``docs/results/<name>/``):
 
 * ``null_floor/`` -- ``null_floor.json`` (``python -m benchmarks.null_floor --out DIR``);
 * ``leak_map/``, ``leak_map-<name>/`` -- ``leak_map.json`` and ``leak_map.png`` (``python -m benchmarks.leak_map``; :mod:`_gen.leak_map`);
+* ``attack_choices-<name>/`` -- ``attack_choices.json`` (``python -m benchmarks.attack_choices``; on the
+  Leak map page);
 * ``sweep-<kind>/`` -- a sweep's ``thresholds.csv``, ``cells.csv``, ``leak_vs_strength.png``,
   ``config.json`` (``python run_sim.py sweep``);
 * ``grid/`` -- a training grid's ``final_accuracy.csv``, ``hook.csv``, ``curves.png``,
@@ -27,7 +29,7 @@ from typing import Callable
 from _gen.result_files import (NOT_MEASURED, Result, figure, find, fixed, leak_bound, missing_page, not_measured,
                                provenance,
                                rate_ci, read_csv, read_json, to_float, to_int)
-from _gen.leak_map import leak_map_folders, leak_map_page
+from _gen.leak_map import attack_choices_folders, leak_map_folders, leak_map_page
 from _gen.text import code, esc, fmt_number, pct, table
 
 
@@ -388,6 +390,8 @@ PAGES: dict[str, tuple[str, Callable[[Path], str]]] = {
 def index_page(results_dir: Path) -> str:
     entries = [("null-floor.md", "Null floor", "null_floor", [find(results_dir, "null_floor", "null_floor.json")]),
                ("leak-map.md", "Leak map", "leak_map*", leak_map_folders(results_dir)),
+               ("leak-map.md", "Leak map: the attack's choices", "attack_choices-*",
+                attack_choices_folders(results_dir)),
                ("sweeps.md", "Experiment 1: thresholds", "sweep-<kind>",
                 [find(results_dir, p.name) for p in sorted(results_dir.glob("sweep-*")) if p.is_dir()]
                 if results_dir.is_dir() else []),

@@ -15,7 +15,9 @@ command writes ``leak_map.csv`` (one row per cell: n, both criteria's leaked cou
 and 95% Clopper-Pearson intervals, label accuracy, seconds per client) and
 ``leak_map.png`` (one heat map per kind, identification rate with k/n).  ``--max-n`` leaves
 out the cells with more than that many images a client (N = K B): blank in the heat map,
-absent from the CSV, for maps whose largest cells would take hours on a CPU.
+absent from the CSV, for maps whose largest cells would take hours on a CPU.  A cell whose
+N is more than the images of the data set's evaluation split (the embedded faces: 60) is
+left out the same way and listed under ``left_out`` in ``leak_map.json``.
 
     python -m benchmarks.leak_map --out docs/results/leak_map
     python -m benchmarks.leak_map --kinds digits --batch-sizes 1,4 --local-steps 1 --n 8 --out /tmp/map
@@ -70,6 +72,15 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
         row.update({f"leaked{name}": hit, f"leak_rate{name}": hit / sc.n, f"ci95_low{name}": lo,
                     f"ci95_high{name}": hi})
     return row
+
+
+def evaluation_size(dataset: str, data_dir: str, seed: int) -> int:
+    """The number of images of a data set's evaluation split (the most a cell's client can
+    train on in one epoch of distinct images)."""
+    from fl_defense.datasets import load_dataset
+
+    train, _ = load_dataset(dataset, data_dir=data_dir or None, seed=seed)
+    return len(train.labels)
 
 
 def heat_maps(rows: list[dict], kinds: list[str], bs: list[int], ks: list[int], path: Path) -> None:
@@ -132,7 +143,12 @@ def main(argv=None) -> int:
         from fl_defense.config import parse_run_config
 
         overrides = parse_sets(args.sets)
-        parse_run_config(overrides)
+        cfg = parse_run_config(overrides)
+        sizes = {kind: evaluation_size(KINDS[kind], cfg.data_dir, args.seed) for kind in kinds}
+        if not any(b * k <= sizes[kind] and (args.max_n is None or b * k <= args.max_n)
+                   for kind in kinds for k in ks for b in bs):
+            raise ValueError(f"no cell to run: every N = K B is more than --max-n or than the evaluation "
+                             f"split's images ({', '.join(f'{kind} {n}' for kind, n in sizes.items())})")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,11 +156,16 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
-    rows = []
+    rows, left_out = [], []
     for kind in kinds:
         for k in ks:
             for b in bs:
                 if args.max_n is not None and b * k > args.max_n:
+                    continue
+                if b * k > sizes[kind]:
+                    left_out.append({"kind": kind, "B": b, "K": k, "N": b * k, "evaluation_images": sizes[kind]})
+                    print(f"{kind:>6} B={b:<2} K={k} N={b * k:<3} left out: a client's epoch of N images is more "
+                          f"than the {sizes[kind]} images of the evaluation split", flush=True)
                     continue
                 path = cell_path(out, kind, b, k)
                 if path.exists():
@@ -162,7 +183,7 @@ def main(argv=None) -> int:
                                   for r in rows]
     atomic_write_text(out / "leak_map.csv", "\n".join(lines) + "\n")
     write_json(out / "leak_map.json", {"command": "python -m benchmarks.leak_map " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "rows": rows})
+        argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "left_out": left_out, "rows": rows})
     heat_maps(rows, kinds, bs, ks, out / "leak_map.png")
     print(f"wrote {out / 'leak_map.csv'} and {out / 'leak_map.png'}")
     return 0

@@ -223,6 +223,15 @@ def test_leak_map_leaves_out_cells_above_max_n_and_resumes_from_its_cells(tmp_pa
         import json
         rows = json.loads((tmp_path / "leak_map.json").read_text())["rows"]
         assert [r["clients"] for r in rows if (r["B"], r["K"]) == (1, 1)] == [7]
+        # faces: 60 evaluation images, so a cell of N = 64 is left out, said, and listed
+        faces = ["--kinds", "faces", "--local-steps", "1", "--n", "1", "--set", "attack-max-iter=5"]
+        assert leak_map.main([*faces, "--batch-sizes", "64", "--out", str(tmp_path / "none")]) == 2
+        assert "no cell to run" in capsys.readouterr().err and not (tmp_path / "none").exists()
+        assert leak_map.main([*faces, "--batch-sizes", "1,64", "--out", str(tmp_path / "faces")]) == 0
+        assert "left out" in capsys.readouterr().out
+        data = json.loads((tmp_path / "faces" / "leak_map.json").read_text())
+        assert [(r["B"], r["K"]) for r in data["rows"]] == [(1, 1)] and data["left_out"] == [
+            {"kind": "faces", "B": 64, "K": 1, "N": 64, "evaluation_images": 60}]
     finally:
         torch.set_num_threads(before)
 

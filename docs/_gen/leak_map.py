@@ -93,6 +93,10 @@ def _leak_map_section(res, several: bool) -> list[str]:
     if data.get("max_n"):
         body += [f"Cells with more than {data['max_n']} images a client (N = K B) were not run (`--max-n`): "
                  "blank in the heat maps, absent from the tables.", ""]
+    for cell in data.get("left_out") or []:
+        body += [f"Left out: {esc(cell['kind'])} B={cell['B']}, K={cell['K']}: a client's epoch of N = {cell['N']} "
+                 f"images is more than the {cell['evaluation_images']} images of the data set's evaluation split "
+                 "(blank in the heat map).", ""]
     level = "###" if several else "##"
     for kind in dict.fromkeys(r["kind"] for r in rows):
         kr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: (r["K"], r["B"]))

@@ -12,7 +12,8 @@ by both criteria against the data set's test split (:mod:`fl_defense.scoring`).
 Each finished cell is written to ``--out`` as ``cells/<kind>-B<b>-K<k>.json`` (atomically)
 and skipped when the command runs again, so an interrupted map resumes.  At the end the
 command writes ``leak_map.csv`` (one row per cell: n, both criteria's leaked counts, rates
-and 95% Clopper-Pearson intervals, label accuracy, seconds per client) and
+and 95% Clopper-Pearson intervals, label accuracy, seconds per client; ``leak_map.json``
+besides the counts per label, ``by_label``) and
 ``leak_map.png`` (one heat map per kind, identification rate with k/n).  ``--max-n`` leaves
 out the cells with more than that many images a client (N = K B): blank in the heat map,
 absent from the CSV, for maps whose largest cells would take hours on a CPU.  A cell whose
@@ -48,6 +49,7 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
     from experiments.setting import EXPERIMENT_MAX_ITER
     from experiments.targets import dataset_targets
     from fl_defense.config import parse_run_config
+    from fl_defense.datasets import load_dataset
     from fl_defense.decoys import pool_for_dataset
     from fl_defense.stats import leak_interval95
 
@@ -61,11 +63,14 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
     start = time.perf_counter()
     sc, _, res = attack_clients(cfg, t.images, t.labels, t.num_classes, device="cpu", pool=pool)
     seconds = time.perf_counter() - start
+    names = load_dataset(dataset, data_dir=cfg.data_dir or None, seed=seed)[0].class_names
     row = {"kind": kind, "dataset": dataset, "B": b, "K": k, "N": per, "clients": clients, "n": sc.n,
            "model": cfg.model, "lr": cfg.lr, "attack_max_iter": cfg.attack_max_iter,
            "attack_restarts": cfg.attack_restarts, "attack_patience": cfg.attack_patience, "attack_tv": cfg.attack_tv,
            "label_acc": float(np.mean(sc.label_pred == sc.label_true)), "failed": int(sc.failed.sum()),
-           "seconds_per_client": seconds / clients, "decoys": pool.source}
+           "seconds_per_client": seconds / clients, "decoys": pool.source,
+           "by_label": [{"label": label, "name": names[label] if label < len(names) else str(label), **counts}
+                        for label, counts in sc.by_label().items()]}
     for name, flags in (("", sc.leaked), ("_paper", sc.leaked_paper)):
         hit = int(flags.sum())
         lo, hi = leak_interval95(hit, sc.n)
@@ -178,9 +183,12 @@ def main(argv=None) -> int:
                       f"({row['ci95_low']:.0%}-{row['ci95_high']:.0%}), paper criterion {row['leaked_paper']}/"
                       f"{row['n']}, labels {row['label_acc']:.2f}, {row['seconds_per_client']:.1f} s per client",
                       flush=True)
-    fields = list(rows[0])
-    lines = [",".join(fields)] + [",".join(json.dumps(r[f]) if isinstance(r[f], str) else f"{r[f]}" for f in fields)
-                                  for r in rows]
+    # the CSV holds the scalar columns (the per-label counts are in the JSON); a cell written
+    # by an older version may lack a column: empty there
+    fields = [f for f in dict.fromkeys(k for r in rows for k in r)
+              if not any(isinstance(r.get(f), (dict, list)) for r in rows)]
+    lines = [",".join(fields)] + [",".join("" if f not in r else json.dumps(r[f]) if isinstance(r[f], str)
+                                           else f"{r[f]}" for f in fields) for r in rows]
     atomic_write_text(out / "leak_map.csv", "\n".join(lines) + "\n")
     write_json(out / "leak_map.json", {"command": "python -m benchmarks.leak_map " + " ".join(
         argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "left_out": left_out, "rows": rows})

@@ -56,6 +56,23 @@ def leak_line(summary: dict, n: int) -> str:
     return f"{head}; paper criterion {paper}/{n} ({ci(paper)}); failed {summary['failed']}/{n}"
 
 
+#: The most labels the attack command's per-label line lists.
+MAX_LABELS_LISTED = 20
+
+
+def label_line(by_label: dict, names: tuple[str, ...] = ()) -> str | None:
+    """``by label: NAME k/n identified (paper k/n); ...`` from :meth:`Scores.by_label`
+    (``None`` past :data:`MAX_LABELS_LISTED` labels, or without any)."""
+    if not by_label or len(by_label) > MAX_LABELS_LISTED:
+        return None
+    parts = []
+    for label, c in by_label.items():
+        name = names[label] if label < len(names) else str(label)
+        ident = "no decoys" if c["leaked"] is None else f"{c['leaked']}/{c['images']} identified"
+        parts.append(f"{name} {ident} (paper {c['leaked_paper']}/{c['images']})")
+    return "by label: " + "; ".join(parts)
+
+
 def cmd_attack(args) -> int:
     from experiments.client_attack import attack_clients, group_images
     from fl_defense.io import write_json, write_jsonl
@@ -119,6 +136,14 @@ def cmd_attack(args) -> int:
           f"{scores.ssim_adjusted.mean():.3f} (median {np.median(scores.ssim_adjusted):.3f}), PSNR "
           f"{np.minimum(scores.psnr, 100).mean():.1f} dB" + (
               f", best decoy's adjusted SSIM {summary['ssim_decoy_max_mean']:.3f}" if pool is not None else ""))
+    names = ()
+    if dataset is not None:
+        from fl_defense.datasets import load_dataset
+
+        names = load_dataset(dataset, data_dir=cfg.data_dir or None, seed=cfg.seed)[0].class_names
+    per_label = label_line(scores.by_label(), names)
+    if per_label is not None:
+        print(per_label)
     failed = [r["image"] for r in rows if r["failed"]]
     if failed:
         print(f"failed (counted as not leaked): {', '.join(failed)}")

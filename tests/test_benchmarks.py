@@ -256,6 +256,8 @@ def test_attack_choices_scores_each_variant_on_the_tuning_split_and_resumes(tmp_
         assert [(r["variant"], r["keys"], r["split"], r["n"]) for r in rows] == [
             ("base", {}, "tuning", 2), ("tv-0", {"attack-tv": 0}, "tuning", 2)]
         assert [r["attack_tv"] for r in rows] == [1e-3, 0.0]
+        assert all(sum(c["images"] for c in r["by_label"]) == 2 for r in rows)
+        assert all(sum(c["leaked"] for c in r["by_label"]) == r["leaked"] for r in rows)
         cached = tmp_path / "variants" / "tv-0.json"
         cached.write_text(cached.read_text().replace('"clients": 2', '"clients": 9'))
         assert attack_choices.main(args) == 0   # a finished variant is read back, not attacked again

@@ -143,7 +143,9 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     assert "attack's choices" not in page   # no attack_choices folder: no section
     c = tmp_path / "results" / "attack_choices-digits"
     c.mkdir()
-    variants = [{**cell(4, 1, 5), "variant": "base", "keys": {}, "split": "tuning", "lr": 0.3},
+    by = [{"label": 0, "name": "non-face", "images": 4, "leaked": 1, "leaked_paper": 2},
+          {"label": 1, "name": "face", "images": 4, "leaked": 4, "leaked_paper": 4}]
+    variants = [{**cell(4, 1, 5), "variant": "base", "keys": {}, "split": "tuning", "lr": 0.3, "by_label": by},
                 {**cell(4, 1, 7), "variant": "tv-0", "keys": {"attack-tv": 0}, "split": "tuning", "lr": 0.3,
                  "seconds_per_client": 2.5}]
     (c / "attack_choices.json").write_text(json.dumps({"command": "python -m benchmarks.attack_choices --n 8",
@@ -152,6 +154,7 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     page = results.leak_map_page(tmp_path / "results")
     assert "python -m benchmarks.attack_choices --n 8" in page and "2025-01-04" in page
     assert "keys under every variant: attack-restarts 2" in page and "attack-tv=0" in page
+    assert "identified: non-face" in page and "| 1/4 | 4/4 |" in page and "| - | - |" in page
     assert "Most identified: `tv-0`, 7/8 against 5/8 for `base`, at 2.5x its seconds per client." in page
     assert "attack_choices-digits" in results.index_page(tmp_path / "results")
 

@@ -126,6 +126,23 @@ def test_failed_clients_leak_nothing_and_are_counted():
     assert s.summary()["failed"] == 2 and s.summary()["leaked"] == 2
 
 
+def test_counts_by_label_add_up_to_the_summary_and_name_the_labels():
+    from experiments.attack_cmd import label_line
+
+    x = _images(4, seed=15)
+    labels = np.array([1, 0, 1, 1])
+    s = score([x], [labels], [x[[0, 1, 2, 0]]], [labels], 0.4, _pool(_images(3, seed=16)))
+    by = s.by_label()
+    assert list(by) == [0, 1] and sum(c["images"] for c in by.values()) == 4
+    assert sum(c["leaked"] for c in by.values()) == s.summary()["leaked"] == int(s.leaked.sum())
+    assert sum(c["leaked_paper"] for c in by.values()) == s.summary()["leaked_paper"]
+    assert by[0] == {"images": 1, "leaked": 1, "leaked_paper": 1}
+    line = label_line(by, ("non-face", "face"))
+    assert line.startswith("by label: non-face 1/1 identified (paper 1/1); face ")
+    assert label_line(score([x], [labels], [x], [labels], 0.4).by_label()).startswith("by label: 0 no decoys")
+    assert label_line({k: by[0] for k in range(21)}) is None   # too many labels to list
+
+
 def test_score_validates_its_arguments():
     x = _images(2)
     with pytest.raises(ValueError, match="as many"):

@@ -48,7 +48,8 @@ def attack_choices_folders(results_dir: Path) -> list:
 
 def attack_choices_sections(results_dir: Path) -> list[str]:
     """One section per ``attack_choices-*`` folder: every variant's keys and both criteria's
-    counts on the tuning split, and which variant identified the most against the base."""
+    counts on the tuning split (identified per label too, for up to four labels), and which
+    variant identified the most against the base."""
     found = [res for res in attack_choices_folders(results_dir) if res.data("attack_choices.json") is not None]
     if not found:
         return []
@@ -59,19 +60,30 @@ def attack_choices_sections(results_dir: Path) -> list[str]:
     for res in found:
         data = read_json(res.data("attack_choices.json"))
         rows = data["rows"]
+        labels = ([c["name"] for c in rows[0]["by_label"]] if len(rows[0].get("by_label") or []) <= 4 else [])
         base_keys = "; ".join(f"{esc(k)} {esc(fmt_number(v))}" for k, v in data.get("base", {}).items()) or "none"
         body += [f"### {esc(res.name)}", "", provenance(res),
                  f"{esc(rows[0]['kind'])} (`{esc(rows[0]['dataset'])}`), B={data['B']}, K={data['K']}, "
                  f"{rows[0]['n']} tuning images, model {esc(rows[0]['model'])}, lr {fmt_number(rows[0]['lr'])}; "
                  f"keys under every variant: {base_keys}.", "",
-                 table(["variant", "keys", "identified", "paper criterion", "label accuracy", "s per client"],
+                 table(["variant", "keys", "identified", "paper criterion",
+                        *[f"identified: {esc(name)}" for name in labels], "label accuracy", "s per client"],
                        [[code(r["variant"]),
                          ", ".join(f"{esc(k)}={esc(fmt_number(v))}" for k, v in r["keys"].items()) or "(base)",
                          rate_ci(r["leaked"], r["n"], r["ci95_low"], r["ci95_high"]),
                          rate_ci(r["leaked_paper"], r["n"], r["ci95_low_paper"], r["ci95_high_paper"]),
+                         *[_label_count(r, name) for name in labels],
                          fixed(r.get("label_acc"), 2), fixed(r.get("seconds_per_client"), 1)] for r in rows]),
                  _best_choice(rows), ""]
     return body
+
+
+def _label_count(row: dict, name: str) -> str:
+    """``k/n`` identified of the images of label ``name`` (``-`` where the row has none)."""
+    for c in row.get("by_label") or []:
+        if c["name"] == name and c.get("leaked") is not None:
+            return f"{c['leaked']}/{c['images']}"
+    return "-"
 
 
 def _best_choice(rows: list[dict]) -> str:

@@ -11,7 +11,7 @@ published tables report on the evaluation split; a choice is made here, on the o
 Each finished variant is written to ``--out`` as ``variants/<name>.json`` (atomically)
 and skipped when the command runs again; at the end ``attack_choices.json`` holds the
 command, the date and one row per variant (its keys, identified and paper-criterion counts
-with 95% Clopper-Pearson intervals, label accuracy, seconds per client).
+with 95% Clopper-Pearson intervals, the counts per label, label accuracy, seconds per client).
 
     python -m benchmarks.attack_choices --kind faces --out docs/results/attack_choices-faces
     python -m benchmarks.attack_choices --kind digits --n 8 --variant tv-0=attack-tv=0 --out /tmp/choices

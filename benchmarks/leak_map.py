@@ -69,8 +69,7 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
            "attack_restarts": cfg.attack_restarts, "attack_patience": cfg.attack_patience, "attack_tv": cfg.attack_tv,
            "label_acc": float(np.mean(sc.label_pred == sc.label_true)), "failed": int(sc.failed.sum()),
            "seconds_per_client": seconds / clients, "decoys": pool.source,
-           "by_label": [{"label": label, "name": names[label] if label < len(names) else str(label), **counts}
-                        for label, counts in sc.by_label().items()]}
+           "by_label": [{"label": label, **counts} for label, counts in sc.by_label(names).items()]}
     for name, flags in (("", sc.leaked), ("_paper", sc.leaked_paper)):
         hit = int(flags.sum())
         lo, hi = leak_interval95(hit, sc.n)
@@ -190,8 +189,9 @@ def main(argv=None) -> int:
     lines = [",".join(fields)] + [",".join("" if f not in r else json.dumps(r[f]) if isinstance(r[f], str)
                                            else f"{r[f]}" for f in fields) for r in rows]
     atomic_write_text(out / "leak_map.csv", "\n".join(lines) + "\n")
-    write_json(out / "leak_map.json", {"command": "python -m benchmarks.leak_map " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "left_out": left_out, "rows": rows})
+    write_json(out / "leak_map.json", {
+        "command": "python -m benchmarks.leak_map " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "left_out": left_out, "rows": rows})
     heat_maps(rows, kinds, bs, ks, out / "leak_map.png")
     print(f"wrote {out / 'leak_map.csv'} and {out / 'leak_map.png'}")
     return 0

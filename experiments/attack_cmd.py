@@ -60,16 +60,15 @@ def leak_line(summary: dict, n: int) -> str:
 MAX_LABELS_LISTED = 20
 
 
-def label_line(by_label: dict, names: tuple[str, ...] = ()) -> str | None:
+def label_line(by_label: dict) -> str | None:
     """``by label: NAME k/n identified (paper k/n); ...`` from :meth:`Scores.by_label`
     (``None`` past :data:`MAX_LABELS_LISTED` labels, or without any)."""
     if not by_label or len(by_label) > MAX_LABELS_LISTED:
         return None
     parts = []
-    for label, c in by_label.items():
-        name = names[label] if label < len(names) else str(label)
+    for c in by_label.values():
         ident = "no decoys" if c["leaked"] is None else f"{c['leaked']}/{c['images']} identified"
-        parts.append(f"{name} {ident} (paper {c['leaked_paper']}/{c['images']})")
+        parts.append(f"{c['name']} {ident} (paper {c['leaked_paper']}/{c['images']})")
     return "by label: " + "; ".join(parts)
 
 
@@ -141,7 +140,7 @@ def cmd_attack(args) -> int:
         from fl_defense.datasets import load_dataset
 
         names = load_dataset(dataset, data_dir=cfg.data_dir or None, seed=cfg.seed)[0].class_names
-    per_label = label_line(scores.by_label(), names)
+    per_label = label_line(scores.by_label(names))
     if per_label is not None:
         print(per_label)
     failed = [r["image"] for r in rows if r["failed"]]

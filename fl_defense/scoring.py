@@ -121,13 +121,14 @@ class Scores:
             f"{prefix}failed": int(np.sum(self.failed)),
         }
 
-    def by_label(self) -> dict[int, dict[str, int | None]]:
+    def by_label(self, names: Sequence[str] = ()) -> dict[int, dict]:
         """The counts per true label (labels of -1, unknown, left out), in label order:
-        ``{label: {"images": n, "leaked": k (``None``: no decoys), "leaked_paper": k}}``."""
+        ``{label: {"name": names[label] (the label as text past names), "images": n,
+        "leaked": k (``None``: no decoys), "leaked_paper": k}}``."""
         out = {}
         for label in np.unique(self.label_true[self.label_true >= 0]).tolist():
             mine = self.label_true == label
-            out[int(label)] = {"images": int(mine.sum()),
+            out[int(label)] = {"name": names[label] if label < len(names) else str(label), "images": int(mine.sum()),
                                "leaked": None if self.leaked is None else int(np.sum(self.leaked[mine])),
                                "leaked_paper": int(np.sum(self.leaked_paper[mine]))}
         return out

@@ -132,12 +132,12 @@ def test_counts_by_label_add_up_to_the_summary_and_name_the_labels():
     x = _images(4, seed=15)
     labels = np.array([1, 0, 1, 1])
     s = score([x], [labels], [x[[0, 1, 2, 0]]], [labels], 0.4, _pool(_images(3, seed=16)))
-    by = s.by_label()
+    by = s.by_label(("non-face", "face"))
     assert list(by) == [0, 1] and sum(c["images"] for c in by.values()) == 4
     assert sum(c["leaked"] for c in by.values()) == s.summary()["leaked"] == int(s.leaked.sum())
     assert sum(c["leaked_paper"] for c in by.values()) == s.summary()["leaked_paper"]
-    assert by[0] == {"images": 1, "leaked": 1, "leaked_paper": 1}
-    line = label_line(by, ("non-face", "face"))
+    assert by[0] == {"name": "non-face", "images": 1, "leaked": 1, "leaked_paper": 1}
+    line = label_line(by)
     assert line.startswith("by label: non-face 1/1 identified (paper 1/1); face ")
     assert label_line(score([x], [labels], [x], [labels], 0.4).by_label()).startswith("by label: 0 no decoys")
     assert label_line({k: by[0] for k in range(21)}) is None   # too many labels to list

@@ -130,6 +130,8 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
                 "seconds_per_client": 1.0, "model": "tanhcnn"}
 
     rows = [cell(1, 1, 8), cell(2, 1, 6), cell(4, 1, 2), cell(2, 2, 5), cell(8, 1, 0)]
+    rows[2]["by_label"] = [{"label": 3, "name": "three", "images": 5, "leaked": 2, "leaked_paper": 5},
+                           {"label": 1, "name": "one", "images": 3, "leaked": 0, "leaked_paper": 3}]
     (d / "leak_map.json").write_text(json.dumps({"command": "python -m benchmarks.leak_map --n 8 --max-n 8",
                                                  "date": "2025-01-03", "max_n": 8, "rows": rows,
                                                  "left_out": [{"kind": "digits", "B": 16, "K": 4, "N": 64,
@@ -139,6 +141,7 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     # N = 4 holds a cell below one half (B=4, K=1): every cell identifies half up to N = 2 only
     assert "every cell up to N = 2 images a client; none is identified at B=8, K=1." in page
     assert "Cells with more than 8 images a client (N = K B) were not run" in page
+    assert "identified: one | identified: three |" in page and "| 0/3 | 2/5 |" in page   # label order
     assert "Left out: digits B=16, K=4: a client's epoch of N = 64 images is more than the 60 images" in page
     assert "attack's choices" not in page   # no attack_choices folder: no section
     c = tmp_path / "results" / "attack_choices-digits"

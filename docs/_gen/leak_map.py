@@ -60,7 +60,7 @@ def attack_choices_sections(results_dir: Path) -> list[str]:
     for res in found:
         data = read_json(res.data("attack_choices.json"))
         rows = data["rows"]
-        labels = ([c["name"] for c in rows[0]["by_label"]] if len(rows[0].get("by_label") or []) <= 4 else [])
+        labels = _label_names(rows)
         base_keys = "; ".join(f"{esc(k)} {esc(fmt_number(v))}" for k, v in data.get("base", {}).items()) or "none"
         body += [f"### {esc(res.name)}", "", provenance(res),
                  f"{esc(rows[0]['kind'])} (`{esc(rows[0]['dataset'])}`), B={data['B']}, K={data['K']}, "
@@ -76,6 +76,13 @@ def attack_choices_sections(results_dir: Path) -> list[str]:
                          fixed(r.get("label_acc"), 2), fixed(r.get("seconds_per_client"), 1)] for r in rows]),
                  _best_choice(rows), ""]
     return body
+
+
+def _label_names(rows: list[dict]) -> list[str]:
+    """The label names of the rows' counts per label (``by_label``), in label order, where
+    there are at most four (none otherwise)."""
+    names = {c["label"]: c["name"] for r in rows for c in r.get("by_label") or []}
+    return [names[label] for label in sorted(names)] if len(names) <= 4 else []
 
 
 def _label_count(row: dict, name: str) -> str:
@@ -120,11 +127,14 @@ def _leak_map_section(res, several: bool) -> list[str]:
         if shared:
             body += ["Setting of every cell: " + "; ".join(f"{label} {esc(fmt_number(v) if not isinstance(v, str) else v)}"
                                                            for label, v in shared) + ".", ""]
-        body.append(table(["B", "K", "N", "clients", "identified", "paper criterion", "failed", "label accuracy",
+        labels = _label_names(kr)
+        body.append(table(["B", "K", "N", "clients", "identified", "paper criterion",
+                           *[f"identified: {esc(name)}" for name in labels], "failed", "label accuracy",
                            "s per client", *[label for _, label in varying]],
                           [[r["B"], r["K"], r["N"], r.get("clients", "-"),
                             rate_ci(r["leaked"], r["n"], r["ci95_low"], r["ci95_high"]),
                             rate_ci(r["leaked_paper"], r["n"], r["ci95_low_paper"], r["ci95_high_paper"]),
+                            *[_label_count(r, name) for name in labels],
                             r.get("failed", "-"), fixed(r.get("label_acc"), 2),
                             fixed(r.get("seconds_per_client"), 1),
                             *[esc(fmt_number(r.get(key))) for key, _ in varying]] for r in kr]))

@@ -152,14 +152,22 @@ def test_train_stops_on_ctrl_c(tmp_path):
     argv = [sys.executable, str(ROOT / "run_sim.py"), "train", "--out", str(out), "--defenses", "masking:0.5",
             "--partitions", "iid,dirichlet:0.5", "--aggregations", "mean", "--rounds", "5000", "--clients", "3",
             "--attack-every", "0", "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not any(p.read_text().strip() for p in out.glob("cells/*/metrics.jsonl")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    # each running cell notices at its next poll; stopping its processes may take the launcher's graces
-    stdout, stderr = proc.communicate(timeout=180)
+    # a shell that starts the tests in the background ignores SIGINT in them, and the child would
+    # inherit that: it gets the default disposition back, as a command typed at a terminal has
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not any(p.read_text().strip() for p in out.glob("cells/*/metrics.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no cell wrote a round in 300 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        # each running cell notices at its next poll; stopping its processes may take the launcher's graces
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:   # the test failed first: stop the run and its cells (SIGTERM cleans up)
+            proc.terminate()
+            proc.communicate(timeout=180)
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted" in stderr
     assert not any((d / "summary.json").exists() for d in (out / "cells").iterdir())

@@ -182,8 +182,8 @@ def main(argv=None) -> int:
                       f"({row['ci95_low']:.0%}-{row['ci95_high']:.0%}), paper criterion {row['leaked_paper']}/"
                       f"{row['n']}, labels {row['label_acc']:.2f}, {row['seconds_per_client']:.1f} s per client",
                       flush=True)
-    # the CSV holds the scalar columns (the per-label counts are in the JSON); a cell written
-    # by an older version may lack a column: empty there
+    # the CSV holds the scalar columns (the per-label counts are in the JSON); a cell read back
+    # from cells/ may lack a column that the others have: empty there
     fields = [f for f in dict.fromkeys(k for r in rows for k in r)
               if not any(isinstance(r.get(f), (dict, list)) for r in rows)]
     lines = [",".join(fields)] + [",".join("" if f not in r else json.dumps(r[f]) if isinstance(r[f], str)

@@ -49,7 +49,6 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
     from experiments.setting import EXPERIMENT_MAX_ITER
     from experiments.targets import dataset_targets
     from fl_defense.config import parse_run_config
-    from fl_defense.datasets import load_dataset
     from fl_defense.decoys import pool_for_dataset
     from fl_defense.stats import leak_interval95
 
@@ -63,13 +62,12 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
     start = time.perf_counter()
     sc, _, res = attack_clients(cfg, t.images, t.labels, t.num_classes, device="cpu", pool=pool)
     seconds = time.perf_counter() - start
-    names = load_dataset(dataset, data_dir=cfg.data_dir or None, seed=seed)[0].class_names
     row = {"kind": kind, "dataset": dataset, "B": b, "K": k, "N": per, "clients": clients, "n": sc.n,
            "model": cfg.model, "lr": cfg.lr, "attack_max_iter": cfg.attack_max_iter,
            "attack_restarts": cfg.attack_restarts, "attack_patience": cfg.attack_patience, "attack_tv": cfg.attack_tv,
            "label_acc": float(np.mean(sc.label_pred == sc.label_true)), "failed": int(sc.failed.sum()),
            "seconds_per_client": seconds / clients, "decoys": pool.source,
-           "by_label": [{"label": label, **counts} for label, counts in sc.by_label(names).items()]}
+           "by_label": [{"label": label, **counts} for label, counts in sc.by_label(t.class_names).items()]}
     for name, flags in (("", sc.leaked), ("_paper", sc.leaked_paper)):
         hit = int(flags.sum())
         lo, hi = leak_interval95(hit, sc.n)

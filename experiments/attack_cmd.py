@@ -135,12 +135,8 @@ def cmd_attack(args) -> int:
           f"{scores.ssim_adjusted.mean():.3f} (median {np.median(scores.ssim_adjusted):.3f}), PSNR "
           f"{np.minimum(scores.psnr, 100).mean():.1f} dB" + (
               f", best decoy's adjusted SSIM {summary['ssim_decoy_max_mean']:.3f}" if pool is not None else ""))
-    names = ()
-    if dataset is not None:
-        from fl_defense.datasets import load_dataset
-
-        names = load_dataset(dataset, data_dir=cfg.data_dir or None, seed=cfg.seed)[0].class_names
-    per_label = label_line(scores.by_label(names))
+    # per label only where every label is the image's own (not drawn for a file without one)
+    per_label = label_line(scores.by_label(targets.class_names)) if targets.known.all() else None
     if per_label is not None:
         print(per_label)
     failed = [r["image"] for r in rows if r["failed"]]

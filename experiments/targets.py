@@ -27,8 +27,9 @@ SPLITS = ("evaluation", "tuning")
 class TargetImages:
     """Images to attack: ``images`` ``[n, C, H, W]``, ``labels`` ``[n]``, their ``names``, the
     number of classes, for the tuning split their positions in the test split
-    (``test_positions``, what the decoy pool leaves out), and ``known`` ``[n]``: whether an
-    image's label is its own (``False``: drawn at random for a file without one)."""
+    (``test_positions``, what the decoy pool leaves out), ``known`` ``[n]``: whether an
+    image's label is its own (``False``: drawn at random for a file without one), and the
+    classes' names (``class_names``, empty where the source has none)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -36,6 +37,7 @@ class TargetImages:
     num_classes: int
     test_positions: np.ndarray | None = None
     known: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.known is None:
@@ -68,7 +70,7 @@ def dataset_targets(name: str, n: int, seed: int, data_dir: str = "", shuffle: b
         idx = idx[rng.permutation(n)]
     where = "train" if split == "evaluation" else "test"
     return TargetImages(source.images[idx], source.labels[idx], [f"{name}[{where} {i}]" for i in idx],
-                        source.num_classes, idx if split == "tuning" else None)
+                        source.num_classes, idx if split == "tuning" else None, class_names=source.class_names)
 
 
 def folder_targets(folder: Path, n: int | None, image_size: int | None, seed: int) -> TargetImages:
@@ -89,7 +91,7 @@ def folder_targets(folder: Path, n: int | None, image_size: int | None, seed: in
     images, known = ds.images, ~unknown
     if n is not None:
         images, labels, names, known = images[:n], labels[:n], names[:n], known[:n]
-    return TargetImages(images, labels, list(names), num_classes, known=known)
+    return TargetImages(images, labels, list(names), num_classes, known=known, class_names=ds.class_names)
 
 
 def decoy_pool(dataset: str | None, decoys: str | None, cfg, targets: TargetImages, size: int):

@@ -97,7 +97,7 @@ def _best_choice(rows: list[dict]) -> str:
     """The variant that identified the most images, against the first row (the base)."""
     base = rows[0]
     best = max(rows, key=lambda r: (r["leaked"], -r["seconds_per_client"]))
-    if best is base or best["leaked"] == base["leaked"]:
+    if best["leaked"] == base["leaked"]:
         return (f"No variant identified more than `{esc(base['variant'])}` ({base['leaked']}/{base['n']}).")
     ratio = best["seconds_per_client"] / base["seconds_per_client"] if base["seconds_per_client"] else float("nan")
     return (f"Most identified: `{esc(best['variant'])}`, {best['leaked']}/{best['n']} against "

@@ -28,7 +28,7 @@ and the plain reference draws the round's clients with the same rule
 (``max(int(fraction * clients), 1)``), so both train the same clients every round and their
 final accuracies must agree.
 
-Flower's polling (:mod:`fl_defense.flower_polling`): ``--flower-poll`` runs the Flower side
+Flower's polling (:mod:`fl_defense.flower_engine`): ``--flower-poll`` runs the Flower side
 once per value given, each a row of the table against the same plain run: ``off`` is
 Flower's own polling (0.1 s), a number the interval in seconds; by default the
 environment's ``FL_DEFENSE_FLOWER_POLL`` (unset: 5 ms).
@@ -162,7 +162,7 @@ def parse_polls(text: str | None) -> list[str | None]:
     """``"off,0.005"`` -> ``["off", "0.005"]`` (each checked as ``FL_DEFENSE_FLOWER_POLL``
     would be); ``None`` -> ``[None]`` (the environment's).  Raises ``ValueError`` naming
     ``--flower-poll`` and the bad item."""
-    from fl_defense.flower_polling import ENV, poll_interval
+    from fl_defense.flower_engine import ENV, poll_interval
 
     if text is None:
         return [None]
@@ -247,7 +247,7 @@ def run_flower(num_clients: int, fraction: float, rounds: int, seed: int, out_ro
     """The same federation through ``flwr run`` (experiments.launcher), memory sampled;
     ``poll`` (when given) is the run's ``FL_DEFENSE_FLOWER_POLL``."""
     from experiments.launcher import run_simulation
-    from fl_defense.flower_polling import ENV
+    from fl_defense.flower_engine import ENV
 
     out_dir = out_root / f"flower-{num_clients}" if poll is None else out_root / f"flower-{num_clients}-poll-{poll}"
     marker = uuid.uuid4().hex
@@ -388,7 +388,7 @@ def write_results(out: Path, rows: list[dict], rounds: int, argv: list[str] | No
     :func:`summarise`) and ``meta.json``
     (the command and the date) in ``out``, for the documentation's speed results."""
     from experiments.common import write_meta
-    from fl_defense.flower_polling import DEFAULT_INTERVAL, ENV
+    from fl_defense.flower_engine import DEFAULT_INTERVAL, ENV
     from fl_defense.io import write_json
 
     default_poll = os.environ.get(ENV) or str(DEFAULT_INTERVAL)

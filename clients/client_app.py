@@ -2,9 +2,10 @@
 SuperNode, behind the mods of :mod:`clients.mods` (SecAgg+, Flower's client-side DP clipping).
 
 Importing this module in the simulation's process shortens the simulation engine's
-polling (:func:`fl_defense.flower_polling.shorten_engine_polling`): Flower imports the
-ClientApp there before its engine starts.  Elsewhere (Ray's workers, a deployed
-SuperNode) that call does nothing."""
+polling (:func:`fl_defense.flower_engine.shorten_engine_polling`) and makes its actor pool
+replace a client actor that died (:func:`fl_defense.flower_engine.replace_dead_actors`):
+Flower imports the ClientApp there before its engine starts.  Elsewhere (Ray's workers, a
+deployed SuperNode) both calls do nothing."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from flwr.clientapp import ClientApp
 from clients.mods import secagg_update_mod, when
 from clients.numpy_client import DefendedClient
 from fl_defense.config import ConfigError, parse_run_config
-from fl_defense.flower_polling import shorten_engine_polling
+from fl_defense.flower_engine import replace_dead_actors, shorten_engine_polling
 
 shorten_engine_polling()
+replace_dead_actors()
 
 
 def client_fn(context: Context):

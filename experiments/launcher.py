@@ -46,7 +46,7 @@ Environment given to Flower (and why):
     default of 100 KiB (the shared setting's model alone is 113 KiB).
 
 ``FL_DEFENSE_FLOWER_POLL`` (inherited from this process's environment) sets how often the
-simulation polls for messages (:mod:`fl_defense.flower_polling`); a bad value is refused
+simulation polls for messages (:mod:`fl_defense.flower_engine`); a bad value is refused
 before anything starts.
 
 An existing Ray cluster: ``run_simulation(..., ray_address="HOST:PORT")`` gives the run
@@ -79,7 +79,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from experiments.processes import (alive, marked_processes, proc_start_time, stop_process_group, stop_watchdog,
                                    sweep, zombie)
 from fl_defense.config import ConfigError, ExperimentConfig, parse_run_config
-from fl_defense.flower_polling import poll_interval
+from fl_defense.flower_engine import poll_interval
 from fl_defense.io import read_jsonl, write_json, write_jsonl
 from fl_defense.quiet import quiet_third_party
 

@@ -4,8 +4,8 @@ set's files, the partitions), writes ``config.json``, and runs the strategy stac
 ``SecAggPlusWorkflow`` for the fit rounds under ``secure-aggregation``;
 :mod:`strategies.secagg`) -- from round 1, or, with ``resume = true``, from the checkpoint
 in ``out-dir`` (:mod:`strategies.checkpoint`).  In a simulation the grid it is given
-pulls replies at :func:`fl_defense.flower_polling.poll_interval`
-(:func:`~fl_defense.flower_polling.shorten_grid_polling`)."""
+pulls replies at :func:`fl_defense.flower_engine.poll_interval`
+(:func:`~fl_defense.flower_engine.shorten_grid_polling`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_defense.config import ExperimentConfig, parse_run_config
 from fl_defense.quiet import quiet_third_party
-from fl_defense.flower_polling import shorten_grid_polling
+from fl_defense.flower_engine import shorten_grid_polling
 from fl_defense.io import write_json
 from fl_defense.task import check_run_inputs, get_weights, new_model
 from strategies.checkpoint import CHECKPOINT, checkpoint_for, recorded_config

@@ -1,5 +1,5 @@
-"""Shorter polling in Flower's simulation engine: the one module that relies on Flower's
-internals.
+"""Flower's simulation engine, shorter polling and dead client actors replaced: the one
+module that relies on Flower's internals.
 
 In a simulation (``flwr run`` on the simulation SuperLink) a message waits twice on a
 poll on its way from the ServerApp to a ClientApp and back:
@@ -36,8 +36,20 @@ environment variable :data:`ENV` says otherwise):
 Neither changes what is computed: the same messages reach the same clients, in rounds
 that end when every reply is in.
 
+A client actor that dies (killed, out of memory) fails the message it was running, as it
+should; but Flower's actor pool (``BasicActorPool`` in
+``flwr.simulation.ray_transport.ray_actor``) puts the dead actor back into its list of idle
+actors, where it fails every later message at once, and being back first it takes most of
+them: a single crash can fail every client of every later round.  Flower offers no setting
+for it (the actors are created without Ray's ``max_restarts``).
+:func:`replace_dead_actors` wraps the pool's ``add_actor_back_to_pool`` so that an actor
+whose task ended in Ray's ``RayActorError`` (the actor died, not the ClientApp raised) is
+replaced by a new one made with the pool's own ``create_actor_fn``; the failed message
+stays failed and is counted by the strategy.  :mod:`clients.client_app` calls it beside the
+polling change, under the same conditions.
+
 The names this module relies on are checked by :func:`flower_internals_problems`
-(``tests/test_flower_polling.py`` runs it); when Flower has moved one of them, the
+(``tests/test_flower_engine.py`` runs it); when Flower has moved one of them, the
 functions here log a warning naming it and leave Flower as it is.
 """
 
@@ -72,6 +84,12 @@ GRID_CLASS = "InMemoryGrid"
 GRID_ATTRIBUTE = "pull_interval"
 SIMULATION_MODULE = "flwr.simulation.run_simulation"
 SIMULATION_LOOP = "_main_loop"
+POOL_MODULE = "flwr.simulation.ray_transport.ray_actor"
+POOL_CLASS = "BasicActorPool"
+POOL_RETURN = "add_actor_back_to_pool"
+POOL_ATTRIBUTES = ("create_actor_fn", "_future_to_actor", "pool")
+BACKEND_MODULE = "flwr.server.superlink.fleet.vce.backend.raybackend"
+BACKEND_CLASS = "RayBackend"
 
 _log = logging.getLogger("flwr")
 _WRAPPED = "_fl_defense_original"
@@ -211,7 +229,91 @@ def flower_internals_problems() -> list[str]:
         if GRID_CLASS not in getattr(getattr(main_loop, "__code__", None), "co_names", ()):
             problems.append(f"{SIMULATION_MODULE}.{SIMULATION_LOOP} no longer builds the ServerApp's grid as "
                             f"an {GRID_CLASS}")
+    try:
+        pool_cls = getattr(importlib.import_module(POOL_MODULE), POOL_CLASS)
+    except (ImportError, AttributeError) as exc:
+        problems.append(f"{POOL_MODULE}.{POOL_CLASS} cannot be imported ({exc})")
+    else:
+        give_back = getattr(pool_cls, POOL_RETURN, None)
+        give_back = getattr(give_back, _WRAPPED, give_back)
+        if not callable(give_back) or list(inspect.signature(give_back).parameters) != ["self", "future"]:
+            problems.append(f"{POOL_MODULE}.{POOL_CLASS}.{POOL_RETURN}(self, future) (where a finished "
+                            f"task's actor goes back to the pool) is gone or changed")
+        init_names = getattr(getattr(pool_cls.__init__, "__code__", None), "co_names", ())
+        missing = [a for a in POOL_ATTRIBUTES if a not in init_names]
+        if missing:
+            problems.append(f"{POOL_MODULE}.{POOL_CLASS}.__init__ no longer sets {', '.join(missing)}")
+        try:
+            backend = importlib.import_module(BACKEND_MODULE)
+        except ImportError as exc:
+            problems.append(f"module {BACKEND_MODULE} cannot be imported ({exc})")
+        else:
+            process = getattr(getattr(backend, BACKEND_CLASS, None), "process_message", None)
+            if POOL_RETURN not in getattr(getattr(process, "__code__", None), "co_names", ()):
+                problems.append(f"{BACKEND_MODULE}.{BACKEND_CLASS}.process_message no longer gives a failed "
+                                f"task's actor back through {POOL_RETURN}")
     return problems
+
+
+def _actor_died(future: Any) -> bool:
+    """Whether the Ray task ``future`` has ended because its actor died."""
+    import ray
+
+    ready, _ = ray.wait([future], timeout=0)
+    if not ready:
+        return False
+    try:
+        ray.get(future, timeout=0)
+    except ray.exceptions.RayActorError:
+        return True
+    except Exception:  # the ClientApp raised: the actor lives on
+        return False
+    return False
+
+
+def _give_back_or_replace(original: Callable[..., Any]) -> Callable[..., Any]:
+    def add_actor_back_to_pool(self: Any, future: Any) -> None:
+        if future in self._future_to_actor and _actor_died(future):
+            self._future_to_actor.pop(future)
+            self.pool.append(self.create_actor_fn())
+            _log.warning("fl-defense: a client actor died; its message failed and a new actor took its place")
+            return
+        original(self, future)
+
+    add_actor_back_to_pool.__doc__ = original.__doc__
+    setattr(add_actor_back_to_pool, _WRAPPED, original)
+    return add_actor_back_to_pool
+
+
+def replace_dead_actors() -> bool:
+    """Make the simulation's actor pool replace an actor that died instead of reusing it.
+
+    Acts under the conditions of :func:`shorten_engine_polling` (the engine's module loaded,
+    Ray not connected yet), at most once per process; what it relies on is checked by
+    :func:`flower_internals_problems` first, and a warning names what is missing when it
+    cannot act.
+
+    Returns
+    -------
+    bool
+        Whether the pool replaces dead actors now.
+    """
+    if sys.modules.get(VCE_MODULE) is None:
+        return False
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False
+    import importlib
+
+    problems = [p for p in flower_internals_problems() if POOL_MODULE in p or BACKEND_MODULE in p]
+    if problems:
+        _log.warning("fl-defense: a dead client actor stays in Flower's pool: %s", "; ".join(problems))
+        return False
+    pool_cls = getattr(importlib.import_module(POOL_MODULE), POOL_CLASS)
+    current = getattr(pool_cls, POOL_RETURN)
+    if not hasattr(current, _WRAPPED):
+        setattr(pool_cls, POOL_RETURN, _give_back_or_replace(current))
+    return True
 
 
 def shorten_engine_polling(interval: float | None = None) -> bool:

@@ -1,6 +1,6 @@
-"""Flower's simulation polling, shortened by fl_defense.flower_polling: what it relies on in
-Flower is still there, each piece does what it says, and a real simulation gives the same
-rows with it on and off."""
+"""Flower's simulation engine as fl_defense.flower_engine changes it (shorter polling, dead
+client actors replaced): what it relies on in Flower is still there, each piece does what it
+says, and a real simulation gives the same rows with the polling change on and off."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from fl_defense import flower_polling as fp
+from fl_defense import flower_engine as fp
 from fl_defense.errors import ConfigError
 
 
-def test_flower_still_has_what_the_polling_change_relies_on():
+def test_flower_still_has_what_the_engine_changes_rely_on():
     problems = fp.flower_internals_problems()
-    assert not problems, ("the installed Flower changed what fl_defense/flower_polling.py relies on "
+    assert not problems, ("the installed Flower changed what fl_defense/flower_engine.py relies on "
                           "(update that module):\n  " + "\n  ".join(problems))
 
 
@@ -46,6 +46,42 @@ def test_the_check_names_the_flower_attribute_that_changed(monkeypatch):
     monkeypatch.delattr(vce, "add_messages_to_queue")
     assert "add_messages_to_queue (the engine's message extractor) is gone" in "\n".join(
         fp.flower_internals_problems())
+
+
+def test_the_check_names_a_changed_actor_pool(monkeypatch):
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    def add_actor_back_to_pool(self, future, actor):  # a new signature
+        return None
+
+    monkeypatch.setattr(BasicActorPool, "add_actor_back_to_pool", add_actor_back_to_pool)
+    problems = "\n".join(fp.flower_internals_problems())
+    assert ("flwr.simulation.ray_transport.ray_actor.BasicActorPool.add_actor_back_to_pool(self, future) "
+            "(where a finished task's actor goes back to the pool) is gone or changed") in problems
+    assert fp.replace_dead_actors() is False
+    assert BasicActorPool.add_actor_back_to_pool is add_actor_back_to_pool
+
+
+def test_a_dead_actor_is_replaced_and_a_live_one_goes_back(monkeypatch):
+    """The pool's own ``create_actor_fn`` makes the replacement; an actor whose ClientApp
+    raised (or that finished) goes back as Flower puts it back."""
+    import flwr.server.superlink.fleet.vce.vce_api  # noqa: F401  (loaded where the engine runs)
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    original = BasicActorPool.add_actor_back_to_pool
+    monkeypatch.setattr(BasicActorPool, "add_actor_back_to_pool", original)
+    assert fp.replace_dead_actors() is True
+    wrapped = BasicActorPool.add_actor_back_to_pool
+    assert getattr(wrapped, fp._WRAPPED) is original
+    assert fp.replace_dead_actors() is True and BasicActorPool.add_actor_back_to_pool is wrapped  # once
+
+    pool = BasicActorPool.__new__(BasicActorPool)
+    made = iter(["new actor"])
+    pool.pool, pool._future_to_actor, pool.create_actor_fn = [], {"f1": "dead", "f2": "alive"}, lambda: next(made)
+    monkeypatch.setattr(fp, "_actor_died", lambda future: future == "f1")
+    pool.add_actor_back_to_pool("f1")
+    pool.add_actor_back_to_pool("f2")
+    assert pool.pool == ["new actor", "alive"] and pool._future_to_actor == {}
 
 
 def test_poll_interval_from_the_environment():

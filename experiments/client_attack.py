@@ -100,8 +100,7 @@ def attack_clients(cfg: ExperimentConfig, images: np.ndarray, labels: np.ndarray
         groups: positions of each client's images (default: consecutive groups of
             ``images-per-client``, or of ``batch-size`` when that is 0).
         defense: one spec for all clients, or one per group (all of one defense name, so
-            that one aware objective fits them: the sweep attacks every strength of a
-            defense in one vectorised call).
+            that one aware objective fits them).
         global_weights: the global model the clients start from (``state_dict`` order);
             default: :func:`experiment_model`'s.
         labels_given: hand the true labels to the attack (an upper bound; flagged in rows).

@@ -19,12 +19,13 @@ Cells
 A grid of independent cells (data set, attacker, defense, strength).  A finished cell is
 stored as its own files, written atomically, with its setting; an invocation whose setting
 differs from the cells already in the folder is refused, and finished cells are never
-recomputed, so an interrupted sweep resumes where it stopped.  All missing strengths of
-one (data set, attacker, defense) are attacked in one vectorised call in this process
-with ``--workers 0``; otherwise every :data:`TASK_STRENGTHS` of them are a task on Ray
-(:mod:`experiments.sweep_tasks`) -- on this machine by default, on the cluster named by
-``RAY_ADDRESS`` when it is set -- so that no worker is left with a long group while the
-others idle.  The tables and figures (:mod:`experiments.sweep_report`) are rebuilt
+recomputed, so an interrupted sweep resumes where it stopped.  Every cell is attacked in
+one vectorised call over its clients, so its numbers do not depend on the cells beside it.
+The missing strengths of one (data set, attacker, defense) share their targets and decoys
+in this process with ``--workers 0``; otherwise every :data:`TASK_STRENGTHS` of them are a
+task on Ray (:mod:`experiments.sweep_tasks`) -- on this machine by default, on the cluster
+named by ``RAY_ADDRESS`` when it is set -- so that no worker is left with a long group
+while the others idle.  The tables and figures (:mod:`experiments.sweep_report`) are rebuilt
 from the cells at the end of every invocation.
 """
 

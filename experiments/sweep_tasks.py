@@ -1,9 +1,11 @@
 """The sweep's work: its targets (clients and their images), the attack of one group of
 cells, and running the groups as tasks on Ray or in this process.
 
-A group is one (kind of data, attacker, defense) with the strengths still to do; all of
-them are attacked in one vectorised call and every finished cell is written on its own
-(atomically), so a killed sweep resumes by cell whichever way the groups ran.
+A group is one (kind of data, attacker, defense) with the strengths still to do: its
+targets and decoys are loaded once, each strength (a cell) is attacked in its own vectorised
+call over its clients, and every finished cell is written on its own (atomically).  A
+cell's numbers are thus those of the cell alone, whichever cells ran beside it in its group
+(the task size, a resume), and a killed sweep resumes by cell.
 
 Ray: ``ray.init()`` joins the cluster named by ``RAY_ADDRESS`` when it is set (the code
 travels as the job's working directory) and otherwise starts Ray on this machine with
@@ -101,10 +103,12 @@ def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: i
     Every target plays once per strength: its upload is made by
     :func:`experiments.client_attack.attack_clients` through the client's own code path
     (from the run's initial global model, or from ``checkpoint``'s weights and after its
-    round; batches and defense seeded by seed, client and round as in ``fit``), all
-    strengths' uploads are inverted in one vectorised call, and every image is scored by
-    both criteria against the decoy pool (``decoys``: a folder; default the data set's test
-    split, none for a folder of targets)."""
+    round; batches and defense seeded by seed, client and round as in ``fit``), each
+    strength's uploads are inverted in one vectorised call of their own (the attack's
+    starts depend on a target's place in its call: one call per cell keeps a cell's result
+    independent of the group), and every image is scored by both criteria against the
+    decoy pool (``decoys``: a folder; default the data set's test split, none for a folder
+    of targets)."""
     import torch
 
     from experiments.client_attack import attack_clients
@@ -129,20 +133,16 @@ def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: i
     if global_w is None:
         global_w = get_weights(new_model(cfg, targets.shape))
     pool = sweep_pool(cfg, folder, decoys, images.shape)
-    scores, rows, result = attack_clients(cfg, images, labels, int(targets.shape.num_classes),
-                                          groups=[g for _ in specs for g in own],
-                                          defense=[sp for sp in specs for _ in clients],
-                                          global_weights=global_w, device=device,
-                                          client_ids=[c.client_id for _ in specs for c in clients],
-                                          server_round=[c.round for _ in specs for c in clients], chunk=chunk,
-                                          pool=pool, decoy_labels=np.where(known, labels, -1))
-    m = len(clients)
     setting = {**setting_of(cfg), "dataset": group["kind"]}  # a folder's kind, not the run's data set
-    for j, (strength, spec) in enumerate(zip(group["strengths"], specs)):
-        keep = np.flatnonzero(scores.client // m == j)
-        part = [dict(rows[i], image=names[rows[i]["image"]]) for i in keep]
-        record = {"scores": _subset(scores, keep), "recons": result.images[j * m:(j + 1) * m],
-                  "pred_labels": result.labels[j * m:(j + 1) * m], "names": [r["image"] for r in part],
+    for strength, spec in zip(group["strengths"], specs):
+        scores, rows, result = attack_clients(cfg, images, labels, int(targets.shape.num_classes), groups=own,
+                                              defense=[spec] * len(clients), global_weights=global_w,
+                                              device=device, client_ids=[c.client_id for c in clients],
+                                              server_round=[c.round for c in clients], chunk=chunk,
+                                              pool=pool, decoy_labels=np.where(known, labels, -1))
+        part = [dict(r, image=names[r["image"]]) for r in rows]
+        record = {"scores": scores, "recons": result.images, "pred_labels": result.labels,
+                  "names": [r["image"] for r in part],
                   "meta": {"command": "sweep", "kind": group["kind"], "attacker": group["attacker"],
                            "defense": str(spec), "leak-threshold": cfg.leak_threshold, "checkpoint": checkpoint,
                            "decoys": None if pool is None else pool.source,
@@ -150,18 +150,6 @@ def attack_group(group: dict, cfg_flat: dict, folder: str | None, out: str, n: i
         save_sweep_cell(Path(out), group["kind"], group["attacker"], group["defense"], strength, part, record,
                         setting, str(spec), None if pool is None else pool.source)
     return len(specs)
-
-
-def _subset(scores, keep: np.ndarray):
-    """The scores of the images ``keep``, their clients renumbered from 0."""
-    from dataclasses import fields
-
-    out = {}
-    for f in fields(scores):
-        v = getattr(scores, f.name)
-        out[f.name] = v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(scores.ssim) else v
-    out["client"] = out["client"] - out["client"].min() if len(keep) else out["client"]
-    return type(scores)(**out)
 
 
 def sweep_pool(cfg: ExperimentConfig, folder: str | None, decoys: str | None, shape):

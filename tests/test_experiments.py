@@ -125,6 +125,29 @@ def test_sweep_writes_tables_and_resumes(tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_sweep_cell_is_the_same_whichever_cells_ran_beside_it(tmp_path):
+    """One cell (masking 0.3) swept beside another strength and swept alone: the same
+    reconstructions and the same rows (wall time aside), so that the task size and a
+    resume do not change a cell's numbers."""
+
+    def sweep(out, grid):
+        argv = [sys.executable, str(ROOT / "run_sim.py"), "sweep", "--out", str(out), "--n", "8",
+                "--defenses", "masking", "--grid-masking", grid, "--attackers", "naive", "--max-iter", "30",
+                "--restarts", "0", "--workers", "0", "--quiet"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        cell = out / "cells" / "mnist-embedded" / "naive"
+        rows = [json.loads(line) for line in (cell / "masking=0.3.jsonl").read_text().splitlines()]
+        with np.load(cell / "masking=0.3.npz", allow_pickle=False) as rec:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in rows], rec["reconstructions"].copy()
+
+    beside_rows, beside = sweep(tmp_path / "beside", "0.1,0.3")
+    alone_rows, alone = sweep(tmp_path / "alone", "0.3")
+    assert len(alone_rows) == 8 and alone.shape == (8, 1, 28, 28)
+    assert np.array_equal(beside, alone)
+    assert beside_rows == alone_rows
+
+
 @pytest.mark.slow
 def test_train_grid_side_by_side_writes_tables_and_resumes(tmp_path):
     """Two cells of the grid as two Flower simulations at once (--workers 2): both finish,

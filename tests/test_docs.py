@@ -117,6 +117,27 @@ def test_results_pages_render_the_result_files(tmp_path):
     index = results.index_page(d)
     assert "docs/results/sweep-digits" in index and "docs/results/null_floor" in index
 
+    # a grid whose leak columns came from another sweep run: the page counts what agrees
+    grid = d / "grid"
+    grid.mkdir()
+    (grid / "config.json").write_text(json.dumps({"setting": {"dataset": "mnist-embedded"}}))
+    (grid / "meta.json").write_text(json.dumps({"command": "python run_sim.py train --thresholds X", "date": "2025-01-03"}))
+    fields = ["defense", "strength", "spec", "aggregation", "partition", "final_accuracy", "leaked_naive", "n_naive",
+              "leak_upper95_naive", "leaked_aware", "n_aware", "leak_upper95_aware", "hook_leak_rate"]
+
+    def write_grid(aware_leaks_at_masking):
+        lines = [",".join(fields)]
+        for partition in ("iid", "dirichlet"):
+            lines += [f"none,0.0,none,mean,{partition},0.9,4,4,1.0,4,4,1.0,",
+                      f"masking,0.5,masking:0.5,mean,{partition},0.8,1,4,0.8,{aware_leaks_at_masking},4,0.9,"]
+        (grid / "final_accuracy.csv").write_text("\n".join(lines) + "\n")
+
+    write_grid(2)
+    page = results.grid_page(d)
+    assert "3 of its 4 (defense, strength, attacker) entries equal the cell at the same strength" in page
+    write_grid(1)
+    assert "entries equal the cell" not in results.grid_page(d)
+
 
 def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     results = _results_module()

@@ -237,6 +237,43 @@ def _panels(rows: list[dict]) -> list[tuple[str, str]]:
             for a in dict.fromkeys(r["aggregation"] for r in rows)]
 
 
+def _against_published_sweep(results_dir: Path, res, rows: list[dict]) -> list[str]:
+    """A sentence comparing the grid's round-1 leak columns with the cells of the sweep
+    published under Experiment 1 for the grid's data set (the folder ``sweep-*`` whose
+    command has no ``--checkpoint``), when that sweep is not the one the grid read."""
+    config = res.folder / "config.json"
+    if not config.is_file():
+        return []
+    import json
+
+    grid_cfg = json.loads(config.read_text())
+    dataset = (grid_cfg.get("setting") or {}).get("dataset")
+    for folder in sorted(results_dir.glob("sweep-*")):
+        sweep = find(results_dir, folder.name)
+        cells_path = sweep.data("cells.csv")
+        if cells_path is None or "--checkpoint" in (sweep.command or ""):
+            continue
+        cells = {(c["attacker"], c["defense"], float(c["strength"])): c for c in read_csv(cells_path)
+                 if c.get("dataset") == dataset}
+        if not cells:
+            continue
+        same = total = 0
+        for r in {r["spec"]: r for r in rows}.values():
+            for attacker in ("naive", "aware"):
+                c = cells.get((attacker, r["defense"], float(r["strength"])))
+                if c is None or not r.get(f"leaked_{attacker}"):
+                    continue
+                total += 1
+                same += c["leaked"] == r[f"leaked_{attacker}"] and c["n"] == r[f"n_{attacker}"]
+        if total == 0 or same == total:
+            return []
+        return [f"The round-1 leak columns are read from the cells of the sweep named in the command above "
+                f"(`--thresholds`); {same} of its {total} (defense, strength, attacker) entries "
+                f"equal the cell at the same strength of the sweep published under [Experiment 1](sweeps.md), "
+                f"which is another run.", ""]
+    return []
+
+
 def grid_page(results_dir: Path) -> str:
     res = find(results_dir, "grid")
     head = ["# Experiment 2: the training grid", "",
@@ -275,6 +312,7 @@ def grid_page(results_dir: Path) -> str:
                          f"{float(r['final_accuracy']):.4f}")
         lines.append(cells)
     body.append(table(headers, lines))
+    body += _against_published_sweep(results_dir, res, rows)
     accs = [(float(r["final_accuracy"]), r) for r in rows if r.get("final_accuracy")]
     if accs:
         lo, hi = min(accs, key=lambda x: x[0]), max(accs, key=lambda x: x[0])

@@ -42,10 +42,13 @@ should; but Flower's actor pool (``BasicActorPool`` in
 actors, where it fails every later message at once, and being back first it takes most of
 them: a single crash can fail every client of every later round.  Flower offers no setting
 for it (the actors are created without Ray's ``max_restarts``).
-:func:`replace_dead_actors` wraps the pool's ``add_actor_back_to_pool`` so that an actor
-whose task ended in Ray's ``RayActorError`` (the actor died, not the ClientApp raised) is
-replaced by a new one made with the pool's own ``create_actor_fn``; the failed message
-stays failed and is counted by the strategy.  :mod:`clients.client_app` calls it beside the
+:func:`replace_dead_actors` wraps the pool's ``fetch_result_and_return_actor_to_pool``: when
+fetching a result raises Ray's ``ActorDiedError`` (the actor died; an exception of the
+ClientApp is a ``RayTaskError`` and leaves the actor alone), the pool's record of which actor
+ran that task is pointed at a new actor made with the pool's own ``create_actor_fn``, so that
+the engine, which gives a failed task's actor back to the pool, gives back the new one.  The
+error goes on as before: the message stays failed and the strategy counts it.  A result
+fetched without error costs nothing more.  :mod:`clients.client_app` calls it beside the
 polling change, under the same conditions.
 
 The names this module relies on are checked by :func:`flower_internals_problems`
@@ -86,8 +89,9 @@ SIMULATION_MODULE = "flwr.simulation.run_simulation"
 SIMULATION_LOOP = "_main_loop"
 POOL_MODULE = "flwr.simulation.ray_transport.ray_actor"
 POOL_CLASS = "BasicActorPool"
+POOL_FETCH = "fetch_result_and_return_actor_to_pool"
 POOL_RETURN = "add_actor_back_to_pool"
-POOL_ATTRIBUTES = ("create_actor_fn", "_future_to_actor", "pool")
+POOL_ATTRIBUTES = ("create_actor_fn", "_future_to_actor")
 BACKEND_MODULE = "flwr.server.superlink.fleet.vce.backend.raybackend"
 BACKEND_CLASS = "RayBackend"
 
@@ -234,11 +238,15 @@ def flower_internals_problems() -> list[str]:
     except (ImportError, AttributeError) as exc:
         problems.append(f"{POOL_MODULE}.{POOL_CLASS} cannot be imported ({exc})")
     else:
+        fetch = getattr(pool_cls, POOL_FETCH, None)
+        fetch = getattr(fetch, _WRAPPED, fetch)
+        if not callable(fetch) or list(inspect.signature(fetch).parameters) != ["self", "future"]:
+            problems.append(f"{POOL_MODULE}.{POOL_CLASS}.{POOL_FETCH}(self, future) (where a task's result is "
+                            f"fetched) is gone or changed")
         give_back = getattr(pool_cls, POOL_RETURN, None)
-        give_back = getattr(give_back, _WRAPPED, give_back)
-        if not callable(give_back) or list(inspect.signature(give_back).parameters) != ["self", "future"]:
-            problems.append(f"{POOL_MODULE}.{POOL_CLASS}.{POOL_RETURN}(self, future) (where a finished "
-                            f"task's actor goes back to the pool) is gone or changed")
+        if "_future_to_actor" not in getattr(getattr(give_back, "__code__", None), "co_names", ()):
+            problems.append(f"{POOL_MODULE}.{POOL_CLASS}.{POOL_RETURN} no longer takes a task's actor "
+                            f"from _future_to_actor")
         init_names = getattr(getattr(pool_cls.__init__, "__code__", None), "co_names", ())
         missing = [a for a in POOL_ATTRIBUTES if a not in init_names]
         if missing:
@@ -249,40 +257,28 @@ def flower_internals_problems() -> list[str]:
             problems.append(f"module {BACKEND_MODULE} cannot be imported ({exc})")
         else:
             process = getattr(getattr(backend, BACKEND_CLASS, None), "process_message", None)
-            if POOL_RETURN not in getattr(getattr(process, "__code__", None), "co_names", ()):
-                problems.append(f"{BACKEND_MODULE}.{BACKEND_CLASS}.process_message no longer gives a failed "
-                                f"task's actor back through {POOL_RETURN}")
+            names = getattr(getattr(process, "__code__", None), "co_names", ())
+            if POOL_FETCH not in names or POOL_RETURN not in names:
+                problems.append(f"{BACKEND_MODULE}.{BACKEND_CLASS}.process_message no longer fetches a result "
+                                f"through {POOL_FETCH} and gives a failed task's actor back through {POOL_RETURN}")
     return problems
 
 
-def _actor_died(future: Any) -> bool:
-    """Whether the Ray task ``future`` has ended because its actor died."""
-    import ray
+def _fetch_or_replace(original: Callable[..., Any]) -> Callable[..., Any]:
+    def fetch_result_and_return_actor_to_pool(self: Any, future: Any) -> Any:
+        import ray
 
-    ready, _ = ray.wait([future], timeout=0)
-    if not ready:
-        return False
-    try:
-        ray.get(future, timeout=0)
-    except ray.exceptions.RayActorError:
-        return True
-    except Exception:  # the ClientApp raised: the actor lives on
-        return False
-    return False
+        try:
+            return original(self, future)
+        except ray.exceptions.ActorDiedError:
+            if future in self._future_to_actor:
+                self._future_to_actor[future] = self.create_actor_fn()
+                _log.warning("fl-defense: a client actor died; its message failed and a new actor takes its place")
+            raise
 
-
-def _give_back_or_replace(original: Callable[..., Any]) -> Callable[..., Any]:
-    def add_actor_back_to_pool(self: Any, future: Any) -> None:
-        if future in self._future_to_actor and _actor_died(future):
-            self._future_to_actor.pop(future)
-            self.pool.append(self.create_actor_fn())
-            _log.warning("fl-defense: a client actor died; its message failed and a new actor took its place")
-            return
-        original(self, future)
-
-    add_actor_back_to_pool.__doc__ = original.__doc__
-    setattr(add_actor_back_to_pool, _WRAPPED, original)
-    return add_actor_back_to_pool
+    fetch_result_and_return_actor_to_pool.__doc__ = original.__doc__
+    setattr(fetch_result_and_return_actor_to_pool, _WRAPPED, original)
+    return fetch_result_and_return_actor_to_pool
 
 
 def replace_dead_actors() -> bool:
@@ -310,9 +306,9 @@ def replace_dead_actors() -> bool:
         _log.warning("fl-defense: a dead client actor stays in Flower's pool: %s", "; ".join(problems))
         return False
     pool_cls = getattr(importlib.import_module(POOL_MODULE), POOL_CLASS)
-    current = getattr(pool_cls, POOL_RETURN)
+    current = getattr(pool_cls, POOL_FETCH)
     if not hasattr(current, _WRAPPED):
-        setattr(pool_cls, POOL_RETURN, _give_back_or_replace(current))
+        setattr(pool_cls, POOL_FETCH, _fetch_or_replace(current))
     return True
 
 

@@ -51,37 +51,51 @@ def test_the_check_names_the_flower_attribute_that_changed(monkeypatch):
 def test_the_check_names_a_changed_actor_pool(monkeypatch):
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
-    def add_actor_back_to_pool(self, future, actor):  # a new signature
+    def fetch_result_and_return_actor_to_pool(self, future, timeout):  # a new signature
         return None
 
-    monkeypatch.setattr(BasicActorPool, "add_actor_back_to_pool", add_actor_back_to_pool)
+    monkeypatch.setattr(BasicActorPool, "fetch_result_and_return_actor_to_pool", fetch_result_and_return_actor_to_pool)
     problems = "\n".join(fp.flower_internals_problems())
-    assert ("flwr.simulation.ray_transport.ray_actor.BasicActorPool.add_actor_back_to_pool(self, future) "
-            "(where a finished task's actor goes back to the pool) is gone or changed") in problems
+    assert ("flwr.simulation.ray_transport.ray_actor.BasicActorPool.fetch_result_and_return_actor_to_pool"
+            "(self, future) (where a task's result is fetched) is gone or changed") in problems
     assert fp.replace_dead_actors() is False
-    assert BasicActorPool.add_actor_back_to_pool is add_actor_back_to_pool
+    assert BasicActorPool.fetch_result_and_return_actor_to_pool is fetch_result_and_return_actor_to_pool
 
 
-def test_a_dead_actor_is_replaced_and_a_live_one_goes_back(monkeypatch):
-    """The pool's own ``create_actor_fn`` makes the replacement; an actor whose ClientApp
-    raised (or that finished) goes back as Flower puts it back."""
+def test_a_dead_actor_is_replaced_and_a_failed_clientapp_keeps_its_actor(monkeypatch):
+    """The pool's own ``create_actor_fn`` makes the replacement, which the engine then
+    gives back to the pool; the error still reaches the engine.  A result, or an error of
+    the ClientApp, leaves the pool as Flower has it."""
     import flwr.server.superlink.fleet.vce.vce_api  # noqa: F401  (loaded where the engine runs)
+    import ray
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
-    original = BasicActorPool.add_actor_back_to_pool
-    monkeypatch.setattr(BasicActorPool, "add_actor_back_to_pool", original)
+    def original(self, future):
+        if future == "died":
+            raise ray.exceptions.ActorDiedError()
+        if future == "raised":
+            raise ray.exceptions.RayTaskError("client_fn", "Traceback", ValueError("bad"))
+        self.add_actor_back_to_pool(future)
+        return "result"
+
+    monkeypatch.setattr(BasicActorPool, "fetch_result_and_return_actor_to_pool", original)
     assert fp.replace_dead_actors() is True
-    wrapped = BasicActorPool.add_actor_back_to_pool
-    assert getattr(wrapped, fp._WRAPPED) is original
-    assert fp.replace_dead_actors() is True and BasicActorPool.add_actor_back_to_pool is wrapped  # once
+    fetch = BasicActorPool.fetch_result_and_return_actor_to_pool
+    assert getattr(fetch, fp._WRAPPED) is original
+    assert fp.replace_dead_actors() is True and BasicActorPool.fetch_result_and_return_actor_to_pool is fetch
 
     pool = BasicActorPool.__new__(BasicActorPool)
     made = iter(["new actor"])
-    pool.pool, pool._future_to_actor, pool.create_actor_fn = [], {"f1": "dead", "f2": "alive"}, lambda: next(made)
-    monkeypatch.setattr(fp, "_actor_died", lambda future: future == "f1")
-    pool.add_actor_back_to_pool("f1")
-    pool.add_actor_back_to_pool("f2")
-    assert pool.pool == ["new actor", "alive"] and pool._future_to_actor == {}
+    pool.pool, pool.create_actor_fn = [], lambda: next(made)
+    pool._future_to_actor = {"died": "dead actor", "raised": "actor a", "ok": "actor b"}
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        pool.fetch_result_and_return_actor_to_pool("died")
+    pool.add_actor_back_to_pool("died")            # what the engine does after any error
+    with pytest.raises(ray.exceptions.RayTaskError):
+        pool.fetch_result_and_return_actor_to_pool("raised")
+    pool.add_actor_back_to_pool("raised")
+    assert pool.fetch_result_and_return_actor_to_pool("ok") == "result"
+    assert pool.pool == ["new actor", "actor a", "actor b"] and pool._future_to_actor == {}
 
 
 def test_poll_interval_from_the_environment():

@@ -264,6 +264,15 @@ def flower_internals_problems() -> list[str]:
     return problems
 
 
+def _in_engine_process() -> bool:
+    """Whether this process is where the simulation engine will run: its module is loaded
+    and Ray not connected yet (a Ray worker is connected before it imports the ClientApp)."""
+    if sys.modules.get(VCE_MODULE) is None:
+        return False
+    ray = sys.modules.get("ray")
+    return ray is None or not ray.is_initialized()
+
+
 def _fetch_or_replace(original: Callable[..., Any]) -> Callable[..., Any]:
     def fetch_result_and_return_actor_to_pool(self: Any, future: Any) -> Any:
         import ray
@@ -294,10 +303,7 @@ def replace_dead_actors() -> bool:
     bool
         Whether the pool replaces dead actors now.
     """
-    if sys.modules.get(VCE_MODULE) is None:
-        return False
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    if not _in_engine_process():
         return False
     import importlib
 
@@ -331,12 +337,9 @@ def shorten_engine_polling(interval: float | None = None) -> bool:
     bool
         Whether the extractor polls at ``interval`` now.
     """
-    vce = sys.modules.get(VCE_MODULE)
-    if vce is None:
+    if not _in_engine_process():
         return False
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():  # a Ray worker: the engine does not run here
-        return False
+    vce = sys.modules[VCE_MODULE]
     if interval is None:
         interval = poll_interval()
         if interval is None:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 #: The variants measured by default: the base, the total-variation weight, more tries,
-#: more patience, and a larger budget of all three.
+#: more patience, and larger budgets of all three (patience, tries and iterations raised
+#: together in three steps; and the first step with eight tries).
 DEFAULT_VARIANTS = (
     "base=",
     "tv-0=attack-tv=0",
@@ -36,6 +37,9 @@ DEFAULT_VARIANTS = (
     "restarts-4=attack-restarts=4",
     "patience-300=attack-patience=300",
     "budget-x2=attack-patience=300,attack-restarts=4,attack-max-iter=4000",
+    "budget-x3=attack-patience=450,attack-restarts=6,attack-max-iter=6000",
+    "budget-x4=attack-patience=600,attack-restarts=8,attack-max-iter=8000",
+    "restarts-8=attack-patience=300,attack-restarts=8,attack-max-iter=4000",
 )
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

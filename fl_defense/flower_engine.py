@@ -179,6 +179,25 @@ def _extractor_with_interval(original: Callable[..., Any], interval: float) -> C
     return extractor
 
 
+def _lookup(module: str, name: str | None, problems: list[str]) -> Any:
+    """``module`` (``name`` None) or its attribute ``name``; ``None``, with a sentence
+    added to ``problems``, when it cannot be imported."""
+    import importlib
+
+    try:
+        found = importlib.import_module(module)
+        return found if name is None else getattr(found, name)
+    except (ImportError, AttributeError) as exc:
+        problems.append(f"{module}.{name} cannot be imported ({exc})" if name else
+                        f"module {module} cannot be imported ({exc})")
+        return None
+
+
+def _names_used(function: Any) -> tuple[str, ...]:
+    """The global and attribute names ``function``'s code reads (none for a non-function)."""
+    return getattr(getattr(function, "__code__", None), "co_names", ())
+
+
 def flower_internals_problems() -> list[str]:
     """What this module relies on that the installed Flower lacks.
 
@@ -188,79 +207,53 @@ def flower_internals_problems() -> list[str]:
         One sentence per missing or changed name, each naming the Flower module, the
         attribute and the signature or use expected; empty when everything is there.
     """
-    import importlib
-
     problems: list[str] = []
-    try:
-        vce = importlib.import_module(VCE_MODULE)
-    except ImportError as exc:
-        problems.append(f"module {VCE_MODULE} cannot be imported ({exc})")
-    else:
+    vce = _lookup(VCE_MODULE, None, problems)
+    if vce is not None:
         extractor = getattr(vce, EXTRACTOR, None)
         extractor = getattr(extractor, _WRAPPED, extractor)
         if not callable(extractor):
             problems.append(f"{VCE_MODULE}.{EXTRACTOR} (the engine's message extractor) is gone")
         else:
-            params = list(inspect.signature(extractor).parameters)
-            if STOP_PARAMETER not in params:
+            if STOP_PARAMETER not in inspect.signature(extractor).parameters:
                 problems.append(f"{VCE_MODULE}.{EXTRACTOR}{inspect.signature(extractor)} has no parameter "
                                 f"{STOP_PARAMETER!r} (the stop event it waits on between ticks)")
-            code = getattr(extractor, "__code__", None)
-            if code is None or "wait" not in code.co_names:
+            if "wait" not in _names_used(extractor):
                 problems.append(f"{VCE_MODULE}.{EXTRACTOR} no longer waits through {STOP_PARAMETER}.wait(...) "
                                 f"between ticks")
-        loop = getattr(vce, ENGINE_LOOP, None)
-        if not callable(loop) or EXTRACTOR not in getattr(getattr(loop, "__code__", None), "co_names", ()):
+        if EXTRACTOR not in _names_used(getattr(vce, ENGINE_LOOP, None)):
             problems.append(f"{VCE_MODULE}.{ENGINE_LOOP} no longer starts {EXTRACTOR} by its module-level name "
                             f"(replacing it would not reach the engine)")
-    try:
-        grid_cls = getattr(importlib.import_module(GRID_MODULE), GRID_CLASS)
-    except (ImportError, AttributeError) as exc:
-        problems.append(f"{GRID_MODULE}.{GRID_CLASS} cannot be imported ({exc})")
-    else:
+    grid_cls = _lookup(GRID_MODULE, GRID_CLASS, problems)
+    if grid_cls is not None:
         if GRID_ATTRIBUTE not in inspect.signature(grid_cls.__init__).parameters:
             problems.append(f"{GRID_MODULE}.{GRID_CLASS}.__init__{inspect.signature(grid_cls.__init__)} "
                             f"has no parameter {GRID_ATTRIBUTE!r}")
-        send = getattr(grid_cls, "send_and_receive", None)
-        if GRID_ATTRIBUTE not in getattr(getattr(send, "__code__", None), "co_names", ()):
+        if GRID_ATTRIBUTE not in _names_used(getattr(grid_cls, "send_and_receive", None)):
             problems.append(f"{GRID_MODULE}.{GRID_CLASS}.send_and_receive no longer reads "
                             f"self.{GRID_ATTRIBUTE}")
-    try:
-        main_loop = getattr(importlib.import_module(SIMULATION_MODULE), SIMULATION_LOOP)
-    except (ImportError, AttributeError) as exc:
-        problems.append(f"{SIMULATION_MODULE}.{SIMULATION_LOOP} cannot be imported ({exc})")
-    else:
-        if GRID_CLASS not in getattr(getattr(main_loop, "__code__", None), "co_names", ()):
-            problems.append(f"{SIMULATION_MODULE}.{SIMULATION_LOOP} no longer builds the ServerApp's grid as "
-                            f"an {GRID_CLASS}")
-    try:
-        pool_cls = getattr(importlib.import_module(POOL_MODULE), POOL_CLASS)
-    except (ImportError, AttributeError) as exc:
-        problems.append(f"{POOL_MODULE}.{POOL_CLASS} cannot be imported ({exc})")
-    else:
+    main_loop = _lookup(SIMULATION_MODULE, SIMULATION_LOOP, problems)
+    if main_loop is not None and GRID_CLASS not in _names_used(main_loop):
+        problems.append(f"{SIMULATION_MODULE}.{SIMULATION_LOOP} no longer builds the ServerApp's grid as "
+                        f"an {GRID_CLASS}")
+    pool_cls = _lookup(POOL_MODULE, POOL_CLASS, problems)
+    if pool_cls is not None:
         fetch = getattr(pool_cls, POOL_FETCH, None)
         fetch = getattr(fetch, _WRAPPED, fetch)
         if not callable(fetch) or list(inspect.signature(fetch).parameters) != ["self", "future"]:
             problems.append(f"{POOL_MODULE}.{POOL_CLASS}.{POOL_FETCH}(self, future) (where a task's result is "
                             f"fetched) is gone or changed")
-        give_back = getattr(pool_cls, POOL_RETURN, None)
-        if "_future_to_actor" not in getattr(getattr(give_back, "__code__", None), "co_names", ()):
+        if "_future_to_actor" not in _names_used(getattr(pool_cls, POOL_RETURN, None)):
             problems.append(f"{POOL_MODULE}.{POOL_CLASS}.{POOL_RETURN} no longer takes a task's actor "
                             f"from _future_to_actor")
-        init_names = getattr(getattr(pool_cls.__init__, "__code__", None), "co_names", ())
-        missing = [a for a in POOL_ATTRIBUTES if a not in init_names]
+        missing = [a for a in POOL_ATTRIBUTES if a not in _names_used(pool_cls.__init__)]
         if missing:
             problems.append(f"{POOL_MODULE}.{POOL_CLASS}.__init__ no longer sets {', '.join(missing)}")
-        try:
-            backend = importlib.import_module(BACKEND_MODULE)
-        except ImportError as exc:
-            problems.append(f"module {BACKEND_MODULE} cannot be imported ({exc})")
-        else:
-            process = getattr(getattr(backend, BACKEND_CLASS, None), "process_message", None)
-            names = getattr(getattr(process, "__code__", None), "co_names", ())
-            if POOL_FETCH not in names or POOL_RETURN not in names:
-                problems.append(f"{BACKEND_MODULE}.{BACKEND_CLASS}.process_message no longer fetches a result "
-                                f"through {POOL_FETCH} and gives a failed task's actor back through {POOL_RETURN}")
+        backend_cls = _lookup(BACKEND_MODULE, BACKEND_CLASS, problems)
+        names = _names_used(getattr(backend_cls, "process_message", None))
+        if backend_cls is not None and (POOL_FETCH not in names or POOL_RETURN not in names):
+            problems.append(f"{BACKEND_MODULE}.{BACKEND_CLASS}.process_message no longer fetches a result "
+                            f"through {POOL_FETCH} and gives a failed task's actor back through {POOL_RETURN}")
     return problems
 
 
@@ -305,13 +298,11 @@ def replace_dead_actors() -> bool:
     """
     if not _in_engine_process():
         return False
-    import importlib
-
     problems = [p for p in flower_internals_problems() if POOL_MODULE in p or BACKEND_MODULE in p]
     if problems:
         _log.warning("fl-defense: a dead client actor stays in Flower's pool: %s", "; ".join(problems))
         return False
-    pool_cls = getattr(importlib.import_module(POOL_MODULE), POOL_CLASS)
+    pool_cls = _lookup(POOL_MODULE, POOL_CLASS, problems)
     current = getattr(pool_cls, POOL_FETCH)
     if not hasattr(current, _WRAPPED):
         setattr(pool_cls, POOL_FETCH, _fetch_or_replace(current))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _gen.result_files import figure, find, fixed, missing_page, provenance, rate_ci, read_json
+from _gen.result_files import figure, find, fixed, folder_names, missing_page, provenance, rate_ci, read_json
 from _gen.text import code, esc, fmt_number, pct, table
 
 LEAK_MAP_COMMAND = "python -m benchmarks.leak_map --out docs/results/leak_map"
@@ -19,8 +19,7 @@ SETTING_COLUMNS = (("model", "model"), ("lr", "lr"), ("attack_max_iter", "attack
 def leak_map_folders(results_dir: Path) -> list:
     """The leak-map result folders: ``leak_map`` and every ``leak_map-<name>`` (one
     invocation of the benchmark each, e.g. one per kind of data)."""
-    names = ["leak_map"] + (sorted(p.name for p in results_dir.glob("leak_map-*") if p.is_dir())
-                            if results_dir.is_dir() else [])
+    names = ["leak_map"] + folder_names(results_dir, "leak_map-*")
     return [find(results_dir, name, "leak_map.json") for name in names]
 
 
@@ -42,7 +41,7 @@ def leak_map_page(results_dir: Path) -> str:
 
 def attack_choices_folders(results_dir: Path) -> list:
     """The ``attack_choices-<name>`` result folders (one invocation each)."""
-    names = sorted(p.name for p in results_dir.glob("attack_choices-*") if p.is_dir()) if results_dir.is_dir() else []
+    names = folder_names(results_dir, "attack_choices-*")
     return [find(results_dir, name, "attack_choices.json") for name in names]
 
 

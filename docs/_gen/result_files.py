@@ -47,6 +47,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def folder_names(results_dir: Path, pattern: str) -> list[str]:
+    """The names of the result folders in ``results_dir`` that match the glob ``pattern``,
+    sorted; none when ``results_dir`` is missing."""
+    if not results_dir.is_dir():
+        return []
+    return sorted(p.name for p in results_dir.glob(pattern) if p.is_dir())
+
+
 def find(results_dir: Path, name: str, data_file: str | None = None) -> Result:
     """The result folder ``name``: its command and date from ``meta.json``, else from the
     benchmark's own JSON file (``data_file``), else unknown."""

@@ -47,6 +47,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def indent(text: str) -> str:
+    """``text`` indented by four spaces (the body of an admonition), blank lines kept empty."""
+    return "\n".join(("    " + line) if line else "" for line in text.split("\n"))
+
+
 def fmt_number(value: object, digits: int = 3) -> str:
     """A number as the tables write it: integers as they are, other numbers to ``digits``
     significant digits (numbers read from CSV text too); missing values and NaN as a dash."""

@@ -27,6 +27,7 @@ left out the same way and listed under ``left_out`` in ``leak_map.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -42,9 +43,12 @@ def cell_path(out: Path, kind: str, b: int, k: int) -> Path:
     return out / "cells" / f"{kind}-B{b}-K{k}.json"
 
 
-def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, split: str = "evaluation") -> dict:
+def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, split: str = "evaluation",
+             relabel=None) -> dict:
     """Attack one cell; its row (see the module docstring).  ``split="tuning"`` attacks images
-    of the test split instead, which the decoy pool then leaves out."""
+    of the test split instead, which the decoy pool then leaves out.  ``relabel(labels) ->
+    (labels, num_classes)`` trains the clients on other labels of the same images (the row's
+    ``by_label`` still counts by the data set's labels)."""
     from experiments.client_attack import attack_clients
     from experiments.setting import EXPERIMENT_MAX_ITER
     from experiments.targets import dataset_targets
@@ -59,15 +63,18 @@ def run_cell(kind: str, b: int, k: int, n: int, seed: int, overrides: dict, spli
                             "local-steps": k, "batch-size": b, "images-per-client": per, "seed": seed})
     t = dataset_targets(dataset, clients * per, seed, cfg.data_dir, shuffle=True, split=split)
     pool = pool_for_dataset(dataset, cfg.data_dir, seed, cfg.decoy_pool_size, exclude=t.test_positions)
+    labels, num_classes = (t.labels, t.num_classes) if relabel is None else relabel(t.labels)
     start = time.perf_counter()
-    sc, _, res = attack_clients(cfg, t.images, t.labels, t.num_classes, device="cpu", pool=pool)
+    sc, rows, res = attack_clients(cfg, t.images, labels, num_classes, device="cpu", pool=pool,
+                                   decoy_labels=t.labels)
     seconds = time.perf_counter() - start
+    by_label = dataclasses.replace(sc, label_true=t.labels[[r["image"] for r in rows]]).by_label(t.class_names)
     row = {"kind": kind, "dataset": dataset, "B": b, "K": k, "N": per, "clients": clients, "n": sc.n,
            "model": cfg.model, "lr": cfg.lr, "attack_max_iter": cfg.attack_max_iter,
            "attack_restarts": cfg.attack_restarts, "attack_patience": cfg.attack_patience, "attack_tv": cfg.attack_tv,
            "label_acc": float(np.mean(sc.label_pred == sc.label_true)), "failed": int(sc.failed.sum()),
            "seconds_per_client": seconds / clients, "decoys": pool.source,
-           "by_label": [{"label": label, **counts} for label, counts in sc.by_label(t.class_names).items()]}
+           "by_label": [{"label": label, **counts} for label, counts in by_label.items()]}
     for name, flags in (("", sc.leaked), ("_paper", sc.leaked_paper)):
         hit = int(flags.sum())
         lo, hi = leak_interval95(hit, sc.n)

@@ -278,3 +278,76 @@ def test_main_job_worker_counts_and_bad_arguments_exit_2(tmp_path, capsys):
         assert "--workers" in capsys.readouterr().err
     assert main_job.main(["--out", str(tmp_path / "out"), "--copies", "1"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_label_spread_labellings_and_bad_arguments_exit_2(tmp_path, capsys):
+    from benchmarks import label_spread
+
+    assert label_spread.parse_labellings("real,distinct-10,shared-2") == ["real", "distinct-10", "shared-2"]
+    for bad in ("distinct-1", "shared", "real,real", "fake-3", "distinct-x"):
+        with pytest.raises(ValueError, match="--labels"):
+            label_spread.parse_labellings(bad)
+        assert label_spread.main(["--labels", bad, "--out", str(tmp_path / "bad")]) == 2
+        assert "--labels" in capsys.readouterr().err
+    assert label_spread.main(["--kind", "letters", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    real = np.array([5, 5, 1, 1, 1, 0, 3], dtype=np.int64)
+    assert label_spread.relabelling("real", 2) is None
+    labels, classes = label_spread.relabelling("distinct-3", 2)(real)
+    assert classes == 3 and labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    labels, classes = label_spread.relabelling("shared-3", 2)(real)
+    assert classes == 3 and labels.tolist() == [0, 0, 1, 1, 2, 2, 0]
+
+
+def test_label_spread_singular_values_are_those_of_the_explicit_jacobian():
+    import torch.nn.functional as F
+    from torch import nn
+
+    from benchmarks import label_spread
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x = np.random.default_rng(0).random((2, 1, 6, 6)).astype(np.float32)
+    y = np.array([0, 2])
+    sv = label_spread.jacobian_singular_values(model, x, y)
+    params = {n: p.detach().double().requires_grad_(True) for n, p in model.named_parameters()}
+    model64 = model.double()
+
+    def pseudo(flat):
+        out = torch.func.functional_call(model64, params, (flat.reshape(x.shape),))
+        g = torch.autograd.grad(F.cross_entropy(out, torch.as_tensor(y)), list(params.values()), create_graph=True)
+        return torch.cat([v.flatten() for v in g])
+
+    jac = torch.autograd.functional.jacobian(pseudo, torch.as_tensor(x, dtype=torch.float64).flatten())
+    assert sv.shape == (72,) and np.all(np.diff(sv) <= 0)
+    np.testing.assert_allclose(sv, torch.linalg.svdvals(jac).numpy(), atol=1e-6)
+
+
+def test_label_spread_attacks_each_labelling_counts_by_the_real_labels_and_resumes(tmp_path):
+    import json
+
+    from benchmarks import label_spread
+
+    before = torch.get_num_threads()
+    args = ["--kind", "digits", "--batch-size", "2", "--n", "2", "--labels", "real,shared-10",
+            "--set", "attack-max-iter=10", "--set", "decoy-pool-size=20", "--out", str(tmp_path)]
+    try:
+        assert label_spread.main(args) == 0
+        data = json.loads((tmp_path / "label_spread.json").read_text())
+        rows = data["rows"]
+        assert data["command"].startswith("python -m benchmarks.label_spread --kind digits")
+        assert [(r["labelling"], r["num_classes"], r["n"]) for r in rows] == [("real", 10, 2), ("shared-10", 10, 2)]
+        assert rows[1]["first_client_labels"] == [0, 0]
+        from experiments.targets import dataset_targets
+
+        assert rows[0]["first_client_labels"] == dataset_targets("mnist-embedded", 2, 0, shuffle=True).labels.tolist()
+        # the counts per label are by the data set's labels under every labelling
+        assert [[c["label"] for c in r["by_label"]] for r in rows] == [[c["label"] for c in rows[0]["by_label"]]] * 2
+        assert all(0 < r["sv_min_ratio"] <= r["sv_median_ratio"] <= 1 and r["sv_count"] == 2 * 28 * 28 for r in rows)
+        cached = tmp_path / "labellings" / "shared-10.json"
+        cached.write_text(cached.read_text().replace('"clients": 1', '"clients": 9'))
+        assert label_spread.main(args) == 0   # a finished labelling is read back, not attacked again
+        rows = json.loads((tmp_path / "label_spread.json").read_text())["rows"]
+        assert [r["clients"] for r in rows] == [1, 9]
+    finally:
+        torch.set_num_threads(before)

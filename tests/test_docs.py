@@ -181,6 +181,25 @@ def test_the_leak_map_page_says_where_leakage_stops(tmp_path):
     assert "identified: non-face" in page and "| 1/4 | 4/4 |" in page and "| - | - |" in page
     assert "Most identified: `tv-0`, 7/8 against 5/8 for `base`, at 2.5x its seconds per client." in page
     assert "attack_choices-digits" in results.index_page(tmp_path / "results")
+    assert "labels of a batch" not in page   # no label_spread folder: no section
+    s = tmp_path / "results" / "label_spread-faces"
+    s.mkdir()
+    spread = [{**cell(4, 1, 3), "labelling": "real", "num_classes": 2, "first_client_labels": [0, 1, 1, 0],
+               "lr": 0.3, "attack_max_iter": 2000, "attack_restarts": 1, "attack_tv": 0.001, "by_label": by,
+               "sv_median_ratio": 0.0043, "sv_min_ratio": 1.1e-4},
+              {**cell(4, 1, 8), "labelling": "distinct-10", "num_classes": 10, "first_client_labels": [0, 1, 2, 3],
+               "lr": 0.3, "attack_max_iter": 2000, "attack_restarts": 1, "attack_tv": 0.001,
+               "sv_median_ratio": 0.31, "sv_min_ratio": 0.04}]
+    (s / "label_spread.json").write_text(json.dumps({"command": "python -m benchmarks.label_spread --n 8",
+                                                    "date": "2025-01-05", "B": 4, "K": 1, "split": "evaluation",
+                                                    "base": {}, "rows": spread}))
+    page = results.leak_map_page(tmp_path / "results")
+    assert "python -m benchmarks.label_spread --n 8" in page and "2025-01-05" in page
+    assert "8 images of the evaluation split" in page and "| 0, 1, 2, 3 |" in page
+    assert "| 4.3e-03 | 1.1e-04 |" in page and "| 1/4 | 4/4 |" in page
+    assert ("Fewest identified: `real`, 3/8 (median ratio 4.3e-03); most: `distinct-10`, 8/8 "
+            "(median ratio 3.1e-01).") in page
+    assert "label_spread-faces" in results.index_page(tmp_path / "results")
 
 
 def test_the_generated_pages_are_not_in_the_source_tree():

@@ -1,7 +1,9 @@
 """The Leak map results page: every ``docs/results/leak_map*/`` folder (``leak_map.json``
 and ``leak_map.png`` of ``python -m benchmarks.leak_map``), one section per invocation, and
 every ``docs/results/attack_choices-*/`` folder (``attack_choices.json`` of ``python -m
-benchmarks.attack_choices``: the attack's choices measured on the tuning split)."""
+benchmarks.attack_choices``: the attack's choices measured on the tuning split) and every
+``docs/results/label_spread-*/`` folder (``label_spread.json`` of ``python -m
+benchmarks.label_spread``: the same images attacked under other labellings)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def leak_map_page(results_dir: Path) -> str:
     body = []
     for res in found:
         body += _leak_map_section(res, several=len(found) > 1)
-    return "\n".join(head + body + attack_choices_sections(results_dir))
+    return "\n".join(head + body + attack_choices_sections(results_dir) + label_spread_sections(results_dir))
 
 
 def attack_choices_folders(results_dir: Path) -> list:
@@ -75,6 +77,60 @@ def attack_choices_sections(results_dir: Path) -> list[str]:
                          fixed(r.get("label_acc"), 2), fixed(r.get("seconds_per_client"), 1)] for r in rows]),
                  _best_choice(rows), ""]
     return body
+
+
+def label_spread_folders(results_dir: Path) -> list:
+    """The ``label_spread-<name>`` result folders (one invocation each)."""
+    return [find(results_dir, name, "label_spread.json") for name in folder_names(results_dir, "label_spread-*")]
+
+
+def label_spread_sections(results_dir: Path) -> list[str]:
+    """One section per ``label_spread-*`` folder: every labelling's counts by both criteria
+    (identified per label of the data set too) and the singular-value ratios of the first
+    client's inverse problem, with the labellings that identified the fewest and the most."""
+    found = [res for res in label_spread_folders(results_dir) if res.data("label_spread.json") is not None]
+    if not found:
+        return []
+    body = ["## What the labels of a batch change", "",
+            "The same images attacked under other labellings, in one setting: the data set's own labels "
+            "(`real`), C classes with every client's images under different labels (`distinct-C`), or "
+            "under one label a client (`shared-C`).  The last two columns describe the inverse problem at the "
+            "first client's private images: the median and the smallest singular value of the Jacobian of its "
+            "upload with respect to its images, as ratios to the largest.  Only the scorer can compute them "
+            "(they need the private images); the attack does not use them.  See `benchmarks/label_spread.py`.",
+            ""]
+    for res in found:
+        data = read_json(res.data("label_spread.json"))
+        rows = data["rows"]
+        labels = _label_names(rows)
+        body += [f"### {esc(res.name)}", "", provenance(res),
+                 f"{esc(rows[0]['kind'])} (`{esc(rows[0]['dataset'])}`), B={data['B']}, K={data['K']}, "
+                 f"{rows[0]['n']} images of the {esc(data['split'])} split, model {esc(rows[0]['model'])}, "
+                 f"lr {fmt_number(rows[0]['lr'])}, attack-max-iter {rows[0]['attack_max_iter']}, "
+                 f"attack-restarts {rows[0]['attack_restarts']}, attack-tv {fmt_number(rows[0]['attack_tv'])}.", "",
+                 table(["labelling", "classes", "first client's labels", "identified", "paper criterion",
+                        *[f"identified: {esc(name)}" for name in labels], "label accuracy", "s per client",
+                        "median / largest", "smallest / largest"],
+                       [[code(r["labelling"]), r["num_classes"], ", ".join(map(str, r["first_client_labels"])),
+                         rate_ci(r["leaked"], r["n"], r["ci95_low"], r["ci95_high"]),
+                         rate_ci(r["leaked_paper"], r["n"], r["ci95_low_paper"], r["ci95_high_paper"]),
+                         *[_label_count(r, name) for name in labels], fixed(r.get("label_acc"), 2),
+                         fixed(r.get("seconds_per_client"), 1), f"{r['sv_median_ratio']:.1e}",
+                         f"{r['sv_min_ratio']:.1e}"] for r in rows]),
+                 _label_spread_reading(rows), ""]
+    return body
+
+
+def _label_spread_reading(rows: list[dict]) -> str:
+    """The labellings that identified the fewest and the most images, with their median
+    singular-value ratios."""
+    lo = min(rows, key=lambda r: r["leaked"])
+    hi = max(rows, key=lambda r: r["leaked"])
+    if lo["leaked"] == hi["leaked"]:
+        return f"Every labelling identified {lo['leaked']}/{lo['n']}."
+    return (f"Fewest identified: `{esc(lo['labelling'])}`, {lo['leaked']}/{lo['n']} (median ratio "
+            f"{lo['sv_median_ratio']:.1e}); most: `{esc(hi['labelling'])}`, {hi['leaked']}/{hi['n']} "
+            f"(median ratio {hi['sv_median_ratio']:.1e}).")
 
 
 def _label_names(rows: list[dict]) -> list[str]:

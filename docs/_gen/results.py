@@ -13,6 +13,8 @@ Folders (``docs/results/<name>/``):
 * ``leak_map/``, ``leak_map-<name>/`` -- ``leak_map.json`` and ``leak_map.png`` (``python -m benchmarks.leak_map``; :mod:`_gen.leak_map`);
 * ``attack_choices-<name>/`` -- ``attack_choices.json`` (``python -m benchmarks.attack_choices``; on the
   Leak map page);
+* ``label_spread-<name>/`` -- ``label_spread.json`` (``python -m benchmarks.label_spread``; on the Leak
+  map page);
 * ``sweep-<kind>/`` -- a sweep's ``thresholds.csv``, ``cells.csv``, ``leak_vs_strength.png``,
   ``config.json`` (``python run_sim.py sweep``);
 * ``grid/`` -- a training grid's ``final_accuracy.csv``, ``hook.csv``, ``curves.png``,
@@ -29,7 +31,7 @@ from typing import Callable
 
 from _gen.result_files import (NOT_MEASURED, Result, figure, find, fixed, folder_names, leak_bound, missing_page,
                                not_measured, provenance, rate_ci, read_csv, read_json, to_float, to_int)
-from _gen.leak_map import attack_choices_folders, leak_map_folders, leak_map_page
+from _gen.leak_map import attack_choices_folders, label_spread_folders, leak_map_folders, leak_map_page
 from _gen.text import code, esc, fmt_number, indent, pct, table
 from _gen.training_grid import grid_page
 
@@ -316,6 +318,8 @@ def index_page(results_dir: Path) -> str:
                ("leak-map.md", "Leak map", "leak_map*", leak_map_folders(results_dir)),
                ("leak-map.md", "Leak map: the attack's choices", "attack_choices-*",
                 attack_choices_folders(results_dir)),
+               ("leak-map.md", "Leak map: what the labels of a batch change", "label_spread-*",
+                label_spread_folders(results_dir)),
                ("sweeps.md", "Experiment 1: thresholds", "sweep-<kind>",
                 [find(results_dir, name) for name in folder_names(results_dir, "sweep-*")]),
                ("training-grid.md", "Experiment 2: the training grid", "grid", [find(results_dir, "grid")]),

@@ -161,7 +161,11 @@ def main(argv=None) -> int:
         from fl_defense.config import parse_run_config
 
         base = parse_sets(args.sets)
-        parse_run_config(base)
+        cfg = parse_run_config({**base, "dataset": KINDS[args.kind]})
+        from experiments.targets import dataset_targets
+
+        dataset_targets(cfg.dataset, math.ceil(args.n / args.batch_size) * args.batch_size, args.seed,
+                        cfg.data_dir, split=args.split)   # names --n when the split is smaller
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

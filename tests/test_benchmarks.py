@@ -290,6 +290,8 @@ def test_label_spread_labellings_and_bad_arguments_exit_2(tmp_path, capsys):
         assert label_spread.main(["--labels", bad, "--out", str(tmp_path / "bad")]) == 2
         assert "--labels" in capsys.readouterr().err
     assert label_spread.main(["--kind", "letters", "--out", str(tmp_path / "bad")]) == 2
+    assert label_spread.main(["--kind", "faces", "--n", "61", "--out", str(tmp_path / "bad")]) == 2
+    assert "--n must be in [1, 60]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     real = np.array([5, 5, 1, 1, 1, 0, 3], dtype=np.int64)
     assert label_spread.relabelling("real", 2) is None

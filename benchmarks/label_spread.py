@@ -6,7 +6,7 @@ classes its rows are each other's negatives, and a batch whose images share few 
 gives the attack few independent directions in that layer: the inverse problem is then
 badly conditioned, and an attack that matches the gradient closely can still be far from
 the images.  This benchmark attacks the same images under several labellings, in one
-setting (the leak map's cell of B and K: :func:`benchmarks.leak_map.run_cell`), so that
+setting (the leak map's cell of B images in one step: :func:`benchmarks.leak_map.run_cell`), so that
 the effect of the labels is measured apart from the images.
 
 Labellings (``--labels``, comma-separated):

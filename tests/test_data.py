@@ -197,6 +197,32 @@ def test_lfw_loader_keeps_people_with_enough_images(tmp_path, monkeypatch):
         load_dataset("lfw", data_dir=tmp_path, min_images_per_person=8)
 
 
+def test_the_attack_command_runs_on_lfw_people_files(tmp_path, monkeypatch, capsys):
+    """``attack --dataset lfw --data-dir DIR``: faces with identities, read from LFWPeople's own
+    files (a small fake copy), attacked at B=4 with labels inferred and scored against the
+    identities' test split."""
+    import json
+
+    import torch
+
+    from experiments import cli
+
+    fake.forbid_downloads(monkeypatch)
+    people = {"Ann_A": (20, (250, 10, 10)), "Bob_B": (20, (10, 250, 10)), "Cy_C": (20, (10, 10, 250))}
+    fake.patch_md5s(monkeypatch, lfw=fake.write_lfw(tmp_path / "data", people))
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["attack", "--dataset", "lfw", "--data-dir", str(tmp_path / "data"), "--n", "8",
+                         "--max-iter", "20", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "attacking 8 images (3x32x32) as 2 clients of 4" in out and "test-split images of lfw" in out
+    rows = [json.loads(line) for line in (tmp_path / "out" / "attack.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["label"] for r in rows} <= {0, 1, 2}
+    assert all(r["label_source"] == "inferred" and r["leaked"] is not None for r in rows)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("mnist", "train-images-idx3-ubyte"), ("cifar10", "cifar-10-python.tar.gz"),
     ("lfw", "people.txt")])

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.rows import cached_row, command_line, row_summary
+
 #: The variants measured by default: the base, the total-variation weight, more tries,
 #: more patience, and larger budgets of all three (patience, tries and iterations raised
 #: together in three steps; and the first step with eight tries).
@@ -95,28 +97,20 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import json
-
     import torch
 
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
     rows = []
     for name, keys in variants:
-        path = out / "variants" / f"{name}.json"
-        if path.exists():
-            row = json.loads(path.read_text())
-        else:
-            row = {"variant": name, "keys": keys, "split": "tuning",
-                   **run_cell(args.kind, args.batch_size, args.local_steps, args.n, args.seed, {**base, **keys},
-                              split="tuning")}
-            write_json(path, row)
+        row = cached_row(out / "variants" / f"{name}.json", lambda: {
+            "variant": name, "keys": keys, "split": "tuning",
+            **run_cell(args.kind, args.batch_size, args.local_steps, args.n, args.seed, {**base, **keys},
+                       split="tuning")})
         rows.append(row)
-        print(f"{name:>14}: identified {row['leaked']}/{row['n']} ({row['ci95_low']:.0%}-{row['ci95_high']:.0%}), "
-              f"paper criterion {row['leaked_paper']}/{row['n']}, labels {row['label_acc']:.2f}, "
-              f"{row['seconds_per_client']:.1f} s per client", flush=True)
+        print(f"{name:>14}: {row_summary(row)}", flush=True)
     write_json(out / "attack_choices.json", {
-        "command": "python -m benchmarks.attack_choices " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("attack_choices", argv),
         "date": time.strftime("%Y-%m-%d"), "kind": args.kind, "B": args.batch_size, "K": args.local_steps,
         "base": base, "rows": rows})
     print(f"wrote {out / 'attack_choices.json'}")

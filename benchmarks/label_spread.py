@@ -37,7 +37,6 @@ command, the date and one row per labelling.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -45,6 +44,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.rows import cached_row, command_line, row_summary
 
 SCHEME = re.compile(r"^(real|distinct-(\d+)|shared-(\d+))$")
 DEFAULT_LABELLINGS = "real,distinct-10,distinct-62,shared-10"
@@ -175,23 +176,16 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     rows = []
     for name in names:
-        path = out / "labellings" / f"{name}.json"
-        if path.exists():
-            row = json.loads(path.read_text())
-        else:
-            relabel = relabelling(name, args.batch_size)
-            row = {"labelling": name, "split": args.split,
-                   **run_cell(args.kind, args.batch_size, 1, args.n, args.seed, base, split=args.split,
-                              relabel=relabel),
-                   **spectrum_row(args.kind, args.batch_size, args.n, args.seed, base, relabel, args.split)}
-            write_json(path, row)
+        relabel = relabelling(name, args.batch_size)
+        row = cached_row(out / "labellings" / f"{name}.json", lambda: {
+            "labelling": name, "split": args.split,
+            **run_cell(args.kind, args.batch_size, 1, args.n, args.seed, base, split=args.split, relabel=relabel),
+            **spectrum_row(args.kind, args.batch_size, args.n, args.seed, base, relabel, args.split)})
         rows.append(row)
-        print(f"{name:>12}: identified {row['leaked']}/{row['n']} ({row['ci95_low']:.0%}-{row['ci95_high']:.0%}), "
-              f"paper criterion {row['leaked_paper']}/{row['n']}, labels {row['label_acc']:.2f}, "
-              f"{row['seconds_per_client']:.1f} s per client; singular values / largest: median "
+        print(f"{name:>12}: {row_summary(row)}; singular values / largest: median "
               f"{row['sv_median_ratio']:.1e}, smallest {row['sv_min_ratio']:.1e}", flush=True)
     write_json(out / "label_spread.json", {
-        "command": "python -m benchmarks.label_spread " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("label_spread", argv),
         "date": time.strftime("%Y-%m-%d"), "kind": args.kind, "B": args.batch_size, "K": 1,
         "split": args.split, "base": base, "rows": rows})
     print(f"wrote {out / 'label_spread.json'}")

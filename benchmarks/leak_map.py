@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.rows import cached_row, command_line, row_summary
+
 KINDS = {"digits": "mnist-embedded", "faces": "lfw-embedded", "colour": "colour-embedded"}
 
 
@@ -176,17 +178,10 @@ def main(argv=None) -> int:
                     print(f"{kind:>6} B={b:<2} K={k} N={b * k:<3} left out: a client's epoch of N images is more "
                           f"than the {sizes[kind]} images of the evaluation split", flush=True)
                     continue
-                path = cell_path(out, kind, b, k)
-                if path.exists():
-                    row = json.loads(path.read_text())
-                else:
-                    row = run_cell(kind, b, k, args.n, args.seed, overrides)
-                    write_json(path, row)
+                row = cached_row(cell_path(out, kind, b, k),
+                                 lambda: run_cell(kind, b, k, args.n, args.seed, overrides))
                 rows.append(row)
-                print(f"{kind:>6} B={b:<2} K={k} N={row['N']:<3} identified {row['leaked']}/{row['n']} "
-                      f"({row['ci95_low']:.0%}-{row['ci95_high']:.0%}), paper criterion {row['leaked_paper']}/"
-                      f"{row['n']}, labels {row['label_acc']:.2f}, {row['seconds_per_client']:.1f} s per client",
-                      flush=True)
+                print(f"{kind:>6} B={b:<2} K={k} N={row['N']:<3} {row_summary(row)}", flush=True)
     # the CSV holds the scalar columns (the per-label counts are in the JSON); a cell read back
     # from cells/ may lack a column that the others have: empty there
     fields = [f for f in dict.fromkeys(k for r in rows for k in r)
@@ -195,7 +190,7 @@ def main(argv=None) -> int:
                                            else f"{r[f]}" for f in fields) for r in rows]
     atomic_write_text(out / "leak_map.csv", "\n".join(lines) + "\n")
     write_json(out / "leak_map.json", {
-        "command": "python -m benchmarks.leak_map " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("leak_map", argv),
         "date": time.strftime("%Y-%m-%d"), "max_n": args.max_n, "left_out": left_out, "rows": rows})
     heat_maps(rows, kinds, bs, ks, out / "leak_map.png")
     print(f"wrote {out / 'leak_map.csv'} and {out / 'leak_map.png'}")
